@@ -1,0 +1,99 @@
+//! The HTTP client for token endpoints, adapted to the oauth2 crate.
+//!
+//! oauth2 folds every non-200 answer into a parse error, which would lose
+//! what decides a retry. Here 429 and 5xx answers become `HttpError::Status`
+//! (with `Retry-After`), so the caller can tell "try later" from "sign in".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    Transport(String),
+    #[error("the token endpoint answered HTTP {status}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+}
+
+impl HttpClient {
+    pub fn new(tls: Arc<ClientConfig>, timeout: Duration) -> anyhow::Result<HttpClient> {
+        let inner = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // Token endpoints answer directly; a redirect would carry the form elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("xoauth2-proxy/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpClient { inner })
+    }
+
+    /// Sends one request built by the oauth2 crate.
+    pub async fn send(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let (parts, body) = request.into_parts();
+        let url = parts.uri.to_string();
+        let response = self
+            .inner
+            .request(parts.method, url)
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| HttpError::Transport(describe(&e)))?;
+        let status = response.status();
+        if status.as_u16() == 429 || status.is_server_error() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(HttpError::Status {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
+        let mut builder = http::Response::builder().status(status);
+        for (name, value) in response.headers() {
+            builder = builder.header(name, value);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| HttpError::Transport(describe(&e)))?;
+        builder
+            .body(body.to_vec())
+            .map_err(|e| HttpError::Transport(e.to_string()))
+    }
+}
+
+/// A reqwest error in words, with its cause chain (the top-level message
+/// alone is often just "error sending request").
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "the token endpoint did not answer in time".to_owned()
+    } else if e.is_connect() {
+        "cannot connect to the token endpoint".to_owned()
+    } else {
+        "request to the token endpoint failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    // reqwest errors may carry the URL; ours never carry secrets in URLs
+    // (tokens travel in POST bodies), so the text is safe to log.
+    text
+}

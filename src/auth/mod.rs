@@ -1,0 +1,8 @@
+//! Accounts, tokens and how they are obtained and kept.
+
+pub mod accounts;
+pub mod flows;
+pub mod http;
+pub mod provider;
+pub mod tokens;
+pub mod vault;

@@ -1,0 +1,59 @@
+//! Pre-authentication dialogues, one sans-IO module per protocol.
+//!
+//! Every front end is a state machine over a byte buffer: the session driver
+//! (`crate::session`) reads client bytes into a `Vec<u8>`, calls `step`, and
+//! carries out the returned action. Nothing in here touches a socket, so each
+//! parser is table-tested and fuzzed on bytes alone. Every buffer is capped.
+
+pub mod imap;
+pub mod pop3;
+pub mod smtp;
+
+use secrecy::SecretString;
+
+/// What a client presented to log in. The password never leaves this type
+/// except to be checked.
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a login was refused before (or instead of) the upstream's own answer.
+/// Each front end renders it in its protocol's words (see DESIGN.md's table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Wrong local password, unknown account, empty password.
+    /// IMAP `NO [AUTHENTICATIONFAILED]`, POP3 `-ERR [AUTH]`, SMTP `535 5.7.8`.
+    BadCredentials(String),
+    /// No tokens, or the refresh token was revoked: the user must sign in.
+    /// Same codes as `BadCredentials`, the text says where to sign in.
+    SignInNeeded(String),
+    /// Token endpoint or upstream unreachable, or a transient error.
+    /// IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`, SMTP `454 4.7.0`.
+    Unavailable(String),
+}
+
+impl Failure {
+    pub fn text(&self) -> &str {
+        match self {
+            Failure::BadCredentials(t) | Failure::SignInNeeded(t) | Failure::Unavailable(t) => t,
+        }
+    }
+}
+
+/// Strips CR and LF from text that goes into a one-line reply, so a message
+/// built from outside input can never split a protocol line.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
+}
