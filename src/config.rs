@@ -239,7 +239,10 @@ impl Config {
             if l.upstream_host_port().is_none() {
                 return Err(self.invalid(
                     key("upstream"),
-                    format!("`{}` is not host:port (for example outlook.office365.com:993)", l.upstream),
+                    format!(
+                        "`{}` is not host:port (for example outlook.office365.com:993)",
+                        l.upstream
+                    ),
                 ));
             }
             if l.local_tls != LocalTls::None {
@@ -248,8 +251,14 @@ impl Config {
                     "only \"none\" is supported by this version; put the listener on a loopback address",
                 ));
             }
-            if let Some(j) = self.listeners[..i].iter().position(|o| o.listen == l.listen && l.listen.port() != 0) {
-                return Err(self.invalid(key("listen"), format!("{} is already used by listener[{j}]", l.listen)));
+            if let Some(j) = self.listeners[..i]
+                .iter()
+                .position(|o| o.listen == l.listen && l.listen.port() != 0)
+            {
+                return Err(self.invalid(
+                    key("listen"),
+                    format!("{} is already used by listener[{j}]", l.listen),
+                ));
             }
         }
         for (i, a) in self.accounts.iter().enumerate() {
@@ -261,20 +270,30 @@ impl Config {
                 ));
             }
             if a.client_id.trim().is_empty() {
-                return Err(self.invalid(key("client_id"), "is empty: put the application (client) id of your Entra app here"));
+                return Err(self.invalid(
+                    key("client_id"),
+                    "is empty: put the application (client) id of your Entra app here",
+                ));
             }
             if let Some(j) = self.accounts[..i]
                 .iter()
                 .position(|o| o.username.eq_ignore_ascii_case(&a.username))
             {
-                return Err(self.invalid(key("username"), format!("`{}` is already configured as account[{j}]", a.username)));
+                return Err(self.invalid(
+                    key("username"),
+                    format!("`{}` is already configured as account[{j}]", a.username),
+                ));
             }
             if a.provider == ProviderKind::Custom {
                 if a.token_url.is_none() {
-                    return Err(self.invalid(key("token_url"), "is required with provider = \"custom\""));
+                    return Err(
+                        self.invalid(key("token_url"), "is required with provider = \"custom\"")
+                    );
                 }
                 if a.scopes.is_none() {
-                    return Err(self.invalid(key("scopes"), "is required with provider = \"custom\""));
+                    return Err(
+                        self.invalid(key("scopes"), "is required with provider = \"custom\"")
+                    );
                 }
             }
             for (name, url) in [
@@ -344,7 +363,10 @@ client_id = "00000000-0000-0000-0000-000000000000"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.listeners[0].protocol, Protocol::Imap);
         assert_eq!(c.listeners[0].local_tls, LocalTls::None);
-        assert_eq!(c.listeners[0].upstream_host_port(), Some(("outlook.office365.com", 993)));
+        assert_eq!(
+            c.listeners[0].upstream_host_port(),
+            Some(("outlook.office365.com", 993))
+        );
         assert_eq!(c.accounts[0].flow, Flow::DeviceCode);
         assert_eq!(c.proxy.preauth_timeout_secs, DEFAULT_PREAUTH_TIMEOUT_SECS);
         assert!(c.account("ALICE@contoso.com").is_some());
@@ -354,33 +376,84 @@ client_id = "00000000-0000-0000-0000-000000000000"
     fn bad_configs_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
             ("protocol = \"imap\"", "protocol = \"imapx\"", "imapx"),
-            ("upstream = \"outlook.office365.com:993\"", "upstream = \"outlook.office365.com\"", "listener[0].upstream"),
-            ("listen = \"127.0.0.1:1143\"", "listen = \"localhost:1143\"", "listen"),
-            ("upstream_tls = \"implicit\"", "upstream_tls = \"ssl\"", "upstream_tls"),
-            ("username = \"alice@contoso.com\"", "username = \"alice\"", "account[0].username"),
-            ("client_id = \"00000000-0000-0000-0000-000000000000\"", "client_id = \" \"", "account[0].client_id"),
-            ("provider = \"office365\"", "provider = \"custom\"", "account[0].token_url"),
+            (
+                "upstream = \"outlook.office365.com:993\"",
+                "upstream = \"outlook.office365.com\"",
+                "listener[0].upstream",
+            ),
+            (
+                "listen = \"127.0.0.1:1143\"",
+                "listen = \"localhost:1143\"",
+                "listen",
+            ),
+            (
+                "upstream_tls = \"implicit\"",
+                "upstream_tls = \"ssl\"",
+                "upstream_tls",
+            ),
+            (
+                "username = \"alice@contoso.com\"",
+                "username = \"alice\"",
+                "account[0].username",
+            ),
+            (
+                "client_id = \"00000000-0000-0000-0000-000000000000\"",
+                "client_id = \" \"",
+                "account[0].client_id",
+            ),
+            (
+                "provider = \"office365\"",
+                "provider = \"custom\"",
+                "account[0].token_url",
+            ),
             ("[proxy]", "[proxy]\nbogus = 1", "bogus"),
-            ("tenant = \"contoso.onmicrosoft.com\"", "tenant = 5", "tenant"),
-            ("state_dir = \"/tmp/x\"", "state_dir = \"/tmp/x\"\npreauth_timeout_secs = 0", "preauth_timeout_secs"),
-            ("state_dir = \"/tmp/x\"", "ca_file = \"/nonexistent/ca.pem\"", "proxy.ca_file"),
+            (
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "tenant = 5",
+                "tenant",
+            ),
+            (
+                "state_dir = \"/tmp/x\"",
+                "state_dir = \"/tmp/x\"\npreauth_timeout_secs = 0",
+                "preauth_timeout_secs",
+            ),
+            (
+                "state_dir = \"/tmp/x\"",
+                "ca_file = \"/nonexistent/ca.pem\"",
+                "proxy.ca_file",
+            ),
         ];
         for (from, to, needle) in cases {
             let text = GOOD.replace(from, to);
             assert_ne!(text, GOOD, "case {to} did not apply");
             let err = parse(&text).unwrap_err().to_string();
-            assert!(err.contains(needle), "`{to}`: message `{err}` does not name `{needle}`");
+            assert!(
+                err.contains(needle),
+                "`{to}`: message `{err}` does not name `{needle}`"
+            );
             assert!(err.starts_with("proxy.toml"), "{err}");
         }
     }
 
     #[test]
     fn duplicate_accounts_and_listeners_are_refused() {
-        let twice = format!("{GOOD}\n[[account]]\nusername = \"Alice@contoso.com\"\nprovider = \"office365\"\nclient_id = \"x\"\n");
-        assert!(parse(&twice).unwrap_err().to_string().contains("already configured"));
+        let twice = format!(
+            "{GOOD}\n[[account]]\nusername = \"Alice@contoso.com\"\nprovider = \"office365\"\nclient_id = \"x\"\n"
+        );
+        assert!(
+            parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("already configured")
+        );
         let l = "\n[[listener]]\nprotocol = \"imap\"\nlisten = \"127.0.0.1:1143\"\nupstream = \"a:1\"\nupstream_tls = \"implicit\"\n";
         let twice = format!("{GOOD}{l}");
-        assert!(parse(&twice).unwrap_err().to_string().contains("already used"));
+        assert!(
+            parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("already used")
+        );
     }
 
     #[test]

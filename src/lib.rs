@@ -83,7 +83,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for b in bound {
-        tasks.spawn(listener::serve(b, context.clone(), config.proxy.max_connections, rx.clone()));
+        tasks.spawn(listener::serve(
+            b,
+            context.clone(),
+            config.proxy.max_connections,
+            rx.clone(),
+        ));
     }
     Ok(Running {
         addrs,

@@ -24,7 +24,11 @@ impl Bound {
 
 pub async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {} for {}: {e}", config.listen, config.protocol)
+        anyhow::anyhow!(
+            "cannot listen on {} for {}: {e}",
+            config.listen,
+            config.protocol
+        )
     })?;
     Ok(Bound {
         listener,
@@ -35,15 +39,24 @@ pub async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
 /// The refusal sent when a listener is at its connection limit.
 fn busy_reply(protocol: Protocol) -> &'static [u8] {
     match protocol {
-        Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections to xoauth2-proxy; try again later\r\n",
-        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections to xoauth2-proxy; try again later\r\n",
+        Protocol::Imap => {
+            b"* BYE [UNAVAILABLE] Too many connections to xoauth2-proxy; try again later\r\n"
+        }
+        Protocol::Pop3 => {
+            b"-ERR [SYS/TEMP] Too many connections to xoauth2-proxy; try again later\r\n"
+        }
         Protocol::Smtp => b"421 4.7.0 Too many connections to xoauth2-proxy; try again later\r\n",
     }
 }
 
 /// Accepts until `shutdown` turns true. Sessions already running are left
 /// to finish on their own.
-pub async fn serve(bound: Bound, ctx: Arc<Context>, max_connections: usize, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    bound: Bound,
+    ctx: Arc<Context>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(max_connections));
     let addr = bound.local_addr();
     tracing::info!(protocol = %bound.config.protocol, listen = %addr, upstream = %bound.config.upstream, "listening");
@@ -83,12 +96,15 @@ pub async fn serve(bound: Bound, ctx: Arc<Context>, max_connections: usize, mut 
     tracing::info!(listen = %addr, "stopped listening");
 }
 
-async fn dispatch(stream: TcpStream, peer: SocketAddr, config: Arc<ListenerConfig>, ctx: Arc<Context>) {
+async fn dispatch(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ListenerConfig>,
+    ctx: Arc<Context>,
+) {
     match config.protocol {
         Protocol::Imap => crate::session::imap::serve(stream, peer, config, ctx).await,
-        Protocol::Pop3 | Protocol::Smtp => {
-            let mut stream = stream;
-            let _ = stream.write_all(busy_reply(config.protocol)).await;
-        }
+        Protocol::Pop3 => crate::session::pop3::serve(stream, peer, config, ctx).await,
+        Protocol::Smtp => crate::session::smtp::serve(stream, peer, config, ctx).await,
     }
 }

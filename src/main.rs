@@ -10,7 +10,11 @@ use xoauth2_proxy::auth::vault::TokenStore;
 use xoauth2_proxy::config::Config;
 
 #[derive(Parser)]
-#[command(name = "xoauth2-proxy", version, about = "Password logins in front, OAuth 2.0 (XOAUTH2) behind: IMAP, POP3 and SMTP for Office 365")]
+#[command(
+    name = "xoauth2-proxy",
+    version,
+    about = "Password logins in front, OAuth 2.0 (XOAUTH2) behind: IMAP, POP3 and SMTP for Office 365"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(short, long, global = true, default_value = "proxy.toml")]
@@ -41,7 +45,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -44,7 +44,8 @@ where
         watched.write_all(client_pending).await?;
     }
     let (up, down) =
-        tokio::io::copy_bidirectional_with_sizes(client, &mut watched, RELAY_BUFFER, RELAY_BUFFER).await?;
+        tokio::io::copy_bidirectional_with_sizes(client, &mut watched, RELAY_BUFFER, RELAY_BUFFER)
+            .await?;
     Ok(Totals {
         to_upstream: up + client_pending.len() as u64,
         to_client: down + upstream_pending.len() as u64,
@@ -77,7 +78,11 @@ impl<'a, U> Watch<'a, U> {
         let take = bytes.len().min(WATCH_WINDOW - self.seen);
         self.seen += take;
         self.tail.extend_from_slice(&bytes[..take]);
-        if self.tail.windows(NOT_CONNECTED.len()).any(|w| w == NOT_CONNECTED) {
+        if self
+            .tail
+            .windows(NOT_CONNECTED.len())
+            .any(|w| w == NOT_CONNECTED)
+        {
             tracing::warn!(
                 account = %self.account,
                 "the server accepted the token but says the user is not connected to the mailbox: \
@@ -93,7 +98,11 @@ impl<'a, U> Watch<'a, U> {
 }
 
 impl<U: AsyncRead + Unpin> AsyncRead for Watch<'_, U> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if self.seen < WATCH_WINDOW && matches!(poll, Poll::Ready(Ok(()))) {
@@ -105,7 +114,11 @@ impl<U: AsyncRead + Unpin> AsyncRead for Watch<'_, U> {
 }
 
 impl<U: AsyncWrite + Unpin> AsyncWrite for Watch<'_, U> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

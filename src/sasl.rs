@@ -108,7 +108,11 @@ mod tests {
     fn plain_table() {
         let ok: &[(&[u8], &str, &str)] = &[
             (b"\0alice@contoso.com\0pw", "alice@contoso.com", "pw"),
-            (b"shared@contoso.com\0alice@contoso.com\0pw", "shared@contoso.com", "pw"),
+            (
+                b"shared@contoso.com\0alice@contoso.com\0pw",
+                "shared@contoso.com",
+                "pw",
+            ),
             (b"\0alice\0", "alice", ""),
             (b"\0alice\0p\0w", "alice", "p\0w"),
             (b"\0al ice\0\xc3\xa9t\xc3\xa9", "al ice", "\u{e9}t\u{e9}"),
@@ -126,9 +130,18 @@ mod tests {
         for (input, err) in bad {
             assert_eq!(decode_plain(input).unwrap_err(), *err, "{input:?}");
         }
-        assert_eq!(decode_plain(&b64(b"alice")).unwrap_err(), SaslError::PlainShape);
-        assert_eq!(decode_plain(&b64(b"\0\0pw")).unwrap_err(), SaslError::EmptyUser);
-        assert_eq!(decode_plain(&b64(b"\0\xff\0pw")).unwrap_err(), SaslError::Utf8);
+        assert_eq!(
+            decode_plain(&b64(b"alice")).unwrap_err(),
+            SaslError::PlainShape
+        );
+        assert_eq!(
+            decode_plain(&b64(b"\0\0pw")).unwrap_err(),
+            SaslError::EmptyUser
+        );
+        assert_eq!(
+            decode_plain(&b64(b"\0\xff\0pw")).unwrap_err(),
+            SaslError::Utf8
+        );
     }
 
     #[test]
@@ -144,12 +157,18 @@ mod tests {
         let tok = SecretString::from("ya29.token".to_owned());
         let out = xoauth2_response("alice@contoso.com", &tok);
         let raw = B64.decode(out.as_bytes()).unwrap();
-        assert_eq!(raw, b"user=alice@contoso.com\x01auth=Bearer ya29.token\x01\x01");
+        assert_eq!(
+            raw,
+            b"user=alice@contoso.com\x01auth=Bearer ya29.token\x01\x01"
+        );
     }
 
     #[test]
     fn error_challenge() {
-        let c = decode_error_challenge(&b64(br#"{"status":"401","schemes":"bearer","scope":"mail"}"#)).unwrap();
+        let c = decode_error_challenge(&b64(
+            br#"{"status":"401","schemes":"bearer","scope":"mail"}"#,
+        ))
+        .unwrap();
         assert_eq!(c.status.as_deref(), Some("401"));
         assert_eq!(c.scope.as_deref(), Some("mail"));
         assert!(decode_error_challenge(b"not base64!").is_none());

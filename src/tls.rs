@@ -60,10 +60,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSet
     // roots alone decide.
     let platform =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone()).ok();
-    let verifier = Arc::new(EitherVerifier {
-        platform,
-        bundled,
-    });
+    let verifier = Arc::new(EitherVerifier { platform, bundled });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()

@@ -74,7 +74,11 @@ mod tests {
             ("alice@contoso.com", "pw", Ok(())),
             ("ALICE@CONTOSO.COM", "pw", Ok(())),
             ("alice@contoso.com", "", Err(LoginError::EmptyPassword)),
-            ("bob@contoso.com", "pw", Err(LoginError::UnknownAccount("bob@contoso.com".into()))),
+            (
+                "bob@contoso.com",
+                "pw",
+                Err(LoginError::UnknownAccount("bob@contoso.com".into())),
+            ),
             ("", "pw", Err(LoginError::UnknownAccount(String::new()))),
         ];
         for (user, pass, want) in table {

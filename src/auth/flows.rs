@@ -3,11 +3,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oauth2::basic::BasicClient;
-use oauth2::{DeviceAuthorizationResponse, ExtraDeviceAuthorizationFields};
 use oauth2::{
     AuthType, ClientId, ClientSecret, DeviceAuthorizationUrl, RequestTokenError, Scope,
     TokenResponse, TokenUrl,
 };
+use oauth2::{DeviceAuthorizationResponse, ExtraDeviceAuthorizationFields};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -59,9 +59,12 @@ pub async fn device_code(
         ))
     })?;
     let mut client = BasicClient::new(ClientId::new(account.client_id.clone()))
-        .set_token_uri(TokenUrl::new(ep.token_url.clone()).map_err(|e| FlowError::Config(e.to_string()))?)
+        .set_token_uri(
+            TokenUrl::new(ep.token_url.clone()).map_err(|e| FlowError::Config(e.to_string()))?,
+        )
         .set_device_authorization_url(
-            DeviceAuthorizationUrl::new(device_url).map_err(|e| FlowError::Config(e.to_string()))?,
+            DeviceAuthorizationUrl::new(device_url)
+                .map_err(|e| FlowError::Config(e.to_string()))?,
         )
         .set_auth_type(AuthType::RequestBody);
     if let Some(secret) = &account.client_secret {
@@ -101,12 +104,21 @@ pub async fn device_code(
         refresh_token: response
             .refresh_token()
             .map(|r| SecretString::from(r.secret().to_owned())),
-        access_token: Some(SecretString::from(response.access_token().secret().to_owned())),
-        expires_at: Some(expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+        access_token: Some(SecretString::from(
+            response.access_token().secret().to_owned(),
+        )),
+        expires_at: Some(
+            expires_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        ),
     })
 }
 
-fn describe<T: oauth2::ErrorResponse + std::fmt::Display>(e: RequestTokenError<HttpError, T>) -> String {
+fn describe<T: oauth2::ErrorResponse + std::fmt::Display>(
+    e: RequestTokenError<HttpError, T>,
+) -> String {
     match e {
         RequestTokenError::ServerResponse(r) => r.to_string(),
         RequestTokenError::Request(h) => h.to_string(),

@@ -34,7 +34,10 @@ pub fn endpoints(account: &AccountConfig) -> Endpoints {
                 Some(format!("{base}/authorize")),
                 Some(format!("{base}/token")),
                 Some(format!("{base}/devicecode")),
-                OFFICE365_DELEGATED_SCOPES.iter().map(|s| s.to_string()).collect(),
+                OFFICE365_DELEGATED_SCOPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             )
         }
         ProviderKind::Custom => (None, None, None, Vec::new()),
@@ -70,14 +73,19 @@ mod tests {
 
     #[test]
     fn office365_fills_tenant_endpoints_and_scopes() {
-        let e = endpoints(&account(ProviderKind::Office365, Some("contoso.onmicrosoft.com")));
+        let e = endpoints(&account(
+            ProviderKind::Office365,
+            Some("contoso.onmicrosoft.com"),
+        ));
         assert_eq!(
             e.token_url,
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
         assert_eq!(
             e.device_code_url.as_deref(),
-            Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode")
+            Some(
+                "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
+            )
         );
         assert_eq!(e.scopes.len(), 4);
         assert!(e.scopes.contains(&"offline_access".to_string()));

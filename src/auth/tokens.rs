@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
-use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::http::{HttpClient, HttpError};
@@ -68,7 +70,8 @@ impl AccountTokens {
     }
 
     fn set_cached(&self, token: SecretString, expires_at: SystemTime) {
-        *self.cached.write().unwrap_or_else(|p| p.into_inner()) = Some(Access { token, expires_at });
+        *self.cached.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Access { token, expires_at });
     }
 }
 
@@ -129,14 +132,18 @@ impl TokenManager {
             return Ok(token);
         }
         if let Some((at, err)) = &state.last_failure
-            && (*at >= asked_at || (matches!(err, TokenError::Transient(_)) && at.elapsed() < TRANSIENT_HOLD))
+            && (*at >= asked_at
+                || (matches!(err, TokenError::Transient(_)) && at.elapsed() < TRANSIENT_HOLD))
         {
             return Err(err.clone());
         }
         if let Some(not_before) = state.not_before
             && Instant::now() < not_before
         {
-            let secs = not_before.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let secs = not_before
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                + 1;
             return Err(TokenError::Transient(format!(
                 "the token endpoint asked to wait; try again in {secs} s"
             )));
@@ -175,7 +182,8 @@ impl TokenManager {
                 "{username} has not been signed in yet: run `xoauth2-proxy authorize {username}`"
             )));
         };
-        self.refreshes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(account = %username, "refreshing access token");
         let response = match self.exchange_refresh(account, &refresh_token).await {
             Ok(r) => r,
@@ -239,10 +247,11 @@ impl TokenManager {
         account: &AccountTokens,
         refresh_token: &SecretString,
     ) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
-        let token_url = TokenUrl::new(account.endpoints.token_url.clone()).map_err(|e| Failure {
-            error: TokenError::Configuration(format!("token_url is not a URL: {e}")),
-            retry_after: None,
-        })?;
+        let token_url =
+            TokenUrl::new(account.endpoints.token_url.clone()).map_err(|e| Failure {
+                error: TokenError::Configuration(format!("token_url is not a URL: {e}")),
+                retry_after: None,
+            })?;
         let mut client = BasicClient::new(ClientId::new(account.config.client_id.clone()))
             .set_token_uri(token_url)
             .set_auth_type(AuthType::RequestBody);
@@ -272,7 +281,9 @@ struct Failure {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Sorts a failed token request into what the caller must do about it.
@@ -290,16 +301,19 @@ fn classify(
         RequestTokenError::ServerResponse(resp) => {
             let code = resp.error().as_ref().to_owned();
             let error = match resp.error() {
-                BasicErrorResponseType::InvalidGrant => sign_in("has expired or was revoked (invalid_grant)"),
-                BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
-                    TokenError::Configuration(format!(
-                        "the token endpoint refused the app ({code}): check client_id and client_secret of {username}"
-                    ))
+                BasicErrorResponseType::InvalidGrant => {
+                    sign_in("has expired or was revoked (invalid_grant)")
                 }
+                BasicErrorResponseType::InvalidClient
+                | BasicErrorResponseType::UnauthorizedClient => TokenError::Configuration(format!(
+                    "the token endpoint refused the app ({code}): check client_id and client_secret of {username}"
+                )),
                 BasicErrorResponseType::InvalidScope => TokenError::Configuration(format!(
                     "the token endpoint refused the scopes ({code}): check scopes of {username}"
                 )),
-                BasicErrorResponseType::Extension(ext) if ext == "interaction_required" || ext == "consent_required" => {
+                BasicErrorResponseType::Extension(ext)
+                    if ext == "interaction_required" || ext == "consent_required" =>
+                {
                     sign_in(&format!("needs the user again ({ext})"))
                 }
                 BasicErrorResponseType::Extension(ext) if ext == "temporarily_unavailable" => {
@@ -309,9 +323,15 @@ fn classify(
                     "the token endpoint refused the refresh ({code})"
                 )),
             };
-            Failure { error, retry_after: None }
+            Failure {
+                error,
+                retry_after: None,
+            }
         }
-        RequestTokenError::Request(HttpError::Status { status, retry_after }) => Failure {
+        RequestTokenError::Request(HttpError::Status {
+            status,
+            retry_after,
+        }) => Failure {
             error: TokenError::Transient(format!(
                 "the token endpoint is not available (HTTP {status}); try again shortly"
             )),
@@ -322,7 +342,9 @@ fn classify(
             retry_after: None,
         },
         RequestTokenError::Parse(_, _) => Failure {
-            error: TokenError::Transient("the token endpoint sent an answer that is not a token response".into()),
+            error: TokenError::Transient(
+                "the token endpoint sent an answer that is not a token response".into(),
+            ),
             retry_after: None,
         },
         RequestTokenError::Other(text) => Failure {

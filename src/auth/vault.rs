@@ -44,8 +44,14 @@ pub struct StoredTokens {
 impl std::fmt::Debug for StoredTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredTokens")
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "<redacted>"))
-            .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("expires_at", &self.expires_at)
             .finish()
     }
@@ -107,7 +113,11 @@ impl TokenStore {
                 }
             })
             .collect();
-        let name = if name.starts_with('.') { format!("_{name}") } else { name };
+        let name = if name.starts_with('.') {
+            format!("_{name}")
+        } else {
+            name
+        };
         self.dir.join(format!("{name}.json"))
     }
 
@@ -116,14 +126,23 @@ impl TokenStore {
         let bytes = match fs::read(&path) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { action: "read", path, source }),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
         };
         let env: Envelope = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
         if env.version > FORMAT_VERSION {
-            return Err(StoreError::TooNew { path, version: env.version });
+            return Err(StoreError::TooNew {
+                path,
+                version: env.version,
+            });
         }
         if !env.account.eq_ignore_ascii_case(account) {
             return Err(StoreError::Corrupt {
@@ -132,8 +151,14 @@ impl TokenStore {
             });
         }
         Ok(Some(StoredTokens {
-            refresh_token: env.refresh_token.as_deref().map(|s| SecretString::from(s.to_owned())),
-            access_token: env.access_token.as_deref().map(|s| SecretString::from(s.to_owned())),
+            refresh_token: env
+                .refresh_token
+                .as_deref()
+                .map(|s| SecretString::from(s.to_owned())),
+            access_token: env
+                .access_token
+                .as_deref()
+                .map(|s| SecretString::from(s.to_owned())),
             expires_at: env.expires_at,
         }))
     }
@@ -144,8 +169,14 @@ impl TokenStore {
         let env = Envelope {
             version: FORMAT_VERSION,
             account: account.to_owned(),
-            refresh_token: tokens.refresh_token.as_ref().map(|s| s.expose_secret().to_owned()),
-            access_token: tokens.access_token.as_ref().map(|s| s.expose_secret().to_owned()),
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            access_token: tokens
+                .access_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
             expires_at: tokens.expires_at,
         };
         let bytes = Zeroizing::new(serde_json::to_vec_pretty(&env).expect("envelope serialises"));
@@ -159,7 +190,11 @@ impl TokenStore {
             .and_then(|()| sync_dir(&self.dir).map_err(|e| ("sync", e)));
         if let Err((action, source)) = result {
             let _ = fs::remove_file(&tmp);
-            return Err(StoreError::Io { action, path, source });
+            return Err(StoreError::Io {
+                action,
+                path,
+                source,
+            });
         }
         Ok(())
     }
@@ -171,7 +206,11 @@ impl TokenStore {
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StoreError::Io { action: "remove", path, source }),
+            Err(source) => Err(StoreError::Io {
+                action: "remove",
+                path,
+                source,
+            }),
         }
     }
 
@@ -252,7 +291,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::new(dir.path());
         store.save("a@b.c", &tokens("rt")).unwrap();
-        let mode = fs::metadata(store.path_for("a@b.c")).unwrap().permissions().mode();
+        let mode = fs::metadata(store.path_for("a@b.c"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(store.dir()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
@@ -261,10 +303,20 @@ mod tests {
     #[test]
     fn hostile_names_stay_inside_the_directory() {
         let store = TokenStore::new(Path::new("/state"));
-        for name in ["../../etc/passwd", "..", "a/b@c", "a\\b@c", "x\0y", ".hidden@x"] {
+        for name in [
+            "../../etc/passwd",
+            "..",
+            "a/b@c",
+            "a\\b@c",
+            "x\0y",
+            ".hidden@x",
+        ] {
             let p = store.path_for(name);
             assert_eq!(p.parent().unwrap(), Path::new("/state/tokens"), "{name}");
-            assert!(!p.file_name().unwrap().to_string_lossy().starts_with('.'), "{name}");
+            assert!(
+                !p.file_name().unwrap().to_string_lossy().starts_with('.'),
+                "{name}"
+            );
         }
     }
 
@@ -274,11 +326,28 @@ mod tests {
         let store = TokenStore::new(dir.path());
         store.save("a@b.c", &tokens("rt")).unwrap();
         fs::write(store.path_for("a@b.c"), b"{not json").unwrap();
-        assert!(matches!(store.load("a@b.c"), Err(StoreError::Corrupt { .. })));
-        fs::write(store.path_for("a@b.c"), br#"{"version":1,"account":"x@y.z"}"#).unwrap();
-        assert!(matches!(store.load("a@b.c"), Err(StoreError::Corrupt { .. })));
-        fs::write(store.path_for("a@b.c"), br#"{"version":9,"account":"a@b.c"}"#).unwrap();
-        assert!(matches!(store.load("a@b.c"), Err(StoreError::TooNew { .. })));
+        assert!(matches!(
+            store.load("a@b.c"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        fs::write(
+            store.path_for("a@b.c"),
+            br#"{"version":1,"account":"x@y.z"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            store.load("a@b.c"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        fs::write(
+            store.path_for("a@b.c"),
+            br#"{"version":9,"account":"a@b.c"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            store.load("a@b.c"),
+            Err(StoreError::TooNew { .. })
+        ));
     }
 
     #[test]

@@ -19,8 +19,12 @@ use crate::upstream::imap::{AuthOutcome, ImapUpstream, connect};
 /// client still gets to LOGIN and hear why in words.
 const FALLBACK_CAPABILITIES: &[&str] = &["IMAP4rev1", "SASL-IR", "LITERAL+", "ID"];
 
-pub async fn serve<C>(mut client: C, peer: SocketAddr, listener: Arc<ListenerConfig>, ctx: Arc<Context>)
-where
+pub async fn serve<C>(
+    mut client: C,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    ctx: Arc<Context>,
+) where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let deadline = Instant::now() + ctx.preauth_timeout;
@@ -35,13 +39,20 @@ where
     let caps = match &upstream {
         Some(u) => rewrite_capabilities(&u.capabilities, false),
         None => rewrite_capabilities(
-            &FALLBACK_CAPABILITIES.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &FALLBACK_CAPABILITIES
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
             false,
         ),
     };
     let greeting = match &upstream {
         Some(u) => rewrite_greeting(&u.greeting, &caps),
-        None => format!("* OK [CAPABILITY {}] xoauth2-proxy ready\r\n", caps.join(" ")).into_bytes(),
+        None => format!(
+            "* OK [CAPABILITY {}] xoauth2-proxy ready\r\n",
+            caps.join(" ")
+        )
+        .into_bytes(),
     };
     if client.write_all(&greeting).await.is_err() {
         return;
@@ -76,21 +87,32 @@ where
                 return;
             }
             Action::Login { tag, credentials } => {
-                match login(&ctx, &target, &listener, &mut upstream, &tag, &credentials, peer).await {
+                match login(
+                    &ctx,
+                    &target,
+                    &listener,
+                    &mut upstream,
+                    &tag,
+                    &credentials,
+                    peer,
+                )
+                .await
+                {
                     Ok((account, reply)) => {
                         if client.write_all(&reply).await.is_err() {
                             return;
                         }
                         let Some(up) = upstream.take() else { return };
                         let (mut stream, pending) = up.into_parts();
-                        let started = std::time::Instant::now();
-                        let totals =
-                            crate::relay::relay(&mut client, &buf, &mut stream, &pending, &account).await;
-                        match totals {
-                            Ok(t) => tracing::info!(%peer, %account, to_upstream = t.to_upstream,
-                                to_client = t.to_client, secs = started.elapsed().as_secs(), "session ended"),
-                            Err(e) => tracing::info!(%peer, %account, error = %e, "session ended"),
-                        }
+                        super::relay_and_log(
+                            &mut client,
+                            &buf,
+                            &mut stream,
+                            &pending,
+                            &account,
+                            peer,
+                        )
+                        .await;
                         return;
                     }
                     Err(reply) => client.write_all(&reply).await,
@@ -128,7 +150,10 @@ async fn login(
                 Ok(u) => *upstream = Some(u),
                 Err(e) => {
                     tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
-                    return Err(failure_reply(tag, &unavailable(&format!("cannot reach {}", target.addr()), &e)));
+                    return Err(failure_reply(
+                        tag,
+                        &unavailable(&format!("cannot reach {}", target.addr()), &e),
+                    ));
                 }
             }
         }

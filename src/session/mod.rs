@@ -3,6 +3,8 @@
 //! the upstream exchange, then the relay.
 
 pub mod imap;
+pub mod pop3;
+pub mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,11 +44,16 @@ impl Context {
 
     /// Local checks, then a valid access token. The account's configured
     /// address is returned: it is the `user=` sent upstream.
-    pub async fn token_for(&self, credentials: &Credentials) -> Result<(String, SecretString), Failure> {
+    pub async fn token_for(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<(String, SecretString), Failure> {
         let account = self.accounts.verify(credentials).map_err(|e| {
             tracing::warn!(user = %credentials.username, reason = %e, "login refused locally");
             match e {
-                LoginError::UnknownAccount(_) | LoginError::EmptyPassword => Failure::BadCredentials(e.to_string()),
+                LoginError::UnknownAccount(_) | LoginError::EmptyPassword => {
+                    Failure::BadCredentials(e.to_string())
+                }
             }
         })?;
         let username = account.username.clone();
@@ -55,10 +62,12 @@ impl Context {
             match e {
                 TokenError::UnknownAccount(_) => Failure::BadCredentials(e.to_string()),
                 TokenError::NeedsSignIn(m) => Failure::SignInNeeded(m),
-                TokenError::Transient(m) => {
-                    Failure::Unavailable(format!("cannot get a token from the sign-in service: {m}"))
+                TokenError::Transient(m) => Failure::Unavailable(format!(
+                    "cannot get a token from the sign-in service: {m}"
+                )),
+                TokenError::Configuration(m) => {
+                    Failure::Unavailable(format!("proxy configuration problem: {m}"))
                 }
-                TokenError::Configuration(m) => Failure::Unavailable(format!("proxy configuration problem: {m}")),
             }
         })?;
         Ok((username, token))
@@ -91,5 +100,29 @@ pub async fn read_client<C: AsyncRead + Unpin + ?Sized>(
             Ok(Read::Data)
         }
         Ok(Err(e)) => Err(e),
+    }
+}
+
+/// After a successful login: relay until either side closes, then log the totals.
+pub async fn relay_and_log<C, U>(
+    client: &mut C,
+    client_pending: &[u8],
+    upstream: &mut U,
+    upstream_pending: &[u8],
+    account: &str,
+    peer: std::net::SocketAddr,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = std::time::Instant::now();
+    match crate::relay::relay(client, client_pending, upstream, upstream_pending, account).await {
+        Ok(t) => {
+            tracing::info!(%peer, %account, to_upstream = t.to_upstream, to_client = t.to_client,
+            secs = started.elapsed().as_secs(), "session ended")
+        }
+        Err(e) => {
+            tracing::info!(%peer, %account, error = %e, secs = started.elapsed().as_secs(), "session ended")
+        }
     }
 }

@@ -45,7 +45,9 @@ fn is_ok_greeting(line: &[u8]) -> bool {
 fn starts_with_word(rest: &[u8], word: &[u8]) -> bool {
     rest.len() >= word.len()
         && rest[..word.len()].eq_ignore_ascii_case(word)
-        && rest.get(word.len()).is_none_or(|b| !b.is_ascii_alphanumeric())
+        && rest
+            .get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric())
 }
 
 fn printable(line: &[u8]) -> String {
@@ -70,7 +72,13 @@ pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<ImapUpstream,
                 .write_all(format!("{STARTTLS_TAG} STARTTLS\r\n").as_bytes())
                 .await?;
             let answer = read_tagged(&mut plain, STARTTLS_TAG).await?;
-            if !matches!(parse_server_line(&answer), Some(ServerLine::Tagged { status: Status::Ok, .. })) {
+            if !matches!(
+                parse_server_line(&answer),
+                Some(ServerLine::Tagged {
+                    status: Status::Ok,
+                    ..
+                })
+            ) {
                 return Err(UpstreamError::Protocol(format!(
                     "STARTTLS refused: {}",
                     printable(&answer)
@@ -78,7 +86,10 @@ pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<ImapUpstream,
             }
             plain.discard_buffered();
             let (tcp, _) = plain.into_parts();
-            (LineConn::new(target.tls(tcp).await?, target.timeout), greeting)
+            (
+                LineConn::new(target.tls(tcp).await?, target.timeout),
+                greeting,
+            )
         }
     };
     if !is_ok_greeting(&greeting) {
@@ -101,7 +112,9 @@ pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<ImapUpstream,
     })
 }
 
-async fn ask_capabilities(conn: &mut LineConn<TlsStream<TcpStream>>) -> Result<Vec<String>, UpstreamError> {
+async fn ask_capabilities(
+    conn: &mut LineConn<TlsStream<TcpStream>>,
+) -> Result<Vec<String>, UpstreamError> {
     conn.write_all(format!("{CAPABILITY_TAG} CAPABILITY\r\n").as_bytes())
         .await?;
     let mut caps = Vec::new();
@@ -140,7 +153,9 @@ where
 
 impl ImapUpstream {
     fn supports(&self, capability: &str) -> bool {
-        self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(capability))
+        self.capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(capability))
     }
 
     /// `TAG AUTHENTICATE XOAUTH2`, with the initial response on the same line
@@ -155,7 +170,10 @@ impl ImapUpstream {
     ) -> Result<AuthOutcome, UpstreamError> {
         let response = xoauth2_response(user, token);
         if self.supports("SASL-IR") {
-            let line = Zeroizing::new(format!("{tag} AUTHENTICATE XOAUTH2 {}\r\n", response.as_str()));
+            let line = Zeroizing::new(format!(
+                "{tag} AUTHENTICATE XOAUTH2 {}\r\n",
+                response.as_str()
+            ));
             self.conn.write_all(line.as_bytes()).await?;
         } else {
             self.conn
@@ -170,7 +188,8 @@ impl ImapUpstream {
             match parse_server_line(&line) {
                 Some(ServerLine::Continuation(data)) => {
                     if sent_response {
-                        challenge = decode_error_challenge(data).or(Some(ErrorChallenge::default()));
+                        challenge =
+                            decode_error_challenge(data).or(Some(ErrorChallenge::default()));
                         self.conn.write_all(b"\r\n").await?;
                     } else {
                         let line = Zeroizing::new(format!("{}\r\n", response.as_str()));
@@ -183,7 +202,10 @@ impl ImapUpstream {
                     reply.extend_from_slice(&line);
                     return Ok(match status {
                         Status::Ok => AuthOutcome::Accepted { reply },
-                        _ => AuthOutcome::Refused { reply: line, challenge },
+                        _ => AuthOutcome::Refused {
+                            reply: line,
+                            challenge,
+                        },
                     });
                 }
                 _ => return Err(UpstreamError::Protocol(printable(&line))),

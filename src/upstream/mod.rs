@@ -3,6 +3,8 @@
 //! before authentication. The protocol dialogues are in the submodules.
 
 pub mod imap;
+pub mod pop3;
+pub mod smtp;
 
 use std::io;
 use std::sync::Arc;
@@ -54,10 +56,13 @@ impl Target {
 
     pub async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
         let addr = self.addr();
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| UpstreamError::Timeout(addr.clone()))?
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let stream = tokio::time::timeout(
+            self.timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(addr.clone()))?
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
         // Small interactive commands (IMAP IDLE DONE, SMTP replies) must not
         // wait for Nagle; bulk transfers are unaffected.
         let _ = stream.set_nodelay(true);

@@ -22,11 +22,19 @@ pub struct TestClient {
 impl TestClient {
     /// Plain TCP.
     pub async fn connect(addr: SocketAddr) -> Self {
-        let tcp = within(Duration::from_secs(10), &format!("TCP connect to {addr}"), TcpStream::connect(addr))
-            .await
-            .unwrap_or_else(|e| panic!("TestClient: cannot connect to {addr}: {e}"));
+        let tcp = within(
+            Duration::from_secs(10),
+            &format!("TCP connect to {addr}"),
+            TcpStream::connect(addr),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TestClient: cannot connect to {addr}: {e}"));
         let _ = tcp.set_nodelay(true);
-        TestClient { conn: Some(LineConn::plain(tcp)), timeout: Duration::from_secs(10), peer: addr }
+        TestClient {
+            conn: Some(LineConn::plain(tcp)),
+            timeout: Duration::from_secs(10),
+            peer: addr,
+        }
     }
 
     /// Implicit TLS, verifying the server as `localhost`.
@@ -34,10 +42,16 @@ impl TestClient {
         Self::connect_tls_named(addr, "localhost", client_config).await
     }
 
-    pub async fn connect_tls_named(addr: SocketAddr, server_name: &str, client_config: Arc<rustls::ClientConfig>) -> Self {
+    pub async fn connect_tls_named(
+        addr: SocketAddr,
+        server_name: &str,
+        client_config: Arc<rustls::ClientConfig>,
+    ) -> Self {
         Self::try_connect_tls_named(addr, server_name, client_config)
             .await
-            .unwrap_or_else(|e| panic!("TestClient: TLS handshake with {addr} as {server_name:?} failed: {e}"))
+            .unwrap_or_else(|e| {
+                panic!("TestClient: TLS handshake with {addr} as {server_name:?} failed: {e}")
+            })
     }
 
     /// Like [`connect_tls_named`](Self::connect_tls_named) but returns the handshake error (for
@@ -50,7 +64,14 @@ impl TestClient {
         let mut client = Self::connect(addr).await;
         let conn = client.conn.take().expect("fresh connection");
         let what = format!("TLS handshake with {addr}");
-        client.conn = Some(within(client.timeout, &what, conn.connect_tls(server_name, client_config)).await?);
+        client.conn = Some(
+            within(
+                client.timeout,
+                &what,
+                conn.connect_tls(server_name, client_config),
+            )
+            .await?,
+        );
         Ok(client)
     }
 
@@ -67,11 +88,15 @@ impl TestClient {
     }
 
     fn conn_ref(&self) -> &LineConn {
-        self.conn.as_ref().expect("TestClient: connection lost during an earlier STARTTLS")
+        self.conn
+            .as_ref()
+            .expect("TestClient: connection lost during an earlier STARTTLS")
     }
 
     fn conn(&mut self) -> &mut LineConn {
-        self.conn.as_mut().expect("TestClient: connection lost during an earlier STARTTLS")
+        self.conn
+            .as_mut()
+            .expect("TestClient: connection lost during an earlier STARTTLS")
     }
 
     pub async fn send(&mut self, data: &[u8]) {
@@ -101,9 +126,12 @@ impl TestClient {
 
     /// One line including its CRLF; panics if the connection ends first.
     pub async fn read_line(&mut self) -> Vec<u8> {
-        self.try_read_line()
-            .await
-            .unwrap_or_else(|| panic!("TestClient: {} closed the connection while a line was expected", self.peer))
+        self.try_read_line().await.unwrap_or_else(|| {
+            panic!(
+                "TestClient: {} closed the connection while a line was expected",
+                self.peer
+            )
+        })
     }
 
     /// One line as text, without its line end.
@@ -128,7 +156,11 @@ impl TestClient {
         }
         let got = self.read_line().await;
         if got != want {
-            let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+            let at = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(want.len()));
             panic!(
                 "TestClient: unexpected line from {}\n  expected: \"{}\"\n  received: \"{}\"\n  first difference at byte {at}",
                 self.peer,
@@ -208,7 +240,10 @@ impl TestClient {
         let want = code.to_string();
         if !lines.iter().all(|l| l.starts_with(want.as_bytes())) {
             let shown: Vec<String> = lines.iter().map(|l| l.escape_ascii().to_string()).collect();
-            panic!("TestClient: expected an SMTP {code} reply from {}, received: {shown:?}", self.peer);
+            panic!(
+                "TestClient: expected an SMTP {code} reply from {}, received: {shown:?}",
+                self.peer
+            );
         }
         lines
     }
@@ -225,22 +260,33 @@ impl TestClient {
     /// Asserts the server closes the connection without sending anything more.
     pub async fn expect_eof(&mut self) {
         let rest = self.read_to_end().await;
-        assert!(rest.is_empty(), "TestClient: expected the connection to close, received \"{}\"", rest.escape_ascii());
+        assert!(
+            rest.is_empty(),
+            "TestClient: expected the connection to close, received \"{}\"",
+            rest.escape_ascii()
+        );
     }
 
     /// Upgrades the connection to TLS in place (after the server's STARTTLS go-ahead). Panics
     /// if the server sent bytes after that reply and before the handshake.
     pub async fn starttls(&mut self, server_name: &str, client_config: Arc<rustls::ClientConfig>) {
-        let conn = self.conn.take().expect("TestClient: connection lost during an earlier STARTTLS");
+        let conn = self
+            .conn
+            .take()
+            .expect("TestClient: connection lost during an earlier STARTTLS");
         assert!(
             conn.buffered().is_empty(),
             "TestClient: server sent bytes before the TLS handshake: \"{}\"",
             conn.buffered().escape_ascii()
         );
         let what = format!("STARTTLS handshake with {}", self.peer);
-        let conn = within(self.timeout, &what, conn.connect_tls(server_name, client_config))
-            .await
-            .unwrap_or_else(|e| panic!("TestClient: {what} failed: {e}"));
+        let conn = within(
+            self.timeout,
+            &what,
+            conn.connect_tls(server_name, client_config),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TestClient: {what} failed: {e}"));
         self.conn = Some(conn);
     }
 

@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -22,7 +24,11 @@ pub enum MaybeTls {
 }
 
 impl AsyncRead for MaybeTls {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -31,7 +37,11 @@ impl AsyncRead for MaybeTls {
 }
 
 impl AsyncWrite for MaybeTls {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -64,7 +74,9 @@ impl LineConn {
     }
 
     fn new(stream: MaybeTls) -> Self {
-        Self { io: BufReader::with_capacity(64 * 1024, stream) }
+        Self {
+            io: BufReader::with_capacity(64 * 1024, stream),
+        }
     }
 
     pub fn is_tls(&self) -> bool {
@@ -88,7 +100,10 @@ impl LineConn {
                 }
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("stream ended inside a line: {:?}", line.escape_ascii().to_string()),
+                    format!(
+                        "stream ended inside a line: {:?}",
+                        line.escape_ascii().to_string()
+                    ),
                 ));
             }
             let (take, done) = match buf.iter().position(|&b| b == b'\n') {
@@ -98,7 +113,10 @@ impl LineConn {
             line.extend_from_slice(&buf[..take]);
             self.io.consume(take);
             if line.len() > cap {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("line longer than {cap} bytes")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("line longer than {cap} bytes"),
+                ));
             }
             if done {
                 return Ok(Some(line));
@@ -142,12 +160,22 @@ impl LineConn {
     }
 
     /// Client side of a TLS handshake; anything buffered before it is discarded.
-    pub async fn connect_tls(self, server_name: &str, config: Arc<rustls::ClientConfig>) -> io::Result<Self> {
-        let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("bad server name {server_name:?}: {e}")))?;
+    pub async fn connect_tls(
+        self,
+        server_name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Self> {
+        let name = ServerName::try_from(server_name.to_owned()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad server name {server_name:?}: {e}"),
+            )
+        })?;
         match self.io.into_inner() {
             MaybeTls::Plain(tcp) => {
-                let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
                 Ok(Self::new(MaybeTls::Tls(Box::new(tls.into()))))
             }
             MaybeTls::Tls(_) => Err(io::Error::other("TLS is already active")),
@@ -174,7 +202,9 @@ where
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{what}: cannot bind 127.0.0.1:0: {e}"));
-    let addr = listener.local_addr().expect("local_addr of a bound listener");
+    let addr = listener
+        .local_addr()
+        .expect("local_addr of a bound listener");
     let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -229,15 +259,29 @@ impl ServerLog {
 
     /// Just the command lines (without the authenticated flag).
     pub fn command_lines(&self) -> Vec<String> {
-        self.lock().commands.iter().map(|(_, c)| c.clone()).collect()
+        self.lock()
+            .commands
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
     }
 
     pub fn commands_before_auth(&self) -> Vec<String> {
-        self.lock().commands.iter().filter(|(a, _)| !a).map(|(_, c)| c.clone()).collect()
+        self.lock()
+            .commands
+            .iter()
+            .filter(|(a, _)| !a)
+            .map(|(_, c)| c.clone())
+            .collect()
     }
 
     pub fn commands_after_auth(&self) -> Vec<String> {
-        self.lock().commands.iter().filter(|(a, _)| *a).map(|(_, c)| c.clone()).collect()
+        self.lock()
+            .commands
+            .iter()
+            .filter(|(a, _)| *a)
+            .map(|(_, c)| c.clone())
+            .collect()
     }
 
     /// XOAUTH2 exchanges started (valid or not).
@@ -349,7 +393,9 @@ pub fn trim_eol(line: &[u8]) -> &[u8] {
 /// `user=<user>\x01auth=Bearer <token>\x01\x01`.
 pub fn decode_xoauth2(b64: &[u8]) -> Option<(String, String)> {
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(trim_eol(b64)).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(trim_eol(b64))
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let rest = text.strip_prefix("user=")?.strip_suffix("\x01\x01")?;
     let (user, auth) = rest.split_once('\x01')?;

@@ -17,10 +17,10 @@ use super::token_server::TokenState;
 const MAX_LINE: usize = 64 * 1024;
 const MAX_LITERAL: usize = 256 * 1024 * 1024;
 
-const PRE_AUTH_CAPS: &str =
-    "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
+const PRE_AUTH_CAPS: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
 /// Capabilities in the tagged OK of a successful AUTHENTICATE.
-pub const POST_AUTH_CAPS: &str = "IMAP4 IMAP4rev1 UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
+pub const POST_AUTH_CAPS: &str =
+    "IMAP4 IMAP4rev1 UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
 pub const OFFICE_GREETING: &str = "* OK The Microsoft Exchange IMAP4 service is ready.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +78,10 @@ impl Deref for ImapState {
 impl ImapState {
     /// Message bodies received by APPEND, in order.
     pub fn appended(&self) -> Vec<Vec<u8>> {
-        lock(&self.appended).iter().map(|(_, m)| m.clone()).collect()
+        lock(&self.appended)
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// (mailbox name as sent, message) for each APPEND.
@@ -137,7 +140,11 @@ impl FakeImapServer {
             }
         })
         .await;
-        FakeImapServer { addr, state, _accept: accept }
+        FakeImapServer {
+            addr,
+            state,
+            _accept: accept,
+        }
     }
 }
 
@@ -170,7 +177,10 @@ impl Session {
             conn = conn.accept_tls(self.tls_config.clone()).await?;
         }
         let greeting = if self.opts.greeting_capabilities {
-            format!("* OK [CAPABILITY {}] Dovecot (Debian) ready.\r\n", self.capabilities(&conn))
+            format!(
+                "* OK [CAPABILITY {}] Dovecot (Debian) ready.\r\n",
+                self.capabilities(&conn)
+            )
         } else {
             format!("{OFFICE_GREETING}\r\n")
         };
@@ -180,7 +190,8 @@ impl Session {
                 Ok(Some(cmd)) => cmd,
                 Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    conn.write_all(format!("* BAD {e}\r\n* BYE Too long.\r\n").as_bytes()).await?;
+                    conn.write_all(format!("* BAD {e}\r\n* BYE Too long.\r\n").as_bytes())
+                        .await?;
                     break;
                 }
                 Err(e) => return Err(e),
@@ -213,21 +224,34 @@ impl Session {
         let mut literals = Vec::new();
         loop {
             let Some(line) = conn.read_line(MAX_LINE).await? else {
-                return if text.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+                return if text.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
             };
             let part = trim_eol(&line);
             text.extend_from_slice(part);
-            let Some((n, non_sync)) = literal_suffix(part) else { break };
+            let Some((n, non_sync)) = literal_suffix(part) else {
+                break;
+            };
             if n > MAX_LITERAL {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "literal too large"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "literal too large",
+                ));
             }
             if !non_sync {
-                conn.write_all(b"+ Ready for additional command text.\r\n").await?;
+                conn.write_all(b"+ Ready for additional command text.\r\n")
+                    .await?;
             }
             literals.push(conn.read_exact(n).await?);
         }
         self.state.log.record_command(self.authenticated, &text);
-        Ok(Some(Command { text: String::from_utf8_lossy(&text).into_owned(), literals }))
+        Ok(Some(Command {
+            text: String::from_utf8_lossy(&text).into_owned(),
+            literals,
+        }))
     }
 
     async fn handle(&mut self, conn: &mut LineConn, cmd: Command) -> io::Result<Next> {
@@ -248,28 +272,40 @@ impl Session {
         }
         let reply = match name.as_str() {
             "CAPABILITY" => {
-                let caps = if self.authenticated { POST_AUTH_CAPS.to_owned() } else { self.capabilities(conn) };
+                let caps = if self.authenticated {
+                    POST_AUTH_CAPS.to_owned()
+                } else {
+                    self.capabilities(conn)
+                };
                 format!("* CAPABILITY {caps}\r\n{tag} OK CAPABILITY completed.\r\n")
             }
             "NOOP" => format!("{tag} OK NOOP completed.\r\n"),
             "ID" => format!("* ID (\"name\" \"fake-imap\")\r\n{tag} OK ID completed.\r\n"),
             "LOGOUT" => {
-                let reply =
-                    format!("* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n{tag} OK LOGOUT completed.\r\n");
+                let reply = format!(
+                    "* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n{tag} OK LOGOUT completed.\r\n"
+                );
                 conn.write_all(reply.as_bytes()).await?;
                 return Ok(Next::Close);
             }
             "STARTTLS" if self.opts.tls == Tls::StartTls && !conn.is_tls() => {
-                conn.write_all(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes()).await?;
+                conn.write_all(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes())
+                    .await?;
                 return Ok(Next::StartTls);
             }
-            "LOGIN" if !self.authenticated => format!("{tag} NO [ALERT] Unsupported authentication mechanism.\r\n"),
+            "LOGIN" if !self.authenticated => {
+                format!("{tag} NO [ALERT] Unsupported authentication mechanism.\r\n")
+            }
             "AUTHENTICATE" if !self.authenticated => self.authenticate(conn, &tag, &args).await?,
             _ if !self.authenticated => format!("{tag} BAD Command received in Invalid state.\r\n"),
             "SELECT" | "EXAMINE" => {
                 self.selected = true;
                 let n = lock(&self.state.mailbox).len();
-                let access = if name == "SELECT" { "READ-WRITE" } else { "READ-ONLY" };
+                let access = if name == "SELECT" {
+                    "READ-WRITE"
+                } else {
+                    "READ-ONLY"
+                };
                 format!(
                     "* {n} EXISTS\r\n* 0 RECENT\r\n\
                      * FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $MDNSent)\r\n\
@@ -284,14 +320,19 @@ impl Session {
                 self.selected = false;
                 format!("{tag} OK {name} completed.\r\n")
             }
-            "NAMESPACE" => format!("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n{tag} OK NAMESPACE completed.\r\n"),
+            "NAMESPACE" => {
+                format!("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n{tag} OK NAMESPACE completed.\r\n")
+            }
             "LIST" => format!(
                 "* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"\r\n\
                  {tag} OK LIST completed.\r\n"
             ),
             "IDLE" => {
-                conn.write_all(b"+ IDLE accepted, awaiting DONE command.\r\n").await?;
-                let Some(line) = conn.read_line(MAX_LINE).await? else { return Ok(Next::Close) };
+                conn.write_all(b"+ IDLE accepted, awaiting DONE command.\r\n")
+                    .await?;
+                let Some(line) = conn.read_line(MAX_LINE).await? else {
+                    return Ok(Next::Close);
+                };
                 if trim_eol(&line).eq_ignore_ascii_case(b"DONE") {
                     format!("{tag} OK IDLE completed.\r\n")
                 } else {
@@ -310,7 +351,12 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    async fn authenticate(&mut self, conn: &mut LineConn, tag: &str, args: &str) -> io::Result<String> {
+    async fn authenticate(
+        &mut self,
+        conn: &mut LineConn,
+        tag: &str,
+        args: &str,
+    ) -> io::Result<String> {
         let mut words = args.split(' ');
         let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
         let initial = words.next().map(str::to_owned);
@@ -326,7 +372,9 @@ impl Session {
             return Ok(format!("{tag} BAD Command Argument Error. 11\r\n"));
         }
         if mechanism != "XOAUTH2" && mechanism != "PLAIN" {
-            return Ok(format!("{tag} NO The specified authentication mechanism is not supported.\r\n"));
+            return Ok(format!(
+                "{tag} NO The specified authentication mechanism is not supported.\r\n"
+            ));
         }
         let response = match initial {
             Some(ir) if ir == "=" => Vec::new(),
@@ -349,13 +397,18 @@ impl Session {
         if check_xoauth2(&self.state.log, &self.tokens, &self.opts.user, &response) {
             self.authenticated = true;
             self.not_connected_trap = self.opts.ok_then_not_connected;
-            return Ok(format!("{tag} OK [CAPABILITY {POST_AUTH_CAPS}] Logged in\r\n"));
+            return Ok(format!(
+                "{tag} OK [CAPABILITY {POST_AUTH_CAPS}] Logged in\r\n"
+            ));
         }
-        conn.write_all(format!("+ {}\r\n", super::error_challenge_b64()).as_bytes()).await?;
+        conn.write_all(format!("+ {}\r\n", super::error_challenge_b64()).as_bytes())
+            .await?;
         if conn.read_line(MAX_LINE).await?.is_none() {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        Ok(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"))
+        Ok(format!(
+            "{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+        ))
     }
 
     fn fetch(&self, tag: &str, args: &str) -> Vec<u8> {
@@ -367,7 +420,11 @@ impl Session {
         let Some(numbers) = parse_sequence_set(set, mailbox.len()) else {
             return format!("{tag} BAD The specified message set is invalid.\r\n").into_bytes();
         };
-        let items = items.trim().trim_start_matches('(').trim_end_matches(')').to_ascii_uppercase();
+        let items = items
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .to_ascii_uppercase();
         let items: Vec<&str> = items.split_whitespace().collect();
         if items.is_empty() {
             return format!("{tag} BAD Command Argument Error. 11\r\n").into_bytes();
@@ -384,13 +441,21 @@ impl Session {
                 match *item {
                     "UID" => out.extend_from_slice(format!("UID {n}").as_bytes()),
                     "FLAGS" => out.extend_from_slice(b"FLAGS ()"),
-                    "RFC822.SIZE" => out.extend_from_slice(format!("RFC822.SIZE {}", msg.len()).as_bytes()),
+                    "RFC822.SIZE" => {
+                        out.extend_from_slice(format!("RFC822.SIZE {}", msg.len()).as_bytes())
+                    }
                     "BODY[]" | "BODY.PEEK[]" | "RFC822" => {
-                        let label = if *item == "RFC822" { "RFC822" } else { "BODY[]" };
+                        let label = if *item == "RFC822" {
+                            "RFC822"
+                        } else {
+                            "BODY[]"
+                        };
                         out.extend_from_slice(format!("{label} {{{}}}\r\n", msg.len()).as_bytes());
                         out.extend_from_slice(msg);
                     }
-                    other => return format!("{tag} BAD Unsupported FETCH item {other}\r\n").into_bytes(),
+                    other => {
+                        return format!("{tag} BAD Unsupported FETCH item {other}\r\n").into_bytes();
+                    }
                 }
             }
             out.extend_from_slice(b")\r\n");
@@ -404,7 +469,7 @@ impl Session {
             return format!("{tag} BAD Command Argument Error. 11\r\n");
         }
         let message = literals.remove(0);
-        let mailbox_name = args.split(' ').next().unwrap_or_default().trim_matches('"').to_owned();
+        let mailbox_name = first_astring(args);
         let uid = {
             let mut mailbox = lock(&self.state.mailbox);
             mailbox.push(message.clone());
@@ -417,7 +482,13 @@ impl Session {
 
 /// `n`, `n:m`, `n:*`, `*` and comma lists, against a mailbox of `count` messages.
 fn parse_sequence_set(set: &str, count: usize) -> Option<Vec<usize>> {
-    let num = |s: &str| -> Option<usize> { if s == "*" { Some(count) } else { s.parse().ok() } };
+    let num = |s: &str| -> Option<usize> {
+        if s == "*" {
+            Some(count)
+        } else {
+            s.parse().ok()
+        }
+    };
     let mut out = Vec::new();
     for part in set.split(',') {
         let (a, b) = match part.split_once(':') {
@@ -431,4 +502,21 @@ fn parse_sequence_set(set: &str, count: usize) -> Option<Vec<usize>> {
         out.extend(lo..=hi);
     }
     Some(out)
+}
+
+/// The first IMAP astring of `args`: a quoted string (with `\\` escapes) or an atom.
+fn first_astring(args: &str) -> String {
+    let Some(quoted) = args.strip_prefix('"') else {
+        return args.split(' ').next().unwrap_or_default().to_owned();
+    };
+    let mut out = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }

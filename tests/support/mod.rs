@@ -7,16 +7,12 @@ pub mod client;
 pub mod conn;
 pub mod imap_server;
 pub mod pki;
-pub mod pop3_server;
-pub mod smtp_server;
 pub mod token_server;
 
 pub use client::TestClient;
 pub use conn::{AbortOnDrop, ServerLog};
 pub use imap_server::{FakeImapServer, ImapOpts, ImapState, Tls};
 pub use pki::TestPki;
-pub use pop3_server::{FakePop3Server, Pop3Opts, Pop3State};
-pub use smtp_server::{FakeSmtpServer, ReceivedMail, SmtpAuthReply, SmtpOpts, SmtpState};
 pub use token_server::{FakeTokenServer, Mode, TokenState};
 
 use base64::Engine as _;
@@ -101,8 +97,8 @@ pub fn message(size: usize, seed: u64) -> Vec<u8> {
     if size < headers.len() + 8 {
         while out.len() < size {
             let left = size - out.len();
-            if left <= 2 {
-                out.extend(std::iter::repeat_n(b'x', left));
+            if left == 1 {
+                out.push(b'x');
             } else {
                 let n = (left - 2).min(70);
                 out.extend(std::iter::repeat_n(b'x', n));
@@ -161,7 +157,9 @@ fn body_line(rng: &mut SplitMix, line_no: u64, line: &mut Vec<u8>) {
                 if !line.is_empty() {
                     line.push(b' ');
                 }
-                line.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
+                line.extend_from_slice(
+                    WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes(),
+                );
             }
         }
     }

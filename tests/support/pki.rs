@@ -28,8 +28,12 @@ impl TestPki {
         let ca_key = KeyPair::generate().expect("generate CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "xoauth2-proxy test CA");
-        params.distinguished_name.push(DnType::OrganizationName, "xoauth2-proxy tests");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "xoauth2-proxy test CA");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "xoauth2-proxy tests");
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -45,7 +49,9 @@ impl TestPki {
 
         let ca_der = ca_cert.der().clone();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca_der.clone()).expect("add the test CA to a root store");
+        roots
+            .add(ca_der.clone())
+            .expect("add the test CA to a root store");
         let client_config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(rustls::ALL_VERSIONS)
             .expect("ring supports TLS 1.2 and 1.3")
@@ -84,7 +90,9 @@ impl TestPki {
     /// (for handing to the proxy as its local certificate).
     pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().expect("generate leaf key");
-        let cert = leaf_params(names).signed_by(&key, &self.issuer).expect("sign leaf certificate");
+        let cert = leaf_params(names)
+            .signed_by(&key, &self.issuer)
+            .expect("sign leaf certificate");
         (cert.pem(), key.serialize_pem())
     }
 }
@@ -104,7 +112,9 @@ fn leaf_params(names: &[&str]) -> CertificateParams {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = CertificateParams::new(names.clone()).expect("valid certificate names");
     if let Some(first) = names.first() {
-        params.distinguished_name.push(DnType::CommonName, first.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
     }
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -116,7 +126,10 @@ fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
-fn server_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> rustls::ServerConfig {
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> rustls::ServerConfig {
     rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .expect("ring supports TLS 1.2 and 1.3")
@@ -130,6 +143,8 @@ fn leaf(
     names: &[&str],
 ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let key = KeyPair::generate().expect("generate leaf key");
-    let cert = leaf_params(names).signed_by(&key, issuer).expect("sign leaf certificate");
+    let cert = leaf_params(names)
+        .signed_by(&key, issuer)
+        .expect("sign leaf certificate");
     (vec![cert.der().clone()], pkcs8(&key))
 }

@@ -38,7 +38,9 @@ pub enum Mode {
     /// This HTTP status with an HTML body (e.g. 500, 502, 503).
     Status(u16),
     /// 429 with `Retry-After` and a `temporarily_unavailable` JSON body.
-    TooManyRequests { retry_after_secs: u64 },
+    TooManyRequests {
+        retry_after_secs: u64,
+    },
     /// Never answers (sleeps for an hour).
     Hang,
     /// 200 with `Content-Type: application/json` and a truncated JSON body.
@@ -146,7 +148,9 @@ impl TokenState {
     /// Makes `refresh_token` a known, valid refresh token (as if a sign-in had issued it).
     pub fn seed_refresh_token(&self, refresh_token: &str) {
         let mut inner = self.lock();
-        inner.refresh_tokens.insert(refresh_token.to_owned(), RefreshTokenStatus::Valid);
+        inner
+            .refresh_tokens
+            .insert(refresh_token.to_owned(), RefreshTokenStatus::Valid);
         inner.latest_refresh_token = Some(refresh_token.to_owned());
     }
 
@@ -194,7 +198,10 @@ impl TokenState {
     pub fn is_valid_access_token(&self, token: &str) -> bool {
         let inner = self.lock();
         !inner.revoked_access_tokens.contains(token)
-            && inner.access_tokens.get(token).is_some_and(|&expiry| Instant::now() < expiry)
+            && inner
+                .access_tokens
+                .get(token)
+                .is_some_and(|&expiry| Instant::now() < expiry)
     }
 
     pub fn is_valid_refresh_token(&self, token: &str) -> bool {
@@ -232,7 +239,11 @@ impl TokenState {
     /// `/token` requests with this `grant_type` (e.g. [`GRANT_REFRESH`], [`GRANT_DEVICE_CODE`],
     /// [`GRANT_CLIENT_CREDENTIALS`]), whatever the answer was.
     pub fn requests(&self, grant_type: &str) -> usize {
-        self.lock().grant_counts.get(grant_type).copied().unwrap_or(0)
+        self.lock()
+            .grant_counts
+            .get(grant_type)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// All `/token` requests.
@@ -307,7 +318,8 @@ impl TokenInner {
                 break t;
             }
         };
-        self.refresh_tokens.insert(token.clone(), RefreshTokenStatus::Valid);
+        self.refresh_tokens
+            .insert(token.clone(), RefreshTokenStatus::Valid);
         self.latest_refresh_token = Some(token.clone());
         token
     }
@@ -352,7 +364,9 @@ impl FakeTokenServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("FakeTokenServer: cannot bind 127.0.0.1:0: {e}"));
-        let addr = listener.local_addr().expect("local_addr of a bound listener");
+        let addr = listener
+            .local_addr()
+            .expect("local_addr of a bound listener");
         let app = Router::new()
             .route("/token", post(token))
             .route("/devicecode", post(devicecode))
@@ -364,7 +378,11 @@ impl FakeTokenServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FakeTokenServer { addr, state, _task: AbortOnDrop(task) }
+        FakeTokenServer {
+            addr,
+            state,
+            _task: AbortOnDrop(task),
+        }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -419,7 +437,14 @@ async fn transport_failure(mode: &Mode) -> Option<Response> {
                 "<!DOCTYPE html><html><head><title>{status}</title></head>\
                  <body><h1>{status}</h1><p>The service is unavailable.</p></body></html>"
             );
-            Some((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+            Some(
+                (
+                    status,
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    html,
+                )
+                    .into_response(),
+            )
         }
         Mode::TooManyRequests { retry_after_secs } => {
             let mut resp = ms_error(
@@ -430,7 +455,8 @@ async fn transport_failure(mode: &Mode) -> Option<Response> {
             );
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
-                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits are a valid header"),
+                HeaderValue::from_str(&retry_after_secs.to_string())
+                    .expect("digits are a valid header"),
             );
             Some(resp)
         }
@@ -446,14 +472,21 @@ async fn transport_failure(mode: &Mode) -> Option<Response> {
     }
 }
 
-async fn token(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(st): State<Arc<TokenState>>,
+    uri: Uri,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     let _in_flight = st.enter();
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     let (mode, delay) = {
         let mut inner = st.lock();
         inner.total += 1;
         *inner.grant_counts.entry(grant_type.clone()).or_default() += 1;
-        inner.log.push(RecordedRequest { path: uri.path().to_owned(), form: form.clone() });
+        inner.log.push(RecordedRequest {
+            path: uri.path().to_owned(),
+            form: form.clone(),
+        });
         (inner.mode.clone(), inner.delay)
     };
     if !delay.is_zero() {
@@ -495,7 +528,9 @@ async fn token(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): Form<Has
                 );
             }
             if inner.single_use_refresh_tokens {
-                inner.refresh_tokens.insert(presented.clone(), RefreshTokenStatus::Used);
+                inner
+                    .refresh_tokens
+                    .insert(presented.clone(), RefreshTokenStatus::Used);
             }
             let body = inner.tokens(scope, true, no_expires_in);
             Json(body).into_response()
@@ -551,10 +586,20 @@ async fn token(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): Form<Has
             let redirect_uri = form.get("redirect_uri").cloned().unwrap_or_default();
             let has_verifier = form.contains_key("code_verifier");
             let Some(auth) = inner.auth_codes.get_mut(&code) else {
-                return ms_error(StatusCode::BAD_REQUEST, "invalid_grant", 70000, "The provided authorization code is not valid.");
+                return ms_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    70000,
+                    "The provided authorization code is not valid.",
+                );
             };
             if auth.redeemed {
-                return ms_error(StatusCode::BAD_REQUEST, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed.");
+                return ms_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    54005,
+                    "OAuth2 Authorization code was already redeemed.",
+                );
             }
             if auth.redirect_uri != redirect_uri {
                 return ms_error(
@@ -565,7 +610,12 @@ async fn token(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): Form<Has
                 );
             }
             if auth.code_challenge.is_some() && !has_verifier {
-                return ms_error(StatusCode::BAD_REQUEST, "invalid_grant", 50148, "The code_verifier is missing.");
+                return ms_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50148,
+                    "The code_verifier is missing.",
+                );
             }
             auth.redeemed = true;
             let body = inner.tokens(scope, true, no_expires_in);
@@ -588,22 +638,36 @@ fn check_client_id(inner: &TokenInner, form: &HashMap<String, String>) -> Option
             900144,
             "The request body must contain the following parameter: 'client_id'.",
         )),
-        Some(id) if inner.expected_client_id.as_ref().is_some_and(|want| want != id) => Some(ms_error(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700016,
-            &format!("Application with identifier '{id}' was not found in the directory."),
-        )),
+        Some(id)
+            if inner
+                .expected_client_id
+                .as_ref()
+                .is_some_and(|want| want != id) =>
+        {
+            Some(ms_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                700016,
+                &format!("Application with identifier '{id}' was not found in the directory."),
+            ))
+        }
         Some(_) => None,
     }
 }
 
-async fn devicecode(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn devicecode(
+    State(st): State<Arc<TokenState>>,
+    uri: Uri,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     let _in_flight = st.enter();
     let (mode, delay) = {
         let mut inner = st.lock();
         inner.devicecode_requests += 1;
-        inner.log.push(RecordedRequest { path: uri.path().to_owned(), form: form.clone() });
+        inner.log.push(RecordedRequest {
+            path: uri.path().to_owned(),
+            form: form.clone(),
+        });
         (inner.mode.clone(), inner.delay)
     };
     if !delay.is_zero() {
@@ -618,7 +682,13 @@ async fn devicecode(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): For
     }
     let device_code = inner.next_code("dc");
     let user_code = format!("FAKE{:04}", inner.next_code - 1);
-    inner.device_codes.insert(device_code.clone(), DeviceCode { polls: 0, redeemed: false });
+    inner.device_codes.insert(
+        device_code.clone(),
+        DeviceCode {
+            polls: 0,
+            redeemed: false,
+        },
+    );
     let verification_uri = "https://microsoft.com/devicelogin";
     Json(json!({
         "device_code": device_code,
@@ -634,7 +704,10 @@ async fn devicecode(State(st): State<Arc<TokenState>>, uri: Uri, Form(form): For
     .into_response()
 }
 
-async fn authorize(State(st): State<Arc<TokenState>>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn authorize(
+    State(st): State<Arc<TokenState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let mut inner = st.lock();
     inner.authorize_requests += 1;
     let Some(redirect_uri) = query.get("redirect_uri").cloned() else {
@@ -646,7 +719,11 @@ async fn authorize(State(st): State<Arc<TokenState>>, Query(query): Query<HashMa
     let code = inner.next_code("ac");
     inner.auth_codes.insert(
         code.clone(),
-        AuthCode { redirect_uri: redirect_uri.clone(), code_challenge: query.get("code_challenge").cloned(), redeemed: false },
+        AuthCode {
+            redirect_uri: redirect_uri.clone(),
+            code_challenge: query.get("code_challenge").cloned(),
+            redeemed: false,
+        },
     );
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let mut location = format!("{redirect_uri}{sep}code={}", percent_encode(&code));
