@@ -492,3 +492,391 @@ async fn imap_starttls_dovecot_greeting_and_not_connected_trap() {
         vec!["s7 SELECT INBOX".to_owned()]
     );
 }
+
+#[tokio::test]
+async fn pop3_xoauth2_and_retr_byte_exact() {
+    let pki = TestPki::new();
+    let tokens = Arc::new(TokenState::new());
+    let big = message(300_000, 5);
+    let small = b".starts with a dot\r\n.\r\n..\r\nend\r\n".to_vec();
+    let opts = Pop3Opts {
+        messages: vec![small.clone(), big.clone()],
+        ..Default::default()
+    };
+    let server = FakePop3Server::start(&pki, tokens.clone(), opts).await;
+    let mut c = TestClient::connect_tls(server.addr, pki.client_config.clone()).await;
+    c.expect(b"+OK The Microsoft Exchange POP3 service is ready.")
+        .await;
+    c.send_line("CAPA").await;
+    c.expect(b"+OK").await;
+    assert_eq!(
+        c.read_dot_terminated().await,
+        b"TOP\r\nUIDL\r\nSASL PLAIN XOAUTH2\r\nUSER\r\nRESP-CODES\r\n"
+    );
+    c.send_line("USER someone").await;
+    c.expect(b"-ERR Command is not valid in this state.").await;
+    c.send_line("STAT").await;
+    c.expect_prefix(b"-ERR").await;
+    // Bad token without an initial response: `+ `, then the error challenge, then -ERR.
+    c.send_line("AUTH XOAUTH2").await;
+    c.expect(b"+ ").await;
+    c.send_line(&xoauth2(USER, "at-nope")).await;
+    c.expect(format!("+ {}", error_challenge_b64()).as_bytes())
+        .await;
+    c.send_line("").await;
+    c.expect(b"-ERR [AUTH] Authentication failed.").await;
+    // Good token with an initial response.
+    c.send_line(&format!(
+        "AUTH XOAUTH2 {}",
+        xoauth2(USER, &tokens.issue_access_token())
+    ))
+    .await;
+    c.expect(b"+OK User successfully authenticated.").await;
+    c.send_line("STAT").await;
+    c.expect(format!("+OK 2 {}", small.len() + big.len()).as_bytes())
+        .await;
+    c.send_line("LIST").await;
+    c.expect(b"+OK 2 messages").await;
+    assert_eq!(
+        c.read_dot_terminated().await,
+        format!("1 {}\r\n2 {}\r\n", small.len(), big.len()).into_bytes()
+    );
+    for (n, msg) in [(1, &small), (2, &big)] {
+        c.send_line(&format!("RETR {n}")).await;
+        c.expect(format!("+OK {} octets", msg.len()).as_bytes())
+            .await;
+        assert!(
+            c.read_dot_terminated().await == *msg,
+            "RETR {n} differs after unstuffing"
+        );
+    }
+    // The raw stuffing on the wire.
+    c.send_line("RETR 1").await;
+    c.read_line().await;
+    let wire = b"..starts with a dot\r\n..\r\n...\r\nend\r\n.\r\n";
+    assert_eq!(c.read_exact(wire.len()).await, wire);
+    c.send_line("TOP 2 0").await;
+    c.expect(b"+OK").await;
+    let top = c.read_dot_terminated().await;
+    assert!(top.ends_with(b"\r\n\r\n") && big.starts_with(&top));
+    c.send_line("DELE 1").await;
+    c.expect(b"+OK Marked for deletion.").await;
+    c.send_line("RETR 1").await;
+    c.expect_prefix(b"-ERR").await;
+    c.send_line("NOOP").await;
+    c.expect(b"+OK").await;
+    c.send_line("QUIT").await;
+    c.expect_prefix(b"+OK").await;
+    c.expect_eof().await;
+    assert_eq!(server.state.deleted(), vec![small]);
+    assert_eq!(server.state.maildrop(), vec![big]);
+    assert_eq!(
+        (server.state.auth_attempts(), server.state.auth_successes()),
+        (2, 1)
+    );
+    let before = server.state.commands_before_auth();
+    assert_eq!(before.first().map(String::as_str), Some("CAPA"));
+    assert_eq!(
+        server
+            .state
+            .commands_after_auth()
+            .last()
+            .map(String::as_str),
+        Some("QUIT")
+    );
+
+    // allow_initial_response = false refuses an initial response.
+    let opts = Pop3Opts {
+        allow_initial_response: false,
+        ..Default::default()
+    };
+    let server = FakePop3Server::start(&pki, tokens.clone(), opts).await;
+    let mut c = TestClient::connect_tls(server.addr, pki.client_config.clone()).await;
+    c.read_line().await;
+    c.send_line(&format!(
+        "AUTH XOAUTH2 {}",
+        xoauth2(USER, &tokens.issue_access_token())
+    ))
+    .await;
+    c.expect_prefix(b"-ERR").await;
+}
+
+async fn smtp_to_auth(c: &mut TestClient, pki: &TestPki) {
+    c.expect(b"220 fake.office365.test Microsoft ESMTP MAIL Service ready")
+        .await;
+    c.send_line("EHLO client.test").await;
+    let ehlo = c.expect_smtp(250).await;
+    let ehlo: Vec<String> = ehlo
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    assert_eq!(
+        ehlo.first().map(String::as_str),
+        Some("250-fake.office365.test Hello [127.0.0.1]\r\n")
+    );
+    assert!(ehlo.contains(&"250-STARTTLS\r\n".to_owned()), "{ehlo:?}");
+    assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "{ehlo:?}");
+    assert_eq!(ehlo.last().map(String::as_str), Some("250 SMTPUTF8\r\n"));
+    c.send_line("AUTH XOAUTH2").await;
+    c.expect(b"530 5.7.57 Client not authenticated to send mail")
+        .await;
+    c.send_line("MAIL FROM:<a@b>").await;
+    c.expect_smtp(530).await;
+    // Pipelined junk behind STARTTLS is discarded by the server.
+    c.send(b"STARTTLS\r\nNOOP\r\n").await;
+    c.expect(b"220 2.0.0 SMTP server ready").await;
+    c.starttls("localhost", pki.client_config.clone()).await;
+    c.send_line("EHLO client.test").await;
+    let ehlo = c.expect_smtp(250).await;
+    assert!(ehlo.contains(&b"250-AUTH LOGIN XOAUTH2\r\n".to_vec()));
+    assert!(!ehlo.contains(&b"250-STARTTLS\r\n".to_vec()));
+}
+
+#[tokio::test]
+async fn smtp_starttls_auth_data_and_bdat_byte_exact() {
+    let pki = TestPki::new();
+    let tokens = Arc::new(TokenState::new());
+    let server = FakeSmtpServer::start(&pki, tokens.clone(), SmtpOpts::default()).await;
+    let mut c = TestClient::connect(server.addr).await;
+    smtp_to_auth(&mut c, &pki).await;
+    // Office style: a bad token gets 535 at once.
+    c.send_line(&format!("AUTH XOAUTH2 {}", xoauth2(USER, "at-bad")))
+        .await;
+    c.expect(b"535 5.7.3 Authentication unsuccessful").await;
+    c.send_line("AUTH XOAUTH2").await;
+    c.expect(b"334 ").await;
+    c.send_line(&xoauth2(USER, &tokens.issue_access_token()))
+        .await;
+    c.expect(b"235 2.7.0 Authentication successful").await;
+
+    let body = message(2 * 1024 * 1024 + 3, 11);
+    c.send(b"MAIL FROM:<user@example.test> SIZE=100\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        .await;
+    c.expect(b"250 2.1.0 Sender OK").await;
+    c.expect(b"250 2.1.5 Recipient OK").await;
+    c.expect(b"250 2.1.5 Recipient OK").await;
+    c.expect_prefix(b"354 ").await;
+    c.send(&dot_stuff(&body)).await;
+    c.expect_prefix(b"250 2.6.0 ").await;
+
+    let bdat_body = message(700_001, 12);
+    let (one, two) = bdat_body.split_at(300_000);
+    c.send_line("MAIL FROM:<>").await;
+    c.expect_smtp(250).await;
+    c.send_line("RCPT TO:<c@example.test>").await;
+    c.expect_smtp(250).await;
+    let mut data = format!("BDAT {}\r\n", one.len()).into_bytes();
+    data.extend_from_slice(one);
+    data.extend_from_slice(format!("BDAT {} LAST\r\n", two.len()).as_bytes());
+    data.extend_from_slice(two);
+    c.send(&data).await;
+    c.expect_smtp(250).await;
+    c.expect_prefix(b"250 2.6.0 ").await;
+    c.send_line("RSET").await;
+    c.expect_smtp(250).await;
+    c.send_line("NOOP").await;
+    c.expect_smtp(250).await;
+    c.send_line("QUIT").await;
+    c.expect_smtp(221).await;
+    c.expect_eof().await;
+
+    let received = server.state.received();
+    assert_eq!(received.len(), 2);
+    assert!(received[0].body == body, "DATA body differs");
+    assert_eq!(received[0].from, "user@example.test");
+    assert_eq!(
+        received[0].to,
+        vec!["a@example.test".to_owned(), "b@example.test".to_owned()]
+    );
+    assert!(!received[0].bdat);
+    assert!(received[1].body == bdat_body && received[1].bdat && received[1].from.is_empty());
+    assert_eq!(server.state.messages().len(), 2);
+    let lines = server.state.command_lines();
+    assert!(
+        !lines.contains(&"NOOP".to_owned()) || lines.iter().filter(|l| *l == "NOOP").count() == 1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        server
+            .state
+            .commands_before_auth()
+            .iter()
+            .filter(|l| l.starts_with("EHLO"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        server.state.commands_after_auth()[0],
+        "MAIL FROM:<user@example.test> SIZE=100"
+    );
+}
+
+#[tokio::test]
+async fn smtp_error_challenge_and_override_replies() {
+    let pki = TestPki::new();
+    let tokens = Arc::new(TokenState::new());
+    let opts = SmtpOpts {
+        error_challenge: true,
+        ..Default::default()
+    };
+    let server = FakeSmtpServer::start(&pki, tokens.clone(), opts).await;
+    let mut c = TestClient::connect(server.addr).await;
+    smtp_to_auth(&mut c, &pki).await;
+    c.send_line(&format!("AUTH XOAUTH2 {}", xoauth2(USER, "at-bad")))
+        .await;
+    c.expect(format!("334 {}", error_challenge_b64()).as_bytes())
+        .await;
+    c.send_line("").await;
+    c.expect(b"535 5.7.3 Authentication unsuccessful").await;
+    c.send_line(&format!(
+        "AUTH XOAUTH2 {}",
+        xoauth2(USER, &tokens.issue_access_token())
+    ))
+    .await;
+    c.expect(b"235 2.7.0 Authentication successful").await;
+    assert_eq!(
+        (server.state.auth_attempts(), server.state.auth_successes()),
+        (2, 1)
+    );
+
+    for (reply, want) in [
+        (SmtpAuthReply::TenantDisabled, smtp_server::TENANT_DISABLED),
+        (SmtpAuthReply::ThreadLimit, smtp_server::THREAD_LIMIT),
+    ] {
+        let opts = SmtpOpts {
+            auth_reply: reply,
+            implicit_tls: true,
+            ..Default::default()
+        };
+        let server = FakeSmtpServer::start(&pki, tokens.clone(), opts).await;
+        let mut c = TestClient::connect_tls(server.addr, pki.client_config.clone()).await;
+        c.expect_smtp(220).await;
+        c.send_line("EHLO x").await;
+        c.expect_smtp(250).await;
+        c.send_line(&format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2(USER, &tokens.issue_access_token())
+        ))
+        .await;
+        c.expect(want.as_bytes()).await;
+        c.send_line("MAIL FROM:<a@b>").await;
+        c.expect_smtp(530).await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_name_and_untrusted_certificates_are_refused() {
+    let pki = TestPki::new();
+    let tokens = Arc::new(TokenState::new());
+    let server = FakeImapServer::start_with_config(
+        pki.server_config_for(&["other.test"]),
+        tokens.clone(),
+        ImapOpts::default(),
+    )
+    .await;
+    let err =
+        TestClient::try_connect_tls_named(server.addr, "localhost", pki.client_config.clone())
+            .await
+            .err();
+    assert!(
+        err.is_some(),
+        "a certificate for other.test must not pass as localhost"
+    );
+    let mut c =
+        TestClient::connect_tls_named(server.addr, "other.test", pki.client_config.clone()).await;
+    c.expect_prefix(b"* OK").await;
+    let server = FakeImapServer::start_with_config(
+        pki.untrusted_server_config(),
+        tokens,
+        ImapOpts::default(),
+    )
+    .await;
+    assert!(
+        TestClient::try_connect_tls_named(server.addr, "localhost", pki.client_config.clone())
+            .await
+            .is_err()
+    );
+    assert!(
+        std::fs::read_to_string(&pki.ca_file)
+            .expect("CA file")
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+}
+
+#[tokio::test]
+async fn imap_twelve_mib_literal_round_trip_and_many_connections() {
+    let (pki, tokens, server) = imap_setup(ImapOpts::default()).await;
+    let started = std::time::Instant::now();
+    let m = message(12 * 1024 * 1024, 3);
+    let mut c = TestClient::connect_tls(server.addr, pki.client_config.clone()).await;
+    c.read_line().await;
+    c.send_line(&format!(
+        "x1 AUTHENTICATE XOAUTH2 {}",
+        xoauth2(USER, &tokens.issue_access_token())
+    ))
+    .await;
+    c.expect_prefix(b"x1 OK").await;
+    let mut data = format!("x2 APPEND INBOX {{{}+}}\r\n", m.len()).into_bytes();
+    data.extend_from_slice(&m);
+    data.extend_from_slice(b"\r\nx3 SELECT INBOX\r\nx4 FETCH 1 BODY.PEEK[]\r\n");
+    c.send(&data).await;
+    c.expect_prefix(b"x2 OK").await;
+    c.read_until_tagged("x3").await;
+    let resp = c.read_until_tagged("x4").await;
+    let head = format!("* 1 FETCH (BODY[] {{{}}}\r\n", m.len());
+    assert!(
+        resp[0].starts_with(head.as_bytes()) && resp[0][head.len()..resp[0].len() - 3] == m[..]
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (config, token, addr) = (
+            pki.client_config.clone(),
+            tokens.issue_access_token(),
+            server.addr,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut c = TestClient::connect_tls(addr, config).await;
+            c.read_line().await;
+            c.send_line(&format!(
+                "c{i} AUTHENTICATE XOAUTH2 {}",
+                xoauth2(USER, &token)
+            ))
+            .await;
+            c.expect_prefix(format!("c{i} OK").as_bytes()).await;
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("client task"));
+    }
+    assert_eq!(server.state.auth_successes(), 51);
+    assert!(server.state.max_active_connections() >= 50);
+    drop(clients);
+    server
+        .state
+        .wait_until("all connections are closed", |s| {
+            s.active_connections() == 0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn token_server_hang_mode_never_answers() {
+    let server = FakeTokenServer::start().await;
+    server.state.set_mode(Mode::Hang);
+    let url = server.token_url();
+    let call = post_form(&url, &[("client_id", "c"), ("grant_type", "refresh_token")]);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), call)
+            .await
+            .is_err()
+    );
+    assert_eq!(server.state.requests(GRANT_REFRESH), 1);
+}

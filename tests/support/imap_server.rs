@@ -454,7 +454,8 @@ impl Session {
                         out.extend_from_slice(msg);
                     }
                     other => {
-                        return format!("{tag} BAD Unsupported FETCH item {other}\r\n").into_bytes();
+                        return format!("{tag} BAD Unsupported FETCH item {other}\r\n")
+                            .into_bytes();
                     }
                 }
             }

@@ -7,12 +7,16 @@ pub mod client;
 pub mod conn;
 pub mod imap_server;
 pub mod pki;
+pub mod pop3_server;
+pub mod smtp_server;
 pub mod token_server;
 
 pub use client::TestClient;
 pub use conn::{AbortOnDrop, ServerLog};
 pub use imap_server::{FakeImapServer, ImapOpts, ImapState, Tls};
 pub use pki::TestPki;
+pub use pop3_server::{FakePop3Server, Pop3Opts, Pop3State};
+pub use smtp_server::{FakeSmtpServer, ReceivedMail, SmtpAuthReply, SmtpOpts, SmtpState};
 pub use token_server::{FakeTokenServer, Mode, TokenState};
 
 use base64::Engine as _;
@@ -81,7 +85,7 @@ pub fn dot_unstuff(stuffed: &[u8]) -> Vec<u8> {
 /// 8-bit paths get exercised. Lines never contain a bare CR or LF. Sizes below ~200 bytes give
 /// a run of 'x' lines instead of headers.
 pub fn message(size: usize, seed: u64) -> Vec<u8> {
-    let mut rng = SplitMix(seed ^ 0x5EED_0F_7E57);
+    let mut rng = SplitMix(seed ^ 0x5EED_0F7E_5700);
     let headers = format!(
         "From: Test Sender <sender@example.test>\r\n\
          To: Test Recipient <{USER}>\r\n\

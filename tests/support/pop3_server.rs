@@ -61,7 +61,10 @@ impl Deref for Pop3State {
 impl Pop3State {
     /// The maildrop now (messages deleted by a completed QUIT are gone).
     pub fn maildrop(&self) -> Vec<Vec<u8>> {
-        lock(&self.maildrop).iter().map(|(_, m)| m.clone()).collect()
+        lock(&self.maildrop)
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// Messages removed by DELE + QUIT, in order.
@@ -112,7 +115,11 @@ impl FakePop3Server {
             }
         })
         .await;
-        FakePop3Server { addr, state, _accept: accept }
+        FakePop3Server {
+            addr,
+            state,
+            _accept: accept,
+        }
     }
 }
 
@@ -129,7 +136,9 @@ struct Session {
 
 impl Session {
     async fn run(mut self, tcp: TcpStream) -> io::Result<()> {
-        let mut conn = LineConn::plain(tcp).accept_tls(self.tls_config.clone()).await?;
+        let mut conn = LineConn::plain(tcp)
+            .accept_tls(self.tls_config.clone())
+            .await?;
         conn.write_all(format!("{GREETING}\r\n").as_bytes()).await?;
         loop {
             let line = match conn.read_line(MAX_LINE).await {
@@ -141,7 +150,9 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             };
-            self.state.log.record_command(self.snapshot.is_some(), &line);
+            self.state
+                .log
+                .record_command(self.snapshot.is_some(), &line);
             let text = String::from_utf8_lossy(trim_eol(&line)).into_owned();
             let (verb, args) = text.split_once(' ').unwrap_or((text.as_str(), ""));
             let verb = verb.to_ascii_uppercase();
@@ -159,7 +170,8 @@ impl Session {
                     if authenticated {
                         self.commit_deletions();
                     }
-                    conn.write_all(b"+OK Microsoft Exchange Server POP3 server signing off.\r\n").await?;
+                    conn.write_all(b"+OK Microsoft Exchange Server POP3 server signing off.\r\n")
+                        .await?;
                     break;
                 }
                 ("AUTH", false) => self.auth(&mut conn, args).await?.into_bytes(),
@@ -185,13 +197,17 @@ impl Session {
                 ("TOP", true) => self.top(args),
                 ("DELE", true) => match self.message(args) {
                     Ok(_) => {
-                        self.marked.insert(args.trim().parse().expect("checked by message()"));
+                        self.marked
+                            .insert(args.trim().parse().expect("checked by message()"));
                         b"+OK Marked for deletion.\r\n".to_vec()
                     }
                     Err(e) => e.into_bytes(),
                 },
-                ("AUTH" | "USER" | "PASS" | "APOP" | "NOOP" | "RSET" | "STAT" | "LIST" | "UIDL" | "RETR" | "TOP"
-                | "DELE" | "STLS", _) => format!("{NOT_VALID_IN_STATE}\r\n").into_bytes(),
+                (
+                    "AUTH" | "USER" | "PASS" | "APOP" | "NOOP" | "RSET" | "STAT" | "LIST" | "UIDL"
+                    | "RETR" | "TOP" | "DELE" | "STLS",
+                    _,
+                ) => format!("{NOT_VALID_IN_STATE}\r\n").into_bytes(),
                 _ => b"-ERR Protocol error. 14\r\n".to_vec(),
             };
             conn.write_all(&reply).await?;
@@ -227,13 +243,16 @@ impl Session {
             return Ok("-ERR Authentication canceled.\r\n".to_owned());
         }
         if mechanism == "PLAIN" {
-            return Ok("-ERR Authentication failure: unknown user name or bad password.\r\n".to_owned());
+            return Ok(
+                "-ERR Authentication failure: unknown user name or bad password.\r\n".to_owned(),
+            );
         }
         if check_xoauth2(&self.state.log, &self.tokens, &self.opts.user, &response) {
             self.snapshot = Some(lock(&self.state.maildrop).clone());
             return Ok("+OK User successfully authenticated.\r\n".to_owned());
         }
-        conn.write_all(format!("+ {}\r\n", super::error_challenge_b64()).as_bytes()).await?;
+        conn.write_all(format!("+ {}\r\n", super::error_challenge_b64()).as_bytes())
+            .await?;
         if conn.read_line(MAX_LINE).await?.is_none() {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -268,11 +287,18 @@ impl Session {
     fn listing(&self, verb: &str, args: &str) -> String {
         let item = |n: usize| -> String {
             let (id, msg) = &self.snapshot()[n - 1];
-            if verb == "LIST" { format!("{n} {}", msg.len()) } else { format!("{n} fake-uid-{id}") }
+            if verb == "LIST" {
+                format!("{n} {}", msg.len())
+            } else {
+                format!("{n} fake-uid-{id}")
+            }
         };
         if !args.trim().is_empty() {
             return match self.message(args) {
-                Ok(_) => format!("+OK {}\r\n", item(args.trim().parse().expect("checked by message()"))),
+                Ok(_) => format!(
+                    "+OK {}\r\n",
+                    item(args.trim().parse().expect("checked by message()"))
+                ),
                 Err(e) => e,
             };
         }
@@ -288,14 +314,20 @@ impl Session {
 
     fn top(&self, args: &str) -> Vec<u8> {
         let mut words = args.split(' ');
-        let (Some(n), Some(lines)) = (words.next(), words.next().and_then(|l| l.parse::<usize>().ok())) else {
+        let (Some(n), Some(lines)) = (
+            words.next(),
+            words.next().and_then(|l| l.parse::<usize>().ok()),
+        ) else {
             return b"-ERR Protocol error. 14\r\n".to_vec();
         };
         let msg = match self.message(n) {
             Ok(msg) => msg,
             Err(e) => return e.into_bytes(),
         };
-        let header_end = msg.windows(4).position(|w| w == b"\r\n\r\n").map_or(msg.len(), |i| i + 4);
+        let header_end = msg
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(msg.len(), |i| i + 4);
         let mut end = header_end;
         for _ in 0..lines {
             match msg[end..].windows(2).position(|w| w == b"\r\n") {
@@ -312,7 +344,11 @@ impl Session {
     }
 
     fn commit_deletions(&mut self) {
-        let ids: Vec<u64> = self.marked.iter().map(|&n| self.snapshot()[n - 1].0).collect();
+        let ids: Vec<u64> = self
+            .marked
+            .iter()
+            .map(|&n| self.snapshot()[n - 1].0)
+            .collect();
         let mut maildrop = lock(&self.state.maildrop);
         let mut deleted = lock(&self.state.deleted);
         maildrop.retain(|(id, msg)| {
