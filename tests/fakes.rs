@@ -858,7 +858,7 @@ async fn imap_twelve_mib_literal_round_trip_and_many_connections() {
     }
     assert_eq!(server.state.auth_successes(), 51);
     assert!(server.state.max_active_connections() >= 50);
-    drop(clients);
+    drop((c, clients));
     server
         .state
         .wait_until("all connections are closed", |s| {

@@ -1,0 +1,108 @@
+//! Starts the proxy in-process against the fakes in `tests/support`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use secrecy::SecretString;
+use xoauth2_proxy::Running;
+use xoauth2_proxy::auth::vault::{StoredTokens, TokenStore};
+use xoauth2_proxy::config::Config;
+
+use crate::support::{FakeTokenServer, TestPki, USER};
+
+/// The password the tests' mail clients use.
+pub const PASSWORD: &str = "hunter2";
+/// The refresh token every test starts with.
+pub const SEED_REFRESH: &str = "rt-seed";
+
+/// One proxy listener: protocol, upstream address, upstream TLS mode.
+pub struct Upstream {
+    pub protocol: &'static str,
+    pub addr: SocketAddr,
+    pub tls: &'static str,
+}
+
+pub fn imap(addr: SocketAddr) -> Upstream {
+    Upstream { protocol: "imap", addr, tls: "implicit" }
+}
+pub fn imap_starttls(addr: SocketAddr) -> Upstream {
+    Upstream { protocol: "imap", addr, tls: "starttls" }
+}
+pub fn pop3(addr: SocketAddr) -> Upstream {
+    Upstream { protocol: "pop3", addr, tls: "implicit" }
+}
+pub fn smtp(addr: SocketAddr) -> Upstream {
+    Upstream { protocol: "smtp", addr, tls: "starttls" }
+}
+
+/// The configuration text for one account and the given listeners.
+/// `token_url` is the fake's base URL (or a dead one).
+pub fn config_text(
+    pki: &TestPki,
+    state_dir: &Path,
+    token_base: &str,
+    upstreams: &[Upstream],
+    proxy_extra: &str,
+) -> String {
+    let mut text = format!(
+        "[proxy]\nstate_dir = {state:?}\nca_file = {ca:?}\nconnect_timeout_secs = 5\n{proxy_extra}\n",
+        state = state_dir.display().to_string(),
+        ca = pki.ca_file.display().to_string(),
+    );
+    for u in upstreams {
+        text.push_str(&format!(
+            "[[listener]]\nprotocol = \"{}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nupstream_tls = \"{}\"\n\n",
+            u.protocol, u.addr, u.tls
+        ));
+    }
+    text.push_str(&format!(
+        "[[account]]\nusername = \"{USER}\"\nprovider = \"custom\"\nclient_id = \"test-client\"\n\
+         token_url = \"{token_base}/token\"\ndevice_code_url = \"{token_base}/devicecode\"\n\
+         scopes = [\"https://outlook.office.com/IMAP.AccessAsUser.All\", \"offline_access\"]\n"
+    ));
+    text
+}
+
+/// Writes the signed-in state `authorize` leaves behind: a refresh token, no
+/// access token, and tells the fake token endpoint to accept it.
+pub fn seed_tokens(state_dir: &Path, tokens: &FakeTokenServer) {
+    tokens.state.seed_refresh_token(SEED_REFRESH);
+    TokenStore::new(state_dir)
+        .save(
+            USER,
+            &StoredTokens {
+                refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
+                access_token: None,
+                expires_at: None,
+            },
+        )
+        .expect("seed the token store");
+}
+
+pub async fn start(text: &str) -> Running {
+    let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
+    xoauth2_proxy::start(config).await.expect("proxy starts")
+}
+
+/// A proxy in front of the given upstreams, with tokens seeded.
+pub struct Proxy {
+    pub pki: TestPki,
+    pub tokens: FakeTokenServer,
+    pub state_dir: tempfile::TempDir,
+    pub running: Running,
+}
+
+impl Proxy {
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.running.addrs[i]
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
