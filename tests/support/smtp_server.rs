@@ -49,6 +49,9 @@ pub struct SmtpOpts {
     pub error_challenge: bool,
     /// TLS from the first byte (port 465 style) instead of STARTTLS.
     pub implicit_tls: bool,
+    /// Plaintext sent in the same write as the `220` to STARTTLS, as a
+    /// man in the middle would inject it; a correct client discards it.
+    pub inject_after_starttls: Option<Vec<u8>>,
 }
 
 impl Default for SmtpOpts {
@@ -58,6 +61,7 @@ impl Default for SmtpOpts {
             auth_reply: SmtpAuthReply::Normal,
             error_challenge: false,
             implicit_tls: false,
+            inject_after_starttls: None,
         }
     }
 }
@@ -248,7 +252,11 @@ impl Session {
             }
             "STARTTLS" if conn.is_tls() => "503 5.5.1 TLS already active\r\n".into(),
             "STARTTLS" => {
-                conn.write_all(b"220 2.0.0 SMTP server ready\r\n").await?;
+                let mut reply = b"220 2.0.0 SMTP server ready\r\n".to_vec();
+                if let Some(injected) = &self.opts.inject_after_starttls {
+                    reply.extend_from_slice(injected);
+                }
+                conn.write_all(&reply).await?;
                 return Ok(Next::StartTls);
             }
             "QUIT" => {
