@@ -298,7 +298,7 @@ impl Drop for InFlight {
 impl TokenInner {
     fn new_access_token(&mut self) -> String {
         let token = loop {
-            let t = format!("at-{}", self.next_access);
+            let t = format!("at-{}-eyJ0eXAiOiJKV1Qi", self.next_access);
             self.next_access += 1;
             if !self.access_tokens.contains_key(&t) {
                 break t;
@@ -312,7 +312,7 @@ impl TokenInner {
 
     fn new_refresh_token(&mut self) -> String {
         let token = loop {
-            let t = format!("rt-{}", self.next_refresh);
+            let t = format!("rt-{}-0.AVYAfakeRefresh", self.next_refresh);
             self.next_refresh += 1;
             if !self.refresh_tokens.contains_key(&t) {
                 break t;
