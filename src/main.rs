@@ -40,6 +40,25 @@ enum Command {
         #[arg(long)]
         device: bool,
     },
+    /// Remove an account's stored tokens (to sign in again and bind a new local password).
+    Forget {
+        /// The account's address.
+        account: String,
+    },
+    /// Read a password from standard input and print an Argon2id hash of it for `password_hash`.
+    HashPassword,
+    /// The local TLS certificate (for listeners with local_tls).
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertAction {
+    /// Print the certificate's path and SHA-256 fingerprint, and how to trust it
+    /// on Windows, macOS and Linux (generating it first if there is none yet).
+    Show,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +94,9 @@ fn init_logging(default: &str) {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Command::HashPassword = cli.command {
+        return hash_password();
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Run => {
@@ -94,7 +116,72 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Authorize { account, device: _ } => authorize(&config, &account).await,
+        Command::Forget { account } => forget(&config, &account),
+        Command::HashPassword => unreachable!("handled before loading the configuration"),
+        Command::Cert {
+            action: CertAction::Show,
+        } => {
+            let source = xoauth2_proxy::tls::local_cert::CertSource::from_config(&config);
+            let loaded = source.load(std::time::SystemTime::now())?;
+            print!("{}", xoauth2_proxy::tls::local_cert::describe(&loaded));
+            Ok(())
+        }
     }
+}
+
+fn forget(config: &Config, name: &str) -> anyhow::Result<()> {
+    let store = TokenStore::new(&config.state_dir());
+    let name = config
+        .account(name)
+        .map(|a| a.username.as_str())
+        .unwrap_or(name);
+    let path = store.path_for(name);
+    if store.remove(name)? {
+        println!(
+            "Removed the tokens of {name} ({}). Sign in again with `xoauth2-proxy authorize {name}`; \
+             the next login of a mail client binds its password. A proxy that is running keeps \
+             the access token it holds until it expires (at most an hour); restart it to drop it now.",
+            path.display()
+        );
+    } else {
+        println!(
+            "{name} has no stored tokens ({} does not exist).",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Prints a PHC string for `password_hash`. From a terminal the password is
+/// read twice without echo; otherwise one line of standard input is read.
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = zeroize::Zeroizing::new(
+            rpassword::prompt_password("Password: ").context("cannot read the password")?,
+        );
+        let second = zeroize::Zeroizing::new(
+            rpassword::prompt_password("Again: ").context("cannot read the password")?,
+        );
+        if *first != *second {
+            anyhow::bail!("the two passwords differ");
+        }
+        first
+    } else {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let trimmed = line.trim_end_matches(['\r', '\n']).len();
+        line.truncate(trimmed);
+        line
+    };
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    let phc = xoauth2_proxy::auth::password::hash_password(password.as_bytes())?;
+    println!("{phc}");
+    Ok(())
 }
 
 async fn authorize(config: &Config, name: &str) -> anyhow::Result<()> {

@@ -1,9 +1,17 @@
-//! Which account a client means, and whether it may use it.
+//! Which account a client means, and whether it may use it: the lookup,
+//! the checks that need no secret, the `password_hash` of unattended
+//! accounts, and the per-source throttle of failed logins. (Delegated
+//! accounts' passwords are checked by opening their sealed tokens, in
+//! `tokens`.)
 
 use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
+use super::password::{PasswordDigest, Tag, verify_phc};
+use super::throttle::Throttle;
 use crate::config::AccountConfig;
 use crate::protocol::Credentials;
 
@@ -13,10 +21,27 @@ pub enum LoginError {
     UnknownAccount(String),
     #[error("the password is empty: enter a password in the mail client")]
     EmptyPassword,
+    #[error("wrong password for {0}")]
+    WrongPassword(String),
+    /// The password could not be checked (a broken `password_hash`, a failed task).
+    #[error("cannot check the password: {0}")]
+    Unverifiable(String),
+}
+
+struct Account {
+    config: AccountConfig,
+    /// The digest of the password that matched `password_hash` in this process.
+    verified: RwLock<Option<Tag>>,
+    /// One KDF run per account at a time.
+    verifying: tokio::sync::Mutex<()>,
 }
 
 pub struct Accounts {
-    by_name: HashMap<String, AccountConfig>,
+    by_name: HashMap<String, Account>,
+    digest: PasswordDigest,
+    kdf_runs: AtomicU64,
+    /// Failed logins per source address.
+    pub throttle: Throttle,
 }
 
 impl Accounts {
@@ -24,14 +49,32 @@ impl Accounts {
         Accounts {
             by_name: accounts
                 .iter()
-                .map(|a| (a.username.to_lowercase(), a.clone()))
+                .map(|a| {
+                    let account = Account {
+                        config: a.clone(),
+                        verified: RwLock::new(None),
+                        verifying: tokio::sync::Mutex::new(()),
+                    };
+                    (a.username.to_lowercase(), account)
+                })
                 .collect(),
+            digest: PasswordDigest::new(),
+            kdf_runs: AtomicU64::new(0),
+            throttle: Throttle::new(),
         }
     }
 
-    /// The account the credentials name, if the local checks pass. Local
-    /// refusals never reach the token endpoint or the mail server.
-    pub fn verify(&self, credentials: &Credentials) -> Result<&AccountConfig, LoginError> {
+    /// How many `password_hash` checks ran the KDF in this process.
+    pub fn kdf_runs(&self) -> u64 {
+        self.kdf_runs.load(Ordering::Relaxed)
+    }
+
+    /// The account the credentials name, if the checks that need no secret pass.
+    pub fn lookup(&self, credentials: &Credentials) -> Result<&AccountConfig, LoginError> {
+        self.find(credentials).map(|a| &a.config)
+    }
+
+    fn find(&self, credentials: &Credentials) -> Result<&Account, LoginError> {
         let account = self
             .by_name
             .get(&credentials.username.to_lowercase())
@@ -40,6 +83,58 @@ impl Accounts {
             return Err(LoginError::EmptyPassword);
         }
         Ok(account)
+    }
+
+    /// [`Accounts::lookup`], then, for an account with `password_hash`, the
+    /// password against it: the KDF once per process, a keyed digest after.
+    /// Local refusals never reach the token endpoint or the mail server.
+    pub async fn verify(&self, credentials: &Credentials) -> Result<&AccountConfig, LoginError> {
+        let account = self.find(credentials)?;
+        let Some(phc) = &account.config.password_hash else {
+            return Ok(&account.config);
+        };
+        let password = &credentials.password;
+        if self.matches_verified(account, password)? {
+            return Ok(&account.config);
+        }
+        let _one_at_a_time = account.verifying.lock().await;
+        if self.matches_verified(account, password)? {
+            return Ok(&account.config);
+        }
+        self.kdf_runs.fetch_add(1, Ordering::Relaxed);
+        let candidate = zeroize::Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        let phc = SecretString::from(phc.expose_secret().to_owned());
+        let ok = tokio::task::spawn_blocking(move || verify_phc(&candidate, phc.expose_secret()))
+            .await
+            .map_err(|e| LoginError::Unverifiable(e.to_string()))?
+            .map_err(|e| LoginError::Unverifiable(e.to_string()))?;
+        if !ok {
+            return Err(LoginError::WrongPassword(account.config.username.clone()));
+        }
+        *account.verified.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(self.digest.tag(password.expose_secret().as_bytes()));
+        Ok(&account.config)
+    }
+
+    /// `Ok(true)` for the password verified before, `WrongPassword` for
+    /// another, `Ok(false)` when none was verified yet.
+    fn matches_verified(
+        &self,
+        account: &Account,
+        password: &SecretString,
+    ) -> Result<bool, LoginError> {
+        let verified = account.verified.read().unwrap_or_else(|p| p.into_inner());
+        match verified.as_ref() {
+            None => Ok(false),
+            Some(tag)
+                if self
+                    .digest
+                    .matches(password.expose_secret().as_bytes(), tag) =>
+            {
+                Ok(true)
+            }
+            Some(_) => Err(LoginError::WrongPassword(account.config.username.clone())),
+        }
     }
 }
 
@@ -69,6 +164,7 @@ mod tests {
             token_url: None,
             device_code_url: None,
             scopes: None,
+            password_hash: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
             ("alice@contoso.com", "pw", Ok(())),
@@ -82,8 +178,82 @@ mod tests {
             ("", "pw", Err(LoginError::UnknownAccount(String::new()))),
         ];
         for (user, pass, want) in table {
-            let got = accounts.verify(&creds(user, pass)).map(|_| ());
+            let got = accounts.lookup(&creds(user, pass)).map(|_| ());
             assert_eq!(&got, want, "{user}");
         }
+    }
+
+    /// A PHC string with cheap parameters (production ones are tested in `password`).
+    fn cheap_phc(password: &str) -> String {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(
+                password.as_bytes(),
+                &SaltString::encode_b64(b"sixteen byte slt").unwrap(),
+            )
+            .unwrap()
+            .to_string()
+    }
+
+    fn with_hash(phc: &str) -> Accounts {
+        Accounts::new(&[AccountConfig {
+            username: "scanner@contoso.com".into(),
+            provider: ProviderKind::Office365,
+            tenant: None,
+            client_id: "id".into(),
+            client_secret: None,
+            flow: Flow::DeviceCode,
+            authorize_url: None,
+            token_url: None,
+            device_code_url: None,
+            scopes: None,
+            password_hash: Some(SecretString::from(phc.to_owned())),
+        }])
+    }
+
+    #[tokio::test]
+    async fn password_hash_is_checked_once_then_by_digest() {
+        let accounts = with_hash(&cheap_phc("printer-pw"));
+        let ok = creds("Scanner@contoso.com", "printer-pw");
+        let wrong = creds("scanner@contoso.com", "printer-PW");
+        assert_eq!(
+            accounts.verify(&wrong).await.map(|_| ()),
+            Err(LoginError::WrongPassword("scanner@contoso.com".into()))
+        );
+        assert_eq!(
+            accounts.kdf_runs(),
+            1,
+            "a locked account pays a KDF per try"
+        );
+        for _ in 0..50 {
+            accounts.verify(&ok).await.unwrap();
+        }
+        assert_eq!(accounts.kdf_runs(), 2);
+        assert!(matches!(
+            accounts.verify(&wrong).await,
+            Err(LoginError::WrongPassword(_))
+        ));
+        assert_eq!(accounts.kdf_runs(), 2, "then wrong ones cost no KDF either");
+        assert_eq!(
+            accounts
+                .verify(&creds("scanner@contoso.com", ""))
+                .await
+                .map(|_| ()),
+            Err(LoginError::EmptyPassword)
+        );
+    }
+
+    #[tokio::test]
+    async fn accounts_without_password_hash_pass_to_the_vault() {
+        let accounts = Accounts::new(&[AccountConfig {
+            password_hash: None,
+            ..with_hash("x").by_name["scanner@contoso.com"].config.clone()
+        }]);
+        accounts
+            .verify(&creds("scanner@contoso.com", "any"))
+            .await
+            .unwrap();
+        assert_eq!(accounts.kdf_runs(), 0);
     }
 }

@@ -3,6 +3,8 @@
 pub mod accounts;
 pub mod flows;
 pub mod http;
+pub mod password;
 pub mod provider;
+pub mod throttle;
 pub mod tokens;
 pub mod vault;

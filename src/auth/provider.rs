@@ -68,6 +68,7 @@ mod tests {
             token_url: None,
             device_code_url: None,
             scopes: None,
+            password_hash: None,
         }
     }
 

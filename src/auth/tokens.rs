@@ -2,6 +2,13 @@
 //! refresh-token grant when less than a margin is left, one refresh in flight
 //! per account (the others wait for it and share its outcome), and a rotated
 //! refresh token on disk before the access token that came with it is used.
+//!
+//! Delegated accounts (no `password_hash`) keep their tokens sealed with a
+//! key derived from the local password ([`TokenManager::login`]). The first
+//! login of an account in this process runs the KDF (on a blocking thread)
+//! and opens the seal, or binds the password when the entry is still pending
+//! from `authorize`; it keeps the key, to re-seal rotated refresh tokens, and
+//! a keyed digest of the password, so every later login is one HMAC.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -14,8 +21,9 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::http::{HttpClient, HttpError};
+use super::password::{KdfParams, PasswordDigest, SealKey, Tag, random_salt};
 use super::provider::{Endpoints, endpoints};
-use super::vault::{StoredTokens, TokenStore};
+use super::vault::{Entry, OpenError, StoreError, StoredTokens, TokenStore};
 use crate::config::AccountConfig;
 
 /// Assumed lifetime of an access token whose response had no `expires_in`.
@@ -35,9 +43,13 @@ pub enum TokenError {
     /// Network, timeouts, 429, 5xx: keep the tokens, try again later.
     #[error("{0}")]
     Transient(String),
-    /// The endpoint refused the app itself (client id, secret, scopes).
+    /// The endpoint refused the app itself (client id, secret, scopes), or
+    /// the token store cannot be used.
     #[error("{0}")]
     Configuration(String),
+    /// The local password does not open the account's sealed tokens.
+    #[error("wrong password for {0}")]
+    WrongPassword(String),
 }
 
 struct Access {
@@ -54,14 +66,58 @@ struct RefreshState {
     not_before: Option<Instant>,
 }
 
+/// A delegated account whose password was verified in this process.
+struct Unlocked {
+    tag: Tag,
+    key: Arc<SealKey>,
+}
+
 struct AccountTokens {
     config: AccountConfig,
     endpoints: Endpoints,
+    /// Tokens sealed with the local password (no `password_hash` configured).
+    sealed: bool,
     cached: RwLock<Option<Access>>,
     refresh: tokio::sync::Mutex<RefreshState>,
+    unlocked: RwLock<Option<Unlocked>>,
+    /// One KDF run per account at a time: the others wait and then take the fast path.
+    unlocking: tokio::sync::Mutex<()>,
 }
 
 impl AccountTokens {
+    /// The fast path: `Some(key)` for the password this account was unlocked
+    /// with, `WrongPassword` for another, `None` while still locked.
+    fn check_unlocked(
+        &self,
+        digest: &PasswordDigest,
+        password: &SecretString,
+    ) -> Result<Option<Arc<SealKey>>, TokenError> {
+        let unlocked = self.unlocked.read().unwrap_or_else(|p| p.into_inner());
+        match unlocked.as_ref() {
+            None => Ok(None),
+            Some(u) if digest.matches(password.expose_secret().as_bytes(), &u.tag) => {
+                Ok(Some(u.key.clone()))
+            }
+            Some(_) => Err(TokenError::WrongPassword(self.config.username.clone())),
+        }
+    }
+
+    fn current_key(&self) -> Option<Arc<SealKey>> {
+        let unlocked = self.unlocked.read().unwrap_or_else(|p| p.into_inner());
+        unlocked.as_ref().map(|u| u.key.clone())
+    }
+
+    fn set_unlocked(&self, tag: Tag, key: Arc<SealKey>) {
+        *self.unlocked.write().unwrap_or_else(|p| p.into_inner()) = Some(Unlocked { tag, key });
+    }
+
+    /// Forgets the password and the cached access token: the next login reads
+    /// the disk again (after `forget`, a new sign-in, or a revoked grant).
+    fn relock(&self) {
+        *self.unlocked.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn fresh(&self, margin: Duration) -> Option<SecretString> {
         let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
         let access = cached.as_ref()?;
@@ -81,14 +137,29 @@ pub struct TokenManager {
     store: Arc<TokenStore>,
     margin: Duration,
     refreshes: std::sync::atomic::AtomicU64,
+    kdf: KdfParams,
+    kdf_runs: std::sync::atomic::AtomicU64,
+    digest: PasswordDigest,
 }
 
 impl TokenManager {
+    /// Seals with the production KDF parameters ([`KdfParams::CURRENT`]).
     pub fn new(
         accounts: &[AccountConfig],
         http: HttpClient,
         store: Arc<TokenStore>,
         margin: Duration,
+    ) -> TokenManager {
+        Self::with_kdf(accounts, http, store, margin, KdfParams::CURRENT)
+    }
+
+    /// Seals new and re-sealed entries with `kdf` (tests pass cheap ones).
+    pub fn with_kdf(
+        accounts: &[AccountConfig],
+        http: HttpClient,
+        store: Arc<TokenStore>,
+        margin: Duration,
+        kdf: KdfParams,
     ) -> TokenManager {
         let accounts = accounts
             .iter()
@@ -96,8 +167,11 @@ impl TokenManager {
                 let entry = AccountTokens {
                     config: a.clone(),
                     endpoints: endpoints(a),
+                    sealed: a.password_hash.is_none(),
                     cached: RwLock::new(None),
                     refresh: tokio::sync::Mutex::new(RefreshState::default()),
+                    unlocked: RwLock::new(None),
+                    unlocking: tokio::sync::Mutex::new(()),
                 };
                 (a.username.to_lowercase(), Arc::new(entry))
             })
@@ -108,7 +182,15 @@ impl TokenManager {
             store,
             margin,
             refreshes: Default::default(),
+            kdf,
+            kdf_runs: Default::default(),
+            digest: PasswordDigest::new(),
         }
+    }
+
+    /// How many times this process ran the password KDF (for the benchmark and tests).
+    pub fn kdf_runs(&self) -> u64 {
+        self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many refresh requests this process has sent (for status and tests).
@@ -116,12 +198,149 @@ impl TokenManager {
         self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A valid access token for `username`, refreshing it when needed.
-    pub async fn access_token(&self, username: &str) -> Result<SecretString, TokenError> {
-        let account = self
-            .accounts
+    fn account(&self, username: &str) -> Result<&Arc<AccountTokens>, TokenError> {
+        self.accounts
             .get(&username.to_lowercase())
-            .ok_or_else(|| TokenError::UnknownAccount(username.to_owned()))?;
+            .ok_or_else(|| TokenError::UnknownAccount(username.to_owned()))
+    }
+
+    /// A client login: for a delegated account the password must open (or,
+    /// on the first login after a sign-in, binds) the sealed tokens; then a
+    /// valid access token, refreshed when needed. Accounts with
+    /// `password_hash` are checked by `Accounts` before this is called.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<SecretString, TokenError> {
+        let account = self.account(username)?;
+        let key = if account.sealed {
+            Some(self.unlock(account, password).await?)
+        } else {
+            None
+        };
+        self.token(account, key).await
+    }
+
+    /// A valid access token for `username` without a password: for a
+    /// delegated account only once a client login unlocked it in this process.
+    pub async fn access_token(&self, username: &str) -> Result<SecretString, TokenError> {
+        let account = self.account(username)?;
+        let key = match (account.sealed, account.current_key()) {
+            (false, _) => None,
+            (true, Some(key)) => Some(key),
+            (true, None) => {
+                return Err(TokenError::NeedsSignIn(format!(
+                    "the tokens of {username} are sealed; they open at the next login with its password"
+                )));
+            }
+        };
+        self.token(account, key).await
+    }
+
+    /// Checks `password` for a delegated account and returns its sealing key.
+    async fn unlock(
+        &self,
+        account: &AccountTokens,
+        password: &SecretString,
+    ) -> Result<Arc<SealKey>, TokenError> {
+        if let Some(key) = account.check_unlocked(&self.digest, password)? {
+            return Ok(key);
+        }
+        let _one_at_a_time = account.unlocking.lock().await;
+        if let Some(key) = account.check_unlocked(&self.digest, password)? {
+            return Ok(key);
+        }
+        let username = account.config.username.clone();
+        let store = self.store.clone();
+        let name = username.clone();
+        let entry = blocking(move || store.load_entry(&name))
+            .await?
+            .map_err(|e| store_error(&username, e))?;
+        let key = match entry {
+            None => return Err(not_signed_in(&username)),
+            Some(Entry::Unsealed(tokens)) => {
+                // Pending since `authorize`: this login binds its password.
+                let key = self.derive(password, self.kdf, random_salt()).await?;
+                self.save_sealed(&username, tokens, key.clone())
+                    .await
+                    .map_err(|e| {
+                        TokenError::Configuration(format!(
+                            "cannot seal the tokens of {username}: {e}"
+                        ))
+                    })?;
+                tracing::info!(account = %username, "local password bound; tokens sealed");
+                key
+            }
+            Some(Entry::Sealed(sealed)) => {
+                let key = self
+                    .derive(password, sealed.params(), sealed.salt())
+                    .await?;
+                let tokens = match sealed.open(&key) {
+                    Ok(tokens) => tokens,
+                    Err(OpenError::WrongPassword) => {
+                        return Err(TokenError::WrongPassword(username));
+                    }
+                    Err(OpenError::Damaged(e)) => return Err(store_error(&username, e)),
+                };
+                if sealed.params() == self.kdf {
+                    key
+                } else {
+                    self.reseal(&username, password, tokens, key).await?
+                }
+            }
+        };
+        account.set_unlocked(
+            self.digest.tag(password.expose_secret().as_bytes()),
+            key.clone(),
+        );
+        Ok(key)
+    }
+
+    /// Seals `tokens` again under the current KDF parameters and a new salt.
+    /// If the disk refuses, the entry stays as it was and `old` keeps working.
+    async fn reseal(
+        &self,
+        username: &str,
+        password: &SecretString,
+        tokens: StoredTokens,
+        old: Arc<SealKey>,
+    ) -> Result<Arc<SealKey>, TokenError> {
+        let key = self.derive(password, self.kdf, random_salt()).await?;
+        match self.save_sealed(username, tokens, key.clone()).await {
+            Ok(()) => {
+                tracing::info!(account = %username, from = ?old.params(), to = ?self.kdf,
+                    "tokens re-sealed with the current key derivation parameters");
+                Ok(key)
+            }
+            Err(e) => {
+                tracing::warn!(account = %username, error = %e,
+                    "cannot re-seal the tokens with the current parameters; keeping the old seal");
+                Ok(old)
+            }
+        }
+    }
+
+    async fn derive(
+        &self,
+        password: &SecretString,
+        params: KdfParams,
+        salt: [u8; super::password::SALT_LEN],
+    ) -> Result<Arc<SealKey>, TokenError> {
+        self.kdf_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let password = zeroize::Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        blocking(move || SealKey::derive(&password, params, salt))
+            .await?
+            .map(Arc::new)
+            .map_err(|e| TokenError::Configuration(e.to_string()))
+    }
+
+    async fn token(
+        &self,
+        account: &AccountTokens,
+        key: Option<Arc<SealKey>>,
+    ) -> Result<SecretString, TokenError> {
         if let Some(token) = account.fresh(self.margin) {
             return Ok(token);
         }
@@ -148,7 +367,7 @@ impl TokenManager {
                 "the token endpoint asked to wait; try again in {secs} s"
             )));
         }
-        let result = self.refresh_locked(account, &mut state).await;
+        let result = self.refresh_locked(account, &mut state, key).await;
         match &result {
             Ok(_) => state.last_failure = None,
             Err(e) => state.last_failure = Some((Instant::now(), e.clone())),
@@ -160,12 +379,22 @@ impl TokenManager {
         &self,
         account: &AccountTokens,
         state: &mut RefreshState,
+        key: Option<Arc<SealKey>>,
     ) -> Result<SecretString, TokenError> {
         let username = account.config.username.clone();
         // Until a sign-in exists, look at the disk each time: `authorize` may
         // have run in another process since.
         if !state.loaded || state.refresh_token.is_none() {
-            let stored = self.load(&username).await?;
+            let stored = match self.load(&username, key.clone()).await {
+                Err(e) if account.sealed => {
+                    // Removed (`forget`) or replaced (a new sign-in) since the
+                    // unlock: the next login starts from the disk again.
+                    account.relock();
+                    *state = RefreshState::default();
+                    return Err(e);
+                }
+                other => other?,
+            };
             state.loaded = true;
             if let Some(stored) = stored {
                 state.refresh_token = stored.refresh_token;
@@ -178,10 +407,15 @@ impl TokenManager {
             }
         }
         let Some(refresh_token) = state.refresh_token.clone() else {
-            return Err(TokenError::NeedsSignIn(format!(
-                "{username} has not been signed in yet: run `xoauth2-proxy authorize {username}`"
-            )));
+            return Err(not_signed_in(&username));
         };
+        if let Some(key) = &key
+            && let Err(e) = self.still_ours(&username, key.clone()).await
+        {
+            account.relock();
+            *state = RefreshState::default();
+            return Err(e);
+        }
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(account = %username, "refreshing access token");
@@ -192,8 +426,12 @@ impl TokenManager {
                     state.not_before = Some(Instant::now() + wait);
                 }
                 if let TokenError::NeedsSignIn(_) = error {
-                    // The refresh token is dead; forget it so a new sign-in on disk is picked up.
+                    // The refresh token is dead; forget it so a new sign-in on disk is picked up
+                    // (and, for a sealed account, bound by the next login).
                     state.refresh_token = None;
+                    if account.sealed {
+                        account.relock();
+                    }
                 }
                 tracing::warn!(account = %username, error = %error, "token refresh failed");
                 return Err(error);
@@ -214,7 +452,11 @@ impl TokenManager {
         // The new refresh token must be on disk before anyone uses the access
         // token; if the disk refuses, keep it in memory so it is not lost
         // while this process runs, and say so loudly.
-        if let Err(e) = self.save(&username, stored).await {
+        let saved = match key {
+            Some(key) => self.save_sealed(&username, stored, key).await,
+            None => self.save(&username, stored).await,
+        };
+        if let Err(e) = saved {
             tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
         }
         state.refresh_token = Some(new_refresh);
@@ -224,13 +466,62 @@ impl TokenManager {
         Ok(access)
     }
 
-    async fn load(&self, username: &str) -> Result<Option<StoredTokens>, TokenError> {
+    /// The account's stored tokens: unsealed ones as they are, sealed ones
+    /// opened with `key`, which must be the entry's (not replaced since).
+    async fn load(
+        &self,
+        username: &str,
+        key: Option<Arc<SealKey>>,
+    ) -> Result<Option<StoredTokens>, TokenError> {
         let store = self.store.clone();
         let name = username.to_owned();
-        tokio::task::spawn_blocking(move || store.load(&name))
+        let entry = blocking(move || store.load_entry(&name))
+            .await?
+            .map_err(|e| store_error(username, e))?;
+        match (entry, key) {
+            (None, _) => Ok(None),
+            (Some(Entry::Unsealed(tokens)), None) => Ok(Some(tokens)),
+            (Some(Entry::Sealed(sealed)), Some(key)) => match sealed.open(&key) {
+                Ok(tokens) => Ok(Some(tokens)),
+                Err(OpenError::WrongPassword) => Err(replaced(username)),
+                Err(OpenError::Damaged(e)) => Err(store_error(username, e)),
+            },
+            (Some(Entry::Unsealed(_)), Some(_)) => Err(replaced(username)),
+            (Some(Entry::Sealed(_)), None) => Err(TokenError::Configuration(format!(
+                "the tokens of {username} are sealed with a local password, but the account has \
+                 password_hash: run `xoauth2-proxy forget {username}` and sign in again"
+            ))),
+        }
+    }
+
+    /// Whether the sealed entry on disk is still the one `key` opens: a
+    /// `forget` or a new sign-in while the proxy runs must not be undone by
+    /// the next refresh writing the old tokens back.
+    async fn still_ours(&self, username: &str, key: Arc<SealKey>) -> Result<(), TokenError> {
+        let store = self.store.clone();
+        let name = username.to_owned();
+        let entry = blocking(move || store.load_entry(&name))
+            .await?
+            .map_err(|e| store_error(username, e))?;
+        match entry {
+            Some(Entry::Sealed(sealed)) if sealed.key_matches(&key) => Ok(()),
+            None => Err(not_signed_in(username)),
+            Some(_) => Err(replaced(username)),
+        }
+    }
+
+    async fn save_sealed(
+        &self,
+        username: &str,
+        tokens: StoredTokens,
+        key: Arc<SealKey>,
+    ) -> Result<(), String> {
+        let store = self.store.clone();
+        let name = username.to_owned();
+        blocking(move || store.save_sealed(&name, &tokens, &key))
             .await
-            .map_err(|e| TokenError::Transient(format!("token store task failed: {e}")))?
-            .map_err(|e| TokenError::Configuration(format!("cannot read the token store: {e}")))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn save(&self, username: &str, tokens: StoredTokens) -> Result<(), String> {
@@ -278,6 +569,38 @@ impl TokenManager {
 struct Failure {
     error: TokenError,
     retry_after: Option<Duration>,
+}
+
+/// Runs file and KDF work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TokenError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TokenError::Transient(format!("token store task failed: {e}")))
+}
+
+fn not_signed_in(username: &str) -> TokenError {
+    TokenError::NeedsSignIn(format!(
+        "{username} has not been signed in yet: run `xoauth2-proxy authorize {username}`"
+    ))
+}
+
+fn replaced(username: &str) -> TokenError {
+    TokenError::NeedsSignIn(format!(
+        "the stored tokens of {username} were replaced or removed since the last login; log in again"
+    ))
+}
+
+/// A token file that cannot be used: a damaged one needs a new sign-in, the
+/// others (permissions, a newer format) are the installation's to fix.
+fn store_error(username: &str, e: StoreError) -> TokenError {
+    match e {
+        StoreError::Corrupt { .. } => TokenError::NeedsSignIn(format!(
+            "{e}: run `xoauth2-proxy authorize {username}` to sign in again"
+        )),
+        e => TokenError::Configuration(format!("cannot read the token store: {e}")),
+    }
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -351,5 +674,261 @@ fn classify(
             error: TokenError::Transient(format!("token request failed: {text}")),
             retry_after: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::TEST_PARAMS;
+    use crate::config::{Flow, ProviderKind};
+
+    const USER: &str = "alice@contoso.com";
+
+    fn account(password_hash: Option<&str>) -> AccountConfig {
+        AccountConfig {
+            username: USER.into(),
+            provider: ProviderKind::Custom,
+            tenant: None,
+            client_id: "id".into(),
+            client_secret: None,
+            flow: Flow::DeviceCode,
+            authorize_url: None,
+            // Nothing listens here: a test that reaches the network fails loudly.
+            token_url: Some("http://127.0.0.1:9/token".into()),
+            device_code_url: None,
+            scopes: Some(vec!["x".into()]),
+            password_hash: password_hash.map(|s| SecretString::from(s.to_owned())),
+        }
+    }
+
+    fn manager(store: &Arc<TokenStore>, kdf: KdfParams) -> TokenManager {
+        let tls = crate::tls::client_config(None).unwrap();
+        let http = HttpClient::new(tls, Duration::from_secs(1)).unwrap();
+        TokenManager::with_kdf(
+            &[account(None)],
+            http,
+            store.clone(),
+            Duration::from_secs(60),
+            kdf,
+        )
+    }
+
+    /// What `authorize` leaves: unsealed tokens with an access token valid
+    /// for an hour, so logins need no token endpoint.
+    fn signed_in() -> (tempfile::TempDir, Arc<TokenStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TokenStore::new(dir.path()));
+        store
+            .save(
+                USER,
+                &StoredTokens {
+                    refresh_token: Some(SecretString::from("rt-1".to_owned())),
+                    access_token: Some(SecretString::from("at-1".to_owned())),
+                    expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(3600))),
+                },
+            )
+            .unwrap();
+        (dir, store)
+    }
+
+    fn pw(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    fn sealed_params(store: &TokenStore) -> Option<KdfParams> {
+        match store.load_entry(USER).unwrap()? {
+            Entry::Sealed(s) => Some(s.params()),
+            Entry::Unsealed(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn first_login_binds_the_password_and_later_ones_cost_no_kdf() {
+        let (_dir, store) = signed_in();
+        let tokens = manager(&store, TEST_PARAMS);
+        assert_eq!(sealed_params(&store), None, "pending after authorize");
+        let at = tokens.login(USER, &pw("correct horse")).await.unwrap();
+        assert_eq!(at.expose_secret(), "at-1");
+        assert_eq!(sealed_params(&store), Some(TEST_PARAMS), "bound and sealed");
+        let text = std::fs::read_to_string(store.path_for(USER)).unwrap();
+        assert!(!text.contains("rt-1") && !text.contains("at-1"), "{text}");
+        for _ in 0..200 {
+            tokens.login(USER, &pw("correct horse")).await.unwrap();
+        }
+        assert_eq!(tokens.kdf_runs(), 1, "one KDF per account per process");
+        assert_eq!(tokens.refresh_count(), 0);
+        // A new process opens the seal with the same password: one KDF again.
+        let again = manager(&store, TEST_PARAMS);
+        let at = again.login(USER, &pw("correct horse")).await.unwrap();
+        assert_eq!(at.expose_secret(), "at-1");
+        assert_eq!(again.kdf_runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_refused_and_the_tokens_are_kept() {
+        let (_dir, store) = signed_in();
+        manager(&store, TEST_PARAMS)
+            .login(USER, &pw("right"))
+            .await
+            .unwrap();
+        let before = std::fs::read(store.path_for(USER)).unwrap();
+        // Locked (a new process): the wrong password fails to open the seal.
+        let tokens = manager(&store, TEST_PARAMS);
+        let err = tokens.login(USER, &pw("wrong")).await.unwrap_err();
+        assert_eq!(err, TokenError::WrongPassword(USER.into()));
+        assert!(!err.to_string().contains("wrong\""));
+        assert_eq!(tokens.kdf_runs(), 1);
+        // Unlocked: the wrong password is refused by the digest, with no KDF.
+        tokens.login(USER, &pw("right")).await.unwrap();
+        assert_eq!(tokens.kdf_runs(), 2);
+        for _ in 0..10 {
+            assert!(matches!(
+                tokens.login(USER, &pw("Right")).await,
+                Err(TokenError::WrongPassword(_))
+            ));
+        }
+        assert_eq!(tokens.kdf_runs(), 2);
+        assert_eq!(tokens.refresh_count(), 0);
+        assert_eq!(std::fs::read(store.path_for(USER)).unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_logins_share_one_kdf_run() {
+        let (_dir, store) = signed_in();
+        let tokens = Arc::new(manager(&store, TEST_PARAMS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let tokens = tokens.clone();
+            tasks.spawn(async move { tokens.login(USER, &pw("pw")).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(tokens.kdf_runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn entries_sealed_with_other_parameters_are_resealed_at_login() {
+        let (_dir, store) = signed_in();
+        manager(&store, TEST_PARAMS)
+            .login(USER, &pw("pw"))
+            .await
+            .unwrap();
+        let raised = KdfParams {
+            memory_kib: 128,
+            iterations: 2,
+            lanes: 1,
+        };
+        let tokens = manager(&store, raised);
+        let at = tokens.login(USER, &pw("pw")).await.unwrap();
+        assert_eq!(at.expose_secret(), "at-1");
+        assert_eq!(sealed_params(&store), Some(raised));
+        assert_eq!(tokens.kdf_runs(), 2, "open with the old, seal with the new");
+        tokens.login(USER, &pw("pw")).await.unwrap();
+        assert_eq!(tokens.kdf_runs(), 2);
+        // The re-sealed entry opens with the password under the new parameters only.
+        let fresh = manager(&store, raised);
+        fresh.login(USER, &pw("pw")).await.unwrap();
+        assert_eq!(fresh.kdf_runs(), 1);
+        assert!(matches!(
+            manager(&store, raised).login(USER, &pw("nope")).await,
+            Err(TokenError::WrongPassword(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_tokens_damaged_tokens_and_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TokenStore::new(dir.path()));
+        let tokens = manager(&store, TEST_PARAMS);
+        let err = tokens.login(USER, &pw("pw")).await.unwrap_err();
+        assert!(
+            matches!(&err, TokenError::NeedsSignIn(m) if m.contains("authorize")),
+            "{err}"
+        );
+        assert_eq!(tokens.kdf_runs(), 0, "nothing to bind to");
+
+        let (_dir, store) = signed_in();
+        manager(&store, TEST_PARAMS)
+            .login(USER, &pw("pw"))
+            .await
+            .unwrap();
+        let path = store.path_for(USER);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let ct = v["sealed"]["ciphertext"].as_str().unwrap().to_owned();
+        let flipped = if ct.starts_with('A') { "B" } else { "A" };
+        v["sealed"]["ciphertext"] = format!("{flipped}{}", &ct[1..]).into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let tokens = manager(&store, TEST_PARAMS);
+        let err = tokens.login(USER, &pw("pw")).await.unwrap_err();
+        assert!(
+            matches!(&err, TokenError::NeedsSignIn(m) if m.contains("damaged") && m.contains("authorize")),
+            "{err}"
+        );
+        // With the wrong password it is still just a wrong password.
+        assert!(matches!(
+            tokens.login(USER, &pw("other")).await,
+            Err(TokenError::WrongPassword(_))
+        ));
+
+        // `forget`, then a new sign-in: the next login binds a new password.
+        assert!(store.remove(USER).unwrap());
+        assert!(matches!(
+            tokens.login(USER, &pw("pw")).await,
+            Err(TokenError::NeedsSignIn(_))
+        ));
+        store
+            .save(
+                USER,
+                &StoredTokens {
+                    refresh_token: Some(SecretString::from("rt-2".to_owned())),
+                    access_token: Some(SecretString::from("at-2".to_owned())),
+                    expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(3600))),
+                },
+            )
+            .unwrap();
+        let at = tokens.login(USER, &pw("new password")).await.unwrap();
+        assert_eq!(at.expose_secret(), "at-2");
+    }
+
+    #[tokio::test]
+    async fn password_hash_accounts_are_not_sealed() {
+        let (_dir, store) = signed_in();
+        let tls = crate::tls::client_config(None).unwrap();
+        let http = HttpClient::new(tls, Duration::from_secs(1)).unwrap();
+        let tokens = TokenManager::with_kdf(
+            &[account(Some(
+                "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            ))],
+            http,
+            store.clone(),
+            Duration::from_secs(60),
+            TEST_PARAMS,
+        );
+        // The password itself is checked by `Accounts`; here it plays no part.
+        tokens.login(USER, &pw("anything")).await.unwrap();
+        assert_eq!(tokens.kdf_runs(), 0);
+        assert_eq!(sealed_params(&store), None);
+        assert_eq!(
+            tokens.access_token(USER).await.unwrap().expose_secret(),
+            "at-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sealed_account_gives_no_token_without_its_password() {
+        let (_dir, store) = signed_in();
+        let tokens = manager(&store, TEST_PARAMS);
+        assert!(matches!(
+            tokens.access_token(USER).await,
+            Err(TokenError::NeedsSignIn(_))
+        ));
+        tokens.login(USER, &pw("pw")).await.unwrap();
+        assert_eq!(
+            tokens.access_token(USER).await.unwrap().expose_secret(),
+            "at-1"
+        );
     }
 }

@@ -2,9 +2,18 @@
 //!
 //! Writes are atomic (temp file, fsync, rename, directory fsync) and
 //! owner-only, so a crash leaves either the old or the new tokens, never
-//! neither. The file carries a format version; sealing with a key derived
-//! from the local password (DESIGN.md) becomes a new version of the same
-//! envelope, read and written through these same three calls.
+//! neither. The file is a versioned JSON envelope in one of two states:
+//!
+//! - unsealed: the tokens in clear (owner-only). `authorize` writes this; for
+//!   a delegated account it is *pending*: the next client login binds its
+//!   password by sealing the entry. Accounts with `password_hash` stay so.
+//!   Version 1 files (before sealing existed) read as unsealed.
+//! - sealed: the tokens encrypted with XChaCha20-Poly1305 under a key
+//!   derived from the local password ([`SealKey`]); beside the ciphertext,
+//!   the KDF parameters and salt (so they can be raised later), a random
+//!   nonce fresh for every write, and a check value that tells a wrong
+//!   password from a damaged file. The account name, parameters and salt
+//!   are bound to the ciphertext as associated data.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -12,12 +21,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// The envelope format this build writes.
-const FORMAT_VERSION: u32 = 1;
+use super::password::{KdfParams, SALT_LEN, SealKey, fill_random};
+
+/// The envelope format this build writes. 1: tokens in clear; 2: adds sealing.
+const FORMAT_VERSION: u32 = 2;
+/// The only KDF this build seals with; named in the file so another can follow.
+const KDF_ARGON2ID: &str = "argon2id";
+/// XChaCha20-Poly1305's nonce: 24 random bytes, safe to draw at random per write.
+const NONCE_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +50,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path} was written by a newer xoauth2-proxy (format {version})")]
     TooNew { path: PathBuf, version: u32 },
+    #[error("{path} is sealed with the local password; it opens only at a client login")]
+    Sealed { path: PathBuf },
 }
 
 /// An account's tokens as kept between runs.
@@ -57,16 +78,112 @@ impl std::fmt::Debug for StoredTokens {
     }
 }
 
+/// What an account's file holds.
+#[derive(Debug)]
+pub enum Entry {
+    /// Tokens in clear: pending a password binding, or a `password_hash` account.
+    Unsealed(StoredTokens),
+    Sealed(SealedTokens),
+}
+
+/// A sealed entry as read from disk; [`SealedTokens::open`] needs the key.
+pub struct SealedTokens {
+    path: PathBuf,
+    account: String,
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+    check: Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+    ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedTokens")
+            .field("path", &self.path)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the password does not open the sealed tokens")]
+    WrongPassword,
+    #[error(transparent)]
+    Damaged(StoreError),
+}
+
+impl SealedTokens {
+    /// The parameters and salt to derive this entry's key with.
+    pub fn params(&self) -> KdfParams {
+        self.params
+    }
+
+    pub fn salt(&self) -> [u8; SALT_LEN] {
+        self.salt
+    }
+
+    /// Whether `key` (derived from a password) is this entry's key; constant time.
+    pub fn key_matches(&self, key: &SealKey) -> bool {
+        key.params() == self.params && key.salt() == self.salt && key.check_matches(&self.check)
+    }
+
+    /// Decrypts the tokens. A key whose check fails is a wrong password; a
+    /// right key that does not open the ciphertext means the file was damaged.
+    pub fn open(&self, key: &SealKey) -> Result<StoredTokens, OpenError> {
+        if !self.key_matches(key) {
+            return Err(OpenError::WrongPassword);
+        }
+        let damaged = |reason: &str| {
+            OpenError::Damaged(StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: reason.to_owned(),
+            })
+        };
+        let aad = associated_data(&self.account, self.params, &self.salt);
+        let plain = XChaCha20Poly1305::new(key.seal_key().into())
+            .decrypt(
+                XNonce::from_slice(&self.nonce),
+                Payload {
+                    msg: &self.ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| damaged("the sealed tokens fail their integrity check"))?;
+        let payload: Payload2 = serde_json::from_slice(&plain)
+            .map_err(|_| damaged("the sealed tokens are not a token record"))?;
+        Ok(payload.into_tokens())
+    }
+}
+
+/// The sealed part of a version 2 envelope.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealFields {
+    kdf: String,
+    memory_kib: u32,
+    iterations: u32,
+    lanes: u32,
+    salt: String,
+    check: String,
+    nonce: String,
+    ciphertext: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     version: u32,
     account: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     access_token: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<SealFields>,
 }
 
 impl Drop for Envelope {
@@ -75,6 +192,61 @@ impl Drop for Envelope {
         self.refresh_token.zeroize();
         self.access_token.zeroize();
     }
+}
+
+/// The tokens inside a seal (the same three fields as in clear).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload2 {
+    refresh_token: Option<String>,
+    access_token: Option<String>,
+    expires_at: Option<u64>,
+}
+
+impl Payload2 {
+    fn from_tokens(tokens: &StoredTokens) -> Payload2 {
+        Payload2 {
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            access_token: tokens
+                .access_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            expires_at: tokens.expires_at,
+        }
+    }
+
+    fn into_tokens(mut self) -> StoredTokens {
+        StoredTokens {
+            refresh_token: self.refresh_token.take().map(SecretString::from),
+            access_token: self.access_token.take().map(SecretString::from),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+impl Drop for Payload2 {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.refresh_token.zeroize();
+        self.access_token.zeroize();
+    }
+}
+
+/// Binds the ciphertext to its account and key parameters, so a sealed
+/// entry copied to another account's file, or with edited parameters, fails.
+fn associated_data(account: &str, params: KdfParams, salt: &[u8]) -> Vec<u8> {
+    format!(
+        "xoauth2-proxy tokens v{FORMAT_VERSION}\n{}\n{KDF_ARGON2ID} m={} t={} p={}\n{}",
+        account.to_lowercase(),
+        params.memory_kib,
+        params.iterations,
+        params.lanes,
+        B64.encode(salt)
+    )
+    .into_bytes()
 }
 
 pub struct TokenStore {
@@ -121,7 +293,20 @@ impl TokenStore {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// `account`'s tokens if they are stored unsealed; a sealed entry is
+    /// [`StoreError::Sealed`] (use [`TokenStore::load_entry`] and open it).
     pub fn load(&self, account: &str) -> Result<Option<StoredTokens>, StoreError> {
+        match self.load_entry(account)? {
+            None => Ok(None),
+            Some(Entry::Unsealed(tokens)) => Ok(Some(tokens)),
+            Some(Entry::Sealed(_)) => Err(StoreError::Sealed {
+                path: self.path_for(account),
+            }),
+        }
+    }
+
+    /// What `account`'s file holds, checked for shape but not opened.
+    pub fn load_entry(&self, account: &str) -> Result<Option<Entry>, StoreError> {
         let path = self.path_for(account);
         let bytes = match fs::read(&path) {
             Ok(b) => Zeroizing::new(b),
@@ -134,10 +319,12 @@ impl TokenStore {
                 });
             }
         };
-        let env: Envelope = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+        let corrupt = |reason: String| StoreError::Corrupt {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let mut env: Envelope =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if env.version > FORMAT_VERSION {
             return Err(StoreError::TooNew {
                 path,
@@ -145,26 +332,51 @@ impl TokenStore {
             });
         }
         if !env.account.eq_ignore_ascii_case(account) {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: format!("it belongs to {}", env.account),
-            });
+            return Err(corrupt(format!("it belongs to {}", env.account)));
         }
-        Ok(Some(StoredTokens {
-            refresh_token: env
-                .refresh_token
-                .as_deref()
-                .map(|s| SecretString::from(s.to_owned())),
-            access_token: env
-                .access_token
-                .as_deref()
-                .map(|s| SecretString::from(s.to_owned())),
-            expires_at: env.expires_at,
-        }))
+        let Some(sealed) = env.sealed.take() else {
+            return Ok(Some(Entry::Unsealed(StoredTokens {
+                refresh_token: env.refresh_token.take().map(SecretString::from),
+                access_token: env.access_token.take().map(SecretString::from),
+                expires_at: env.expires_at,
+            })));
+        };
+        if env.version < 2 {
+            return Err(corrupt("a format 1 file cannot be sealed".into()));
+        }
+        if env.refresh_token.is_some() || env.access_token.is_some() {
+            return Err(corrupt("tokens in clear beside sealed ones".into()));
+        }
+        if sealed.kdf != KDF_ARGON2ID {
+            return Err(corrupt(format!("unknown key derivation `{}`", sealed.kdf)));
+        }
+        let decode = |what: &str, text: &str| {
+            B64.decode(text)
+                .map_err(|_| corrupt(format!("{what} is not base64")))
+        };
+        let salt = decode("salt", &sealed.salt)?
+            .try_into()
+            .map_err(|_| corrupt(format!("the salt is not {SALT_LEN} bytes")))?;
+        let nonce = decode("nonce", &sealed.nonce)?
+            .try_into()
+            .map_err(|_| corrupt(format!("the nonce is not {NONCE_LEN} bytes")))?;
+        Ok(Some(Entry::Sealed(SealedTokens {
+            path: path.clone(),
+            account: account.to_owned(),
+            params: KdfParams {
+                memory_kib: sealed.memory_kib,
+                iterations: sealed.iterations,
+                lanes: sealed.lanes,
+            },
+            salt,
+            check: decode("check", &sealed.check)?,
+            nonce,
+            ciphertext: decode("ciphertext", &sealed.ciphertext)?,
+        })))
     }
 
-    /// Replaces `account`'s tokens atomically. Returns after the new file and
-    /// its directory entry are on stable storage.
+    /// Replaces `account`'s tokens with unsealed ones, atomically. Returns
+    /// after the new file and its directory entry are on stable storage.
     pub fn save(&self, account: &str, tokens: &StoredTokens) -> Result<(), StoreError> {
         let env = Envelope {
             version: FORMAT_VERSION,
@@ -178,8 +390,58 @@ impl TokenStore {
                 .as_ref()
                 .map(|s| s.expose_secret().to_owned()),
             expires_at: tokens.expires_at,
+            sealed: None,
         };
-        let bytes = Zeroizing::new(serde_json::to_vec_pretty(&env).expect("envelope serialises"));
+        self.write(account, &env)
+    }
+
+    /// Replaces `account`'s tokens with tokens sealed under `key` (with a
+    /// fresh random nonce), atomically, like [`TokenStore::save`].
+    pub fn save_sealed(
+        &self,
+        account: &str,
+        tokens: &StoredTokens,
+        key: &SealKey,
+    ) -> Result<(), StoreError> {
+        let plain = Zeroizing::new(
+            serde_json::to_vec(&Payload2::from_tokens(tokens)).expect("token record serialises"),
+        );
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        let params = key.params();
+        let salt = key.salt();
+        let aad = associated_data(account, params, &salt);
+        let ciphertext = XChaCha20Poly1305::new(key.seal_key().into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encrypts any length this small");
+        let env = Envelope {
+            version: FORMAT_VERSION,
+            account: account.to_owned(),
+            refresh_token: None,
+            access_token: None,
+            expires_at: None,
+            sealed: Some(SealFields {
+                kdf: KDF_ARGON2ID.to_owned(),
+                memory_kib: params.memory_kib,
+                iterations: params.iterations,
+                lanes: params.lanes,
+                salt: B64.encode(salt),
+                check: B64.encode(key.check_value()),
+                nonce: B64.encode(nonce),
+                ciphertext: B64.encode(ciphertext),
+            }),
+        };
+        self.write(account, &env)
+    }
+
+    fn write(&self, account: &str, env: &Envelope) -> Result<(), StoreError> {
+        let bytes = Zeroizing::new(serde_json::to_vec_pretty(env).expect("envelope serialises"));
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.ensure_dir()?;
         let path = self.path_for(account);
@@ -348,6 +610,137 @@ mod tests {
             store.load("a@b.c"),
             Err(StoreError::TooNew { .. })
         ));
+    }
+
+    fn key(password: &str, salt: u8) -> SealKey {
+        SealKey::derive(
+            password.as_bytes(),
+            crate::auth::password::TEST_PARAMS,
+            [salt; SALT_LEN],
+        )
+        .unwrap()
+    }
+
+    fn sealed(store: &TokenStore, account: &str) -> SealedTokens {
+        match store.load_entry(account).unwrap().unwrap() {
+            Entry::Sealed(s) => s,
+            Entry::Unsealed(_) => panic!("{account} is not sealed"),
+        }
+    }
+
+    #[test]
+    fn sealed_entries_open_with_their_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let k = key("right", 1);
+        store
+            .save_sealed("a@b.c", &tokens("rt-sealed"), &k)
+            .unwrap();
+        let text = fs::read_to_string(store.path_for("a@b.c")).unwrap();
+        assert!(!text.contains("rt-sealed"), "{text}");
+        assert!(text.contains("\"version\": 2") && text.contains("argon2id"));
+        let entry = sealed(&store, "a@b.c");
+        assert_eq!(entry.params(), crate::auth::password::TEST_PARAMS);
+        assert_eq!(entry.salt(), [1; SALT_LEN]);
+        let t = entry.open(&k).unwrap();
+        assert_eq!(t.refresh_token.unwrap().expose_secret(), "rt-sealed");
+        assert_eq!(t.access_token.unwrap().expose_secret(), "at-for-rt-sealed");
+        assert_eq!(t.expires_at, Some(1_900_000_000));
+        assert!(matches!(
+            entry.open(&key("wrong", 1)),
+            Err(OpenError::WrongPassword)
+        ));
+        assert!(matches!(
+            entry.open(&key("right", 2)),
+            Err(OpenError::WrongPassword)
+        ));
+        assert!(matches!(
+            store.load("a@b.c"),
+            Err(StoreError::Sealed { .. })
+        ));
+    }
+
+    #[test]
+    fn every_write_draws_a_new_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let k = key("pw", 1);
+        let nonce_of = |store: &TokenStore| sealed(store, "a@b.c").nonce;
+        store.save_sealed("a@b.c", &tokens("rt"), &k).unwrap();
+        let first = nonce_of(&store);
+        store.save_sealed("a@b.c", &tokens("rt"), &k).unwrap();
+        assert_ne!(first, nonce_of(&store));
+    }
+
+    #[test]
+    fn damaged_sealed_files_are_reported_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let k = key("pw", 1);
+        store.save_sealed("a@b.c", &tokens("rt"), &k).unwrap();
+        let path = store.path_for("a@b.c");
+        let good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        };
+        // A flipped ciphertext byte: the password is right, the file is not.
+        edit(&|v| {
+            let ct = v["sealed"]["ciphertext"].as_str().unwrap();
+            let mut raw = B64.decode(ct).unwrap();
+            raw[3] ^= 1;
+            v["sealed"]["ciphertext"] = B64.encode(raw).into();
+        });
+        assert!(matches!(
+            sealed(&store, "a@b.c").open(&k),
+            Err(OpenError::Damaged(StoreError::Corrupt { .. }))
+        ));
+        // Shapes that cannot be a sealed entry are refused on reading.
+        for bad in [
+            &(|v: &mut serde_json::Value| v["sealed"]["nonce"] = "AAAA".into())
+                as &dyn Fn(&mut serde_json::Value),
+            &|v| v["sealed"]["salt"] = "!!".into(),
+            &|v| v["sealed"]["kdf"] = "scrypt".into(),
+            &|v| v["refresh_token"] = "rt-in-clear".into(),
+            &|v| v["version"] = 1.into(),
+        ] {
+            edit(bad);
+            assert!(
+                matches!(store.load_entry("a@b.c"), Err(StoreError::Corrupt { .. })),
+                "{:?}",
+                store.load_entry("a@b.c")
+            );
+        }
+        // A sealed entry moved to another account's file does not open there.
+        edit(&|_| {});
+        fs::copy(&path, store.path_for("x@b.c")).unwrap();
+        let mut moved: serde_json::Value =
+            serde_json::from_slice(&fs::read(store.path_for("x@b.c")).unwrap()).unwrap();
+        moved["account"] = "x@b.c".into();
+        fs::write(store.path_for("x@b.c"), serde_json::to_vec(&moved).unwrap()).unwrap();
+        assert!(matches!(
+            sealed(&store, "x@b.c").open(&k),
+            Err(OpenError::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn version_1_files_read_as_unsealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        store.save("a@b.c", &tokens("rt")).unwrap();
+        fs::write(
+            store.path_for("a@b.c"),
+            br#"{"version":1,"account":"a@b.c","refresh_token":"rt-v1","access_token":null,"expires_at":null}"#,
+        )
+        .unwrap();
+        match store.load_entry("a@b.c").unwrap().unwrap() {
+            Entry::Unsealed(t) => {
+                assert_eq!(t.refresh_token.unwrap().expose_secret(), "rt-v1")
+            }
+            Entry::Sealed(_) => panic!("a version 1 file is not sealed"),
+        }
     }
 
     #[test]

@@ -2,23 +2,26 @@
 //! front end (`crate::protocol`), the login through accounts and tokens,
 //! the upstream exchange, then the relay.
 
+pub mod client;
 pub mod imap;
 pub mod pop3;
 pub mod smtp;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use secrecy::SecretString;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::auth::accounts::{Accounts, LoginError};
 use crate::auth::tokens::{TokenError, TokenManager};
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, LocalTls};
 use crate::protocol::{Credentials, Failure};
 use crate::upstream::{Target, UpstreamError};
+use client::ClientStream;
 
 /// Everything sessions share.
 pub struct Context {
@@ -27,6 +30,8 @@ pub struct Context {
     pub upstream_tls: Arc<ClientConfig>,
     pub connect_timeout: Duration,
     pub preauth_timeout: Duration,
+    /// The TLS acceptor of `local_tls` listeners (none when no listener has TLS).
+    pub local_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Context {
@@ -43,39 +48,145 @@ impl Context {
     }
 
     /// Local checks, then a valid access token. The account's configured
-    /// address is returned: it is the `user=` sent upstream.
+    /// address is returned: it is the `user=` sent upstream. Not throttled:
+    /// the drivers should call [`Context::token_for_peer`].
     pub async fn token_for(
         &self,
         credentials: &Credentials,
     ) -> Result<(String, SecretString), Failure> {
-        let account = self.accounts.verify(credentials).map_err(|e| {
-            tracing::warn!(user = %credentials.username, reason = %e, "login refused locally");
+        self.login(credentials).await
+    }
+
+    /// [`Context::token_for`] with repeated failures from `peer` slowed
+    /// down and then refused for a while (`auth::throttle`).
+    pub async fn token_for_peer(
+        &self,
+        peer: IpAddr,
+        credentials: &Credentials,
+    ) -> Result<(String, SecretString), Failure> {
+        let throttle = &self.accounts.throttle;
+        if let Err(wait) = throttle.admit(peer).await {
+            tracing::warn!(%peer, user = %credentials.username, "login refused: too many failures from this address");
+            return Err(Failure::Unavailable(format!(
+                "too many failed logins from this address; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        let result = self.login(credentials).await;
+        match &result {
+            Ok(_) => throttle.succeeded(peer),
+            Err(Failure::BadCredentials(_)) => throttle.failed(peer),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn login(&self, credentials: &Credentials) -> Result<(String, SecretString), Failure> {
+        let refused = |reason: &dyn std::fmt::Display| {
+            tracing::warn!(user = %credentials.username, %reason, "login refused locally");
+        };
+        let account = self.accounts.verify(credentials).await.map_err(|e| {
+            refused(&e);
             match e {
-                LoginError::UnknownAccount(_) | LoginError::EmptyPassword => {
-                    Failure::BadCredentials(e.to_string())
-                }
+                LoginError::UnknownAccount(_)
+                | LoginError::EmptyPassword
+                | LoginError::WrongPassword(_) => Failure::BadCredentials(e.to_string()),
+                LoginError::Unverifiable(_) => Failure::Unavailable(e.to_string()),
             }
         })?;
         let username = account.username.clone();
-        let token = self.tokens.access_token(&username).await.map_err(|e| {
-            tracing::warn!(account = %username, reason = %e, "no access token");
-            match e {
-                TokenError::UnknownAccount(_) => Failure::BadCredentials(e.to_string()),
-                TokenError::NeedsSignIn(m) => Failure::SignInNeeded(m),
-                TokenError::Transient(m) => Failure::Unavailable(format!(
-                    "cannot get a token from the sign-in service: {m}"
-                )),
-                TokenError::Configuration(m) => {
-                    Failure::Unavailable(format!("proxy configuration problem: {m}"))
+        let token = self
+            .tokens
+            .login(&username, &credentials.password)
+            .await
+            .map_err(|e| match e {
+                TokenError::WrongPassword(_) => {
+                    refused(&e);
+                    Failure::BadCredentials(e.to_string())
                 }
-            }
-        })?;
+                e => {
+                    tracing::warn!(account = %username, reason = %e, "no access token");
+                    match e {
+                        TokenError::UnknownAccount(_) | TokenError::WrongPassword(_) => {
+                            Failure::BadCredentials(e.to_string())
+                        }
+                        TokenError::NeedsSignIn(m) => Failure::SignInNeeded(m),
+                        TokenError::Transient(m) => Failure::Unavailable(format!(
+                            "cannot get a token from the sign-in service: {m}"
+                        )),
+                        TokenError::Configuration(m) => {
+                            Failure::Unavailable(format!("proxy configuration problem: {m}"))
+                        }
+                    }
+                }
+            })?;
         Ok((username, token))
     }
 }
 
 pub fn unavailable(what: &str, e: &UpstreamError) -> Failure {
     Failure::Unavailable(format!("{what}: {e}"))
+}
+
+/// Time to write the goodbye once the pre-authentication deadline passed.
+pub const GOODBYE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a password is refused before STARTTLS on a listener other machines reach.
+pub const TLS_REQUIRED: &str = "Passwords are accepted only over TLS on this listener";
+
+/// Before login every write is bounded by the same deadline as the reads:
+/// a client that sends commands and never reads the answers cannot park a
+/// session once the socket buffer is full.
+pub async fn write_client<C: AsyncWrite + Unpin + ?Sized>(
+    client: &mut C,
+    bytes: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    match tokio::time::timeout_at(deadline, client.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read before the pre-authentication deadline",
+        )),
+    }
+}
+
+/// The TLS handshake of an implicit-TLS listener (nothing to do for the
+/// others). `false`: the connection is finished (logged here).
+pub async fn accept_implicit_tls(
+    client: &mut ClientStream,
+    listener: &ListenerConfig,
+    ctx: &Context,
+    peer: std::net::SocketAddr,
+    deadline: Instant,
+) -> bool {
+    if listener.local_tls != LocalTls::Implicit {
+        return true;
+    }
+    upgrade(client, ctx, peer, deadline).await
+}
+
+/// Upgrades the client connection to TLS (implicit TLS, or after the
+/// STARTTLS go-ahead). `false`: the handshake failed (logged here).
+pub async fn upgrade(
+    client: &mut ClientStream,
+    ctx: &Context,
+    peer: std::net::SocketAddr,
+    deadline: Instant,
+) -> bool {
+    let Some(acceptor) = &ctx.local_tls else {
+        tracing::error!(%peer, "local TLS is configured but no certificate was loaded");
+        return false;
+    };
+    match client.start_tls(acceptor, deadline).await {
+        Ok(()) => true,
+        Err(e) => {
+            // Most often the client does not trust the certificate yet.
+            tracing::info!(%peer, error = %e, "TLS handshake with the client failed \
+                (if the client does not trust the certificate: `xoauth2-proxy cert show`)");
+            false
+        }
+    }
 }
 
 /// Outcome of waiting for client bytes before login.
