@@ -3,9 +3,10 @@
 //! Key names are an interface (users' files and other tools rely on them).
 //! Every error names the key and says what is wrong.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -21,6 +22,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
 /// TCP + TLS set-up to the upstream, and each HTTP request to a token endpoint.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 20;
+/// Concurrent connections from one source address per listener reachable
+/// from the network (on a loopback-only listener every client is the same
+/// source, and `max_connections` is the limit). A mail
+/// client opens a handful (Thunderbird up to 5 per account, Outlook a few
+/// more); a burst beyond this from one address is a loop or an attack, and
+/// it must not starve the other machines on a shared listener.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -68,6 +76,17 @@ pub struct ProxySection {
     pub refresh_margin_secs: u64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// The local TLS certificate chain (PEM) for every listener with
+    /// `local_tls`; with `key_file`. Without both, one is generated under
+    /// `state_dir/certs/`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Extra names (DNS names or IP addresses) for the generated certificate.
+    #[serde(default)]
+    pub cert_names: Vec<String>,
 }
 
 impl Default for ProxySection {
@@ -79,6 +98,10 @@ impl Default for ProxySection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             refresh_margin_secs: DEFAULT_REFRESH_MARGIN_SECS,
             connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            cert_file: None,
+            key_file: None,
+            cert_names: Vec::new(),
         }
     }
 }
@@ -94,6 +117,9 @@ fn default_refresh_margin() -> u64 {
 }
 fn default_connect_timeout() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_SECS
+}
+fn default_max_connections_per_source() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -140,9 +166,47 @@ pub struct ListenerConfig {
     pub upstream_tls: UpstreamTls,
     #[serde(default)]
     pub local_tls: LocalTls,
+    /// Networks (`192.168.1.0/24`, or single addresses) that may connect.
+    /// Required when `listen` is not a loopback address; empty means any
+    /// (only allowed on loopback).
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// Accept passwords without TLS on a listener exposed to the network
+    /// (devices that cannot do TLS 1.2, on a protected segment).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// SMTP only: relay every message as this account, without a client
+    /// login (scanners that cannot authenticate). Needs `allow_from` and
+    /// `allowed_senders`.
+    pub fixed_account: Option<String>,
+    /// With `fixed_account`: the only `MAIL FROM` addresses accepted.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
 }
 
 impl ListenerConfig {
+    /// The parsed `allow_from` networks (validated by [`Config::validate`]).
+    pub fn allowed_networks(&self) -> Vec<IpNet> {
+        self.allow_from
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
+    }
+
+    /// Whether other machines are meant to reach this listener: a
+    /// non-loopback address, or any `allow_from` (a loopback listener with
+    /// one is reached through a port forward or a container bridge). Such a
+    /// listener refuses passwords without TLS unless `allow_plaintext`.
+    pub fn is_exposed(&self) -> bool {
+        !self.listen.ip().is_loopback() || !self.allow_from.is_empty()
+    }
+
+    /// Whether a password may be taken on a connection, given whether the
+    /// connection has TLS by now.
+    pub fn accepts_password(&self, tls: bool) -> bool {
+        tls || self.allow_plaintext || !self.is_exposed()
+    }
+
     /// The upstream's host name (for SNI and certificate checks) and port.
     pub fn upstream_host_port(&self) -> Option<(&str, u16)> {
         let (host, port) = self.upstream.rsplit_once(':')?;
@@ -182,6 +246,10 @@ pub struct AccountConfig {
     pub token_url: Option<String>,
     pub device_code_url: Option<String>,
     pub scopes: Option<Vec<String>>,
+    /// An Argon2 PHC string (`xoauth2-proxy hash-password`). When set, the
+    /// local password is checked against it and the tokens are not sealed
+    /// with it (unattended accounts: scanners, fixed-account relays).
+    pub password_hash: Option<SecretString>,
 }
 
 fn default_flow() -> Flow {
@@ -226,6 +294,48 @@ impl Config {
         if self.proxy.connect_timeout_secs == 0 {
             return Err(self.invalid("proxy.connect_timeout_secs".into(), "must be at least 1"));
         }
+        if self.proxy.max_connections_per_source == 0 {
+            return Err(self.invalid(
+                "proxy.max_connections_per_source".into(),
+                "must be at least 1",
+            ));
+        }
+        match (&self.proxy.cert_file, &self.proxy.key_file) {
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    "proxy.key_file".into(),
+                    "is missing: cert_file needs the private key that goes with it",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    "proxy.cert_file".into(),
+                    "is missing: key_file needs the certificate that goes with it",
+                ));
+            }
+            _ => {}
+        }
+        for (name, file) in [
+            ("cert_file", &self.proxy.cert_file),
+            ("key_file", &self.proxy.key_file),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(self.invalid(
+                    format!("proxy.{name}"),
+                    format!("{} does not exist or is not a file", file.display()),
+                ));
+            }
+        }
+        for (i, name) in self.proxy.cert_names.iter().enumerate() {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(self.invalid(
+                    format!("proxy.cert_names[{i}]"),
+                    format!("`{name}` is neither a DNS name nor an IP address"),
+                ));
+            }
+        }
         if let Some(ca) = &self.proxy.ca_file
             && !ca.is_file()
         {
@@ -245,12 +355,7 @@ impl Config {
                     ),
                 ));
             }
-            if l.local_tls != LocalTls::None {
-                return Err(self.invalid(
-                    key("local_tls"),
-                    "only \"none\" is supported by this version; put the listener on a loopback address",
-                ));
-            }
+            self.validate_exposure(l, &key)?;
             if let Some(j) = self.listeners[..i]
                 .iter()
                 .position(|o| o.listen == l.listen && l.listen.port() != 0)
@@ -307,6 +412,15 @@ impl Config {
                     return Err(self.invalid(key(name), format!("`{url}` is not a URL")));
                 }
             }
+            if let Some(phc) = &a.password_hash
+                && let Err(why) =
+                    crate::auth::password::validate_phc(secrecy::ExposeSecret::expose_secret(phc))
+            {
+                return Err(self.invalid(
+                    key("password_hash"),
+                    format!("{why}; make one with `xoauth2-proxy hash-password`"),
+                ));
+            }
             if a.flow != Flow::DeviceCode {
                 return Err(self.invalid(
                     key("flow"),
@@ -315,6 +429,106 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `allow_from`, plaintext on the network, and fixed-account relays.
+    fn validate_exposure(
+        &self,
+        l: &ListenerConfig,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        for (j, net) in l.allow_from.iter().enumerate() {
+            if let Err(why) = parse_network(net) {
+                return Err(self.invalid(key(&format!("allow_from[{j}]")), why));
+            }
+        }
+        if !l.listen.ip().is_loopback() && l.allow_from.is_empty() {
+            return Err(self.invalid(
+                key("allow_from"),
+                format!(
+                    "{} is not a loopback address, so other machines can connect: list the \
+                     networks that may, e.g. allow_from = [\"192.168.1.0/24\"] (or listen on 127.0.0.1)",
+                    l.listen
+                ),
+            ));
+        }
+        if let Some(account) = &l.fixed_account {
+            if l.protocol != Protocol::Smtp {
+                return Err(self.invalid(
+                    key("fixed_account"),
+                    "is for SMTP listeners only (devices that send mail without logging in)",
+                ));
+            }
+            if l.allow_from.is_empty() {
+                return Err(self.invalid(
+                    key("allow_from"),
+                    "is required with fixed_account: anyone who can connect sends as that account, \
+                     so list the devices' networks, e.g. allow_from = [\"192.168.1.0/24\"]",
+                ));
+            }
+            match self.account(account) {
+                None => {
+                    return Err(self.invalid(
+                        key("fixed_account"),
+                        format!("`{account}` is not an [[account]] of this file"),
+                    ));
+                }
+                Some(a) if a.password_hash.is_none() => {
+                    return Err(self.invalid(
+                        key("fixed_account"),
+                        format!(
+                            "`{account}` needs password_hash (an unattended account): no client \
+                             logs in on this listener, so its tokens cannot be sealed with a client's \
+                             password; make one with `xoauth2-proxy hash-password`"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if l.allowed_senders.is_empty() {
+                return Err(self.invalid(
+                    key("allowed_senders"),
+                    format!(
+                        "is required with fixed_account: list the MAIL FROM addresses the \
+                         devices use, e.g. allowed_senders = [\"{account}\"]"
+                    ),
+                ));
+            }
+            for (j, sender) in l.allowed_senders.iter().enumerate() {
+                if !sender.contains('@') || sender.trim() != sender || sender.contains(['<', '>']) {
+                    return Err(self.invalid(
+                        key(&format!("allowed_senders[{j}]")),
+                        format!("`{sender}` is not a mail address"),
+                    ));
+                }
+            }
+        } else if !l.allowed_senders.is_empty() {
+            return Err(self.invalid(
+                key("allowed_senders"),
+                "only applies with fixed_account; client logins may send as their account",
+            ));
+        }
+        if l.is_exposed()
+            && l.local_tls == LocalTls::None
+            && !l.allow_plaintext
+            && l.fixed_account.is_none()
+        {
+            return Err(self.invalid(
+                key("local_tls"),
+                format!(
+                    "{} is reachable from other machines and would take passwords in the clear: \
+                     set local_tls = \"starttls\" or \"implicit\", or allow_plaintext = true for \
+                     devices that cannot do TLS on a protected network",
+                    l.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether any listener serves TLS to its clients.
+    pub fn uses_local_tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.local_tls != LocalTls::None)
     }
 
     /// The directory for tokens and runtime state.
@@ -331,6 +545,32 @@ impl Config {
             .iter()
             .find(|a| a.username.eq_ignore_ascii_case(username))
     }
+}
+
+/// `192.168.1.0/24`, `fd00::/8`, or a single address (a /32 or /128).
+/// Host bits must be zero, so a typo cannot silently widen the network.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a network (like 192.168.1.0/24) or an address"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Whether `peer` is inside one of `networks` (an IPv4 peer on a dual-stack
+/// socket arrives as `::ffff:a.b.c.d` and is compared as IPv4).
+pub fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    networks.iter().any(|n| n.contains(&peer))
 }
 
 #[cfg(test)]
@@ -356,6 +596,55 @@ client_id = "00000000-0000-0000-0000-000000000000"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("proxy.toml"))
+    }
+
+    #[test]
+    fn networks_parse_strictly_and_match_mapped_addresses() {
+        let lan = parse_network("192.168.1.0/24").unwrap();
+        let one = parse_network(" 10.0.0.7 ").unwrap();
+        let v6 = parse_network("fd00::/8").unwrap();
+        assert_eq!(one.to_string(), "10.0.0.7/32");
+        assert!(
+            parse_network("192.168.1.1/24")
+                .unwrap_err()
+                .contains("192.168.1.0/24")
+        );
+        assert!(parse_network("192.168.1.0/33").is_err());
+        assert!(parse_network("lan").is_err());
+        let nets = [lan, one, v6];
+        for (peer, allowed) in [
+            ("192.168.1.77", true),
+            ("::ffff:192.168.1.77", true),
+            ("192.168.2.1", false),
+            ("10.0.0.7", true),
+            ("10.0.0.8", false),
+            ("fd12::1", true),
+            ("fe80::1", false),
+        ] {
+            let ip: IpAddr = peer.parse().unwrap();
+            assert_eq!(is_allowed(&nets, ip), allowed, "{peer}");
+        }
+    }
+
+    #[test]
+    fn exposure_follows_the_address_and_allow_from() {
+        let lan = GOOD.replace("127.0.0.1:1143", "192.168.1.10:1143").replace(
+            "upstream_tls = \"implicit\"",
+            "upstream_tls = \"implicit\"\nallow_from = [\"192.168.1.0/24\"]\nlocal_tls = \"starttls\"",
+        );
+        let l = &parse(&lan).unwrap().listeners[0];
+        assert!(l.is_exposed());
+        assert!(!l.accepts_password(false));
+        assert!(l.accepts_password(true));
+        let local = &parse(GOOD).unwrap().listeners[0];
+        assert!(!local.is_exposed());
+        assert!(local.accepts_password(false));
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.proxy.max_connections_per_source,
+            DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+        );
+        assert!(!c.uses_local_tls());
     }
 
     #[test]
@@ -422,6 +711,16 @@ client_id = "00000000-0000-0000-0000-000000000000"
                 "ca_file = \"/nonexistent/ca.pem\"",
                 "proxy.ca_file",
             ),
+            (
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "password_hash = \"hunter2\"",
+                "account[0].password_hash",
+            ),
+            (
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "password_hash = \"$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"",
+                "account[0].password_hash",
+            ),
         ];
         for (from, to, needle) in cases {
             let text = GOOD.replace(from, to);
@@ -453,6 +752,21 @@ client_id = "00000000-0000-0000-0000-000000000000"
                 .unwrap_err()
                 .to_string()
                 .contains("already used")
+        );
+    }
+
+    #[test]
+    fn password_hash_is_checked_and_never_echoed() {
+        let phc = crate::auth::password::hash_password(b"pw").unwrap();
+        let text = GOOD.replace("tenant =", &format!("password_hash = \"{phc}\"\ntenant ="));
+        let c = parse(&text).unwrap();
+        assert!(c.accounts[0].password_hash.is_some());
+        assert!(!format!("{c:?}").contains(&phc));
+        let bad = GOOD.replace("tenant =", "password_hash = \"hunter2\"\ntenant =");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("hash-password") && !err.contains("hunter2"),
+            "{err}"
         );
     }
 

@@ -2,14 +2,14 @@
 //!
 //! Module map (see ARCHITECTURE.md for the path a connection takes):
 //! - [`config`]: the TOML schema, defaults and validation.
-//! - [`listener`]: accept loops and connection limits.
+//! - [`listener`]: accept loops, `allow_from`, connection limits.
 //! - [`session`]: one client connection, from greeting to relay, per protocol.
 //! - [`protocol`]: sans-IO pre-authentication parsers and state machines.
 //! - [`sasl`]: PLAIN/LOGIN decoding, XOAUTH2 encoding, error challenges.
 //! - [`upstream`]: TCP, TLS, STARTTLS and XOAUTH2 towards the real server.
 //! - [`relay`]: the byte pipe after authentication.
 //! - [`auth`]: accounts, the token store, token refresh and sign-in flows.
-//! - [`tls`]: rustls configurations (ring provider).
+//! - [`tls`]: rustls configurations (ring provider) and the local certificate.
 
 pub mod auth;
 pub mod config;
@@ -62,6 +62,11 @@ pub fn http_client(config: &Config) -> anyhow::Result<HttpClient> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let upstream_tls = tls::client_config(config.proxy.ca_file.as_deref())?;
     let http = http_client(&config)?;
+    let local_tls = if config.uses_local_tls() {
+        Some(LocalTlsSetup::load(&config)?)
+    } else {
+        None
+    };
     let store = Arc::new(TokenStore::new(&config.state_dir()));
     let context = Arc::new(session::Context {
         accounts: Accounts::new(&config.accounts),
@@ -74,6 +79,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         upstream_tls,
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         preauth_timeout: Duration::from_secs(config.proxy.preauth_timeout_secs),
+        local_tls: local_tls.as_ref().map(|t| t.acceptor.clone()),
     });
     let mut bound = Vec::new();
     for l in &config.listeners {
@@ -82,13 +88,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addrs = bound.iter().map(|b| b.local_addr()).collect();
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let limits = listener::Limits {
+        max_connections: config.proxy.max_connections,
+        max_per_source: config.proxy.max_connections_per_source,
+    };
     for b in bound {
-        tasks.spawn(listener::serve(
-            b,
-            context.clone(),
-            config.proxy.max_connections,
-            rx.clone(),
-        ));
+        tasks.spawn(listener::serve(b, context.clone(), limits, rx.clone()));
+    }
+    if let Some(tls) = local_tls {
+        tasks.spawn(tls.renew_loop(rx.clone()));
     }
     Ok(Running {
         addrs,
@@ -96,6 +104,68 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// The certificate and acceptor of the `local_tls` listeners.
+struct LocalTlsSetup {
+    acceptor: tokio_rustls::TlsAcceptor,
+    cert: Arc<tls::local_cert::ReloadableCert>,
+    source: tls::local_cert::CertSource,
+}
+
+impl LocalTlsSetup {
+    fn load(config: &Config) -> anyhow::Result<LocalTlsSetup> {
+        let source = tls::local_cert::CertSource::from_config(config);
+        let loaded = source
+            .load(std::time::SystemTime::now())
+            .map_err(|e| anyhow::anyhow!("local TLS certificate: {e}"))?;
+        log_certificate(&loaded);
+        let cert = tls::local_cert::ReloadableCert::new(loaded.certified);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert.clone())?);
+        Ok(LocalTlsSetup {
+            acceptor,
+            cert,
+            source,
+        })
+    }
+
+    /// Renews a generated certificate before it expires (and picks up
+    /// replaced `cert_file`/`key_file`) while the proxy runs.
+    async fn renew_loop(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tls::local_cert::CHECK_EVERY) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let source = self.source.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || source.load(std::time::SystemTime::now()))
+                    .await;
+            match loaded {
+                Ok(Ok(loaded)) => {
+                    if loaded.certified.cert != self.cert.current().cert {
+                        log_certificate(&loaded);
+                        self.cert.replace(loaded.certified);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot renew the local TLS certificate; keeping the current one")
+                }
+                Err(e) => tracing::warn!(error = %e, "certificate renewal task failed"),
+            }
+        }
+    }
+}
+
+fn log_certificate(loaded: &tls::local_cert::Loaded) {
+    let fingerprint = loaded
+        .certified
+        .cert
+        .first()
+        .map(|c| tls::local_cert::fingerprint(c))
+        .unwrap_or_default();
+    tracing::info!(path = %loaded.cert_path.display(), origin = ?loaded.origin, sha256 = %fingerprint,
+        "local TLS certificate (clients must trust it: `xoauth2-proxy cert show`)");
 }
 
 /// Runs the proxy until `shutdown` completes.

@@ -1,15 +1,26 @@
-//! Accept loops: one per configured listener, with a connection limit, each
-//! connection handed to its protocol's session.
+//! Accept loops: one per configured listener. Each connection passes the
+//! listener's gates in order (connection limit, `allow_from`, connections
+//! per source address) and is handed to its protocol's session; a refusal
+//! is a protocol-correct goodbye (over TLS on an implicit-TLS listener).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::{ListenerConfig, LocalTls, Protocol, is_allowed};
 use crate::session::Context;
+use crate::session::client::ClientStream;
+
+/// A refusal gets this long for its TLS handshake and goodbye; a refused
+/// client is not owed the whole pre-authentication time.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Bound {
     pub listener: TcpListener,
@@ -36,16 +47,89 @@ pub async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
     })
 }
 
-/// The refusal sent when a listener is at its connection limit.
-fn busy_reply(protocol: Protocol) -> &'static [u8] {
-    match protocol {
-        Protocol::Imap => {
+/// Connection limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_per_source: usize,
+}
+
+/// Why a connection is turned away before its session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Busy,
+    NotAllowed,
+    TooManyFromSource,
+}
+
+fn refusal_reply(protocol: Protocol, why: Refusal) -> &'static [u8] {
+    match (protocol, why) {
+        (Protocol::Imap, Refusal::Busy) => {
             b"* BYE [UNAVAILABLE] Too many connections to xoauth2-proxy; try again later\r\n"
         }
-        Protocol::Pop3 => {
+        (Protocol::Pop3, Refusal::Busy) => {
             b"-ERR [SYS/TEMP] Too many connections to xoauth2-proxy; try again later\r\n"
         }
-        Protocol::Smtp => b"421 4.7.0 Too many connections to xoauth2-proxy; try again later\r\n",
+        (Protocol::Smtp, Refusal::Busy) => {
+            b"421 4.7.0 Too many connections to xoauth2-proxy; try again later\r\n"
+        }
+        (Protocol::Imap, Refusal::NotAllowed) => {
+            b"* BYE Connections from your address are not allowed here\r\n"
+        }
+        (Protocol::Pop3, Refusal::NotAllowed) => {
+            b"-ERR [SYS/PERM] Connections from your address are not allowed here\r\n"
+        }
+        (Protocol::Smtp, Refusal::NotAllowed) => {
+            b"554 5.7.1 Connections from your address are not allowed here\r\n"
+        }
+        (Protocol::Imap, Refusal::TooManyFromSource) => {
+            b"* BYE [UNAVAILABLE] Too many connections from your address; try again later\r\n"
+        }
+        (Protocol::Pop3, Refusal::TooManyFromSource) => {
+            b"-ERR [SYS/TEMP] Too many connections from your address; try again later\r\n"
+        }
+        (Protocol::Smtp, Refusal::TooManyFromSource) => {
+            b"421 4.7.0 Too many connections from your address; try again later\r\n"
+        }
+    }
+}
+
+/// Open connections per source address; a [`SourceSlot`] gives its place
+/// back when dropped.
+struct SourceCounts {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+struct SourceSlot {
+    counts: Arc<SourceCounts>,
+    ip: IpAddr,
+}
+
+impl SourceCounts {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -54,12 +138,18 @@ fn busy_reply(protocol: Protocol) -> &'static [u8] {
 pub async fn serve(
     bound: Bound,
     ctx: Arc<Context>,
-    max_connections: usize,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(SourceCounts {
+        counts: Mutex::new(HashMap::new()),
+        max: limits.max_per_source,
+    });
+    let allowed: Vec<IpNet> = bound.config.allowed_networks();
     let addr = bound.local_addr();
-    tracing::info!(protocol = %bound.config.protocol, listen = %addr, upstream = %bound.config.upstream, "listening");
+    tracing::info!(protocol = %bound.config.protocol, listen = %addr, upstream = %bound.config.upstream,
+        local_tls = ?bound.config.local_tls, allow_from = ?bound.config.allow_from, "listening");
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -75,29 +165,70 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let config = bound.config.clone();
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, listen = %addr, max_connections, "connection limit reached; refusing");
-            let protocol = bound.config.protocol;
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = stream.write_all(busy_reply(protocol)).await;
-                let _ = stream.shutdown().await;
-            });
+            tracing::warn!(%peer, listen = %addr, max_connections = limits.max_connections,
+                "connection limit reached; refusing");
+            // No TLS handshake for a refusal when the listener is already full.
+            if config.local_tls != LocalTls::Implicit {
+                tokio::spawn(refuse(stream, config, ctx.clone(), Refusal::Busy));
+            }
             continue;
         };
-        let config = bound.config.clone();
         let ctx = ctx.clone();
+        if !allowed.is_empty() && !is_allowed(&allowed, peer.ip()) {
+            tracing::warn!(%peer, listen = %addr, "connection from outside allow_from; refusing");
+            tokio::spawn(async move {
+                refuse(stream, config, ctx, Refusal::NotAllowed).await;
+                drop(permit);
+            });
+            continue;
+        }
+        // On a loopback-only listener every client is this machine, the same
+        // source: max_connections is the limit there.
+        let slot = if config.is_exposed() {
+            sources.take(peer.ip().to_canonical())
+        } else {
+            None
+        };
+        if config.is_exposed() && slot.is_none() {
+            tracing::warn!(%peer, listen = %addr, max_connections_per_source = limits.max_per_source,
+                "too many connections from this address; refusing");
+            tokio::spawn(async move {
+                refuse(stream, config, ctx, Refusal::TooManyFromSource).await;
+                drop(permit);
+            });
+            continue;
+        }
         tokio::spawn(async move {
             tracing::debug!(%peer, protocol = %config.protocol, "connection accepted");
-            dispatch(stream, peer, config, ctx).await;
+            dispatch(ClientStream::Plain(stream), peer, config, ctx).await;
+            drop(slot);
             drop(permit);
         });
     }
     tracing::info!(listen = %addr, "stopped listening");
 }
 
+/// Writes the refusal (after a TLS handshake on an implicit-TLS listener)
+/// and closes.
+async fn refuse(stream: TcpStream, config: Arc<ListenerConfig>, ctx: Arc<Context>, why: Refusal) {
+    let reply = refusal_reply(config.protocol, why);
+    let goodbye = async {
+        let mut client = ClientStream::Plain(stream);
+        if config.local_tls == LocalTls::Implicit {
+            let acceptor = ctx.local_tls.as_ref()?;
+            let deadline = Instant::now() + REFUSAL_TIMEOUT;
+            client.start_tls(acceptor, deadline).await.ok()?;
+        }
+        client.write_all(reply).await.ok()?;
+        client.shutdown().await.ok()
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, goodbye).await;
+}
+
 async fn dispatch(
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     config: Arc<ListenerConfig>,
     ctx: Arc<Context>,
@@ -106,5 +237,27 @@ async fn dispatch(
         Protocol::Imap => crate::session::imap::serve(stream, peer, config, ctx).await,
         Protocol::Pop3 => crate::session::pop3::serve(stream, peer, config, ctx).await,
         Protocol::Smtp => crate::session::smtp::serve(stream, peer, config, ctx).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_slots_are_counted_and_given_back() {
+        let counts = Arc::new(SourceCounts {
+            counts: Mutex::new(HashMap::new()),
+            max: 2,
+        });
+        let a: IpAddr = "192.168.1.5".parse().unwrap();
+        let b: IpAddr = "192.168.1.6".parse().unwrap();
+        let s1 = counts.take(a).unwrap();
+        let _s2 = counts.take(a).unwrap();
+        assert!(counts.take(a).is_none());
+        let _other = counts.take(b).unwrap();
+        drop(s1);
+        let _s3 = counts.take(a).unwrap();
+        assert!(counts.take(a).is_none());
     }
 }

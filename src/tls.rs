@@ -1,5 +1,9 @@
 //! rustls configurations. The ring provider is chosen explicitly everywhere,
 //! so no process-wide default is needed and no other provider is linked.
+//! Towards upstreams: [`client_config`]; towards the proxy's own clients:
+//! [`server_config`] with the certificate from [`local_cert`].
+
+pub mod local_cert;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,6 +70,19 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSet
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The configuration for clients of a `local_tls` listener: TLS 1.3 and 1.2
+/// (rustls has no 1.0/1.1), the certificate from `cert`, no client
+/// certificates.
+pub fn server_config(
+    cert: Arc<local_cert::ReloadableCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
     Ok(Arc::new(config))
 }
 

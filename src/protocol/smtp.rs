@@ -617,6 +617,55 @@ fn discard(buf: &mut Vec<u8>, n: usize) {
     buf.drain(..n);
 }
 
+/// A `MAIL FROM` at the front of the buffer, for a fixed-account relay
+/// (which logs in upstream for its clients and so must see the first
+/// transaction's sender before the front end refuses it unauthenticated).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MailFrom {
+    /// The reverse-path without angle brackets or source route (empty for
+    /// `<>`); `None` when the line is not valid RFC 5321 syntax.
+    pub sender: Option<String>,
+    /// Octets of the line, line end included.
+    pub consumed: usize,
+}
+
+/// Some when `buf` starts with a complete `MAIL FROM:` line.
+pub fn leading_mail_from(buf: &[u8]) -> Option<MailFrom> {
+    let Scan::Line { len, consumed } = scan_line(buf) else {
+        return None;
+    };
+    let line = buf.get(..len)?;
+    let rest = line
+        .get(..10)
+        .filter(|head| head.eq_ignore_ascii_case(b"MAIL FROM:"))
+        .and_then(|_| line.get(10..))?;
+    Some(MailFrom {
+        sender: reverse_path(rest),
+        consumed,
+    })
+}
+
+/// `<address> [parameters]` (a space after the colon is tolerated, as most
+/// servers do); the address must be printable ASCII or UTF-8 without spaces.
+fn reverse_path(arg: &[u8]) -> Option<String> {
+    let arg = arg.trim_ascii_start();
+    let inner = arg.strip_prefix(b"<")?;
+    let end = inner.iter().position(|&b| b == b'>')?;
+    let path = std::str::from_utf8(inner.get(..end)?).ok()?;
+    let after = inner.get(end + 1..)?;
+    if !(after.is_empty() || after.starts_with(b" ")) {
+        return None;
+    }
+    // RFC 5321 §4.1.2: an obsolete source route `@a,@b:` goes before the mailbox.
+    let mailbox = match path.strip_prefix('@') {
+        Some(routed) => routed.split_once(':')?.1,
+        None => path,
+    };
+    let valid = mailbox.is_empty()
+        || (mailbox.contains('@') && !mailbox.chars().any(|c| c.is_whitespace() || c.is_control()));
+    valid.then(|| mailbox.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1433,5 +1482,41 @@ mod tests {
             // Upstream parser on the same bytes: must not panic either.
             let _ = parse_reply(&input);
         }
+    }
+
+    #[test]
+    fn leading_mail_from_finds_the_sender() {
+        let cases: &[(&[u8], Option<Option<&str>>)] = &[
+            (
+                b"MAIL FROM:<scan@contoso.com>\r\n",
+                Some(Some("scan@contoso.com")),
+            ),
+            (
+                b"mail from: <Scan@Contoso.com> SIZE=100 BODY=8BITMIME\r\nRCPT",
+                Some(Some("Scan@Contoso.com")),
+            ),
+            (b"MAIL FROM:<>\r\n", Some(Some(""))),
+            (
+                b"MAIL FROM:<@relay.example:scan@contoso.com>\r\n",
+                Some(Some("scan@contoso.com")),
+            ),
+            (b"MAIL FROM:scan@contoso.com\r\n", Some(None)),
+            (b"MAIL FROM:<no at sign>\r\n", Some(None)),
+            (b"MAIL FROM:<a@b>x\r\n", Some(None)),
+            (b"MAIL FROM:<scan@contoso.com>", None),
+            (b"RCPT TO:<a@b>\r\n", None),
+            (b"MAIL\r\n", None),
+        ];
+        for (input, want) in cases {
+            let got = leading_mail_from(input);
+            assert_eq!(
+                got.as_ref().map(|m| m.sender.as_deref()),
+                *want,
+                "{}",
+                input.escape_ascii()
+            );
+        }
+        let m = leading_mail_from(b"MAIL FROM:<a@b>\r\nDATA\r\n").unwrap();
+        assert_eq!(m.consumed, 17);
     }
 }

@@ -4,13 +4,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use zeroize::Zeroize;
 
-use super::{Context, Read, read_client, unavailable};
-use crate::config::ListenerConfig;
+use super::client::ClientStream;
+use super::{
+    Context, GOODBYE_GRACE, Read, TLS_REQUIRED, accept_implicit_tls, read_client, unavailable,
+    upgrade, write_client,
+};
+use crate::config::{ListenerConfig, LocalTls};
 use crate::protocol::imap::{
-    Action, Frontend, failure_reply, rewrite_capabilities, rewrite_greeting,
+    Action, Frontend, failure_reply, rewrite_capabilities, rewrite_greeting, starttls_ok,
 };
 use crate::protocol::{Credentials, Failure};
 use crate::upstream::imap::{AuthOutcome, ImapUpstream, connect};
@@ -19,33 +24,47 @@ use crate::upstream::imap::{AuthOutcome, ImapUpstream, connect};
 /// client still gets to LOGIN and hear why in words.
 const FALLBACK_CAPABILITIES: &[&str] = &["IMAP4rev1", "SASL-IR", "LITERAL+", "ID"];
 
-pub async fn serve<C>(
-    mut client: C,
+pub async fn serve(
+    mut client: ClientStream,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
     ctx: Arc<Context>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) {
     let deadline = Instant::now() + ctx.preauth_timeout;
     let target = ctx.target(&listener);
-    let mut upstream = match connect(&target, listener.upstream_tls).await {
+    // The client's TLS handshake and the upstream connection overlap.
+    let (handshake, connected) = tokio::join!(
+        accept_implicit_tls(&mut client, &listener, &ctx, peer, deadline),
+        connect(&target, listener.upstream_tls)
+    );
+    if !handshake {
+        return;
+    }
+    let mut upstream = match connected {
         Ok(u) => Some(u),
         Err(e) => {
             tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable at connect");
             None
         }
     };
+    let offer_starttls = listener.local_tls == LocalTls::Starttls;
     let caps = match &upstream {
-        Some(u) => rewrite_capabilities(&u.capabilities, false),
+        Some(u) => rewrite_capabilities(&u.capabilities, offer_starttls),
         None => rewrite_capabilities(
             &FALLBACK_CAPABILITIES
                 .iter()
                 .map(|s| s.to_string())
                 .collect::<Vec<_>>(),
-            false,
+            offer_starttls,
         ),
     };
+    // LOGINDISABLED (RFC 3501 §6.2.3) tells clients to STARTTLS before LOGIN
+    // where a password in the clear would be refused.
+    let caps_after_tls = caps.clone();
+    let mut caps = caps;
+    if !listener.accepts_password(client.is_tls()) {
+        caps.push("LOGINDISABLED".to_owned());
+    }
     let greeting = match &upstream {
         Some(u) => rewrite_greeting(&u.greeting, &caps),
         None => format!(
@@ -54,10 +73,13 @@ pub async fn serve<C>(
         )
         .into_bytes(),
     };
-    if client.write_all(&greeting).await.is_err() {
+    if write_client(&mut client, &greeting, deadline)
+        .await
+        .is_err()
+    {
         return;
     }
-    let mut frontend = Frontend::new(caps, false);
+    let mut frontend = Frontend::new(caps, offer_starttls);
     let mut buf = Vec::with_capacity(1024);
     loop {
         let action = frontend.step(&mut buf);
@@ -67,26 +89,52 @@ pub async fn serve<C>(
                 Ok(Read::Closed) | Err(_) => return,
                 Ok(Read::Deadline) => {
                     tracing::info!(%peer, "closing: no login before the pre-authentication deadline");
-                    let _ = client
-                        .write_all(b"* BYE Autologout: no login in time\r\n")
-                        .await;
+                    let _ = write_client(
+                        &mut client,
+                        b"* BYE Autologout: no login in time\r\n",
+                        Instant::now() + GOODBYE_GRACE,
+                    )
+                    .await;
                     return;
                 }
             },
-            Action::Reply(bytes) => client.write_all(&bytes).await,
+            Action::Reply(bytes) => write_client(&mut client, &bytes, deadline).await,
             Action::Close(bytes) => {
-                let _ = client.write_all(&bytes).await;
+                let _ = write_client(&mut client, &bytes, deadline).await;
                 let _ = client.shutdown().await;
                 return;
             }
             Action::StartTls { tag } => {
-                // Not offered until local TLS exists; the front end only asks when offered.
-                let _ = client
-                    .write_all(format!("{tag} BAD STARTTLS is not available\r\n").as_bytes())
-                    .await;
-                return;
+                if write_client(&mut client, &starttls_ok(&tag), deadline)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Injection defence: nothing sent before the handshake counts.
+                buf.zeroize();
+                buf.clear();
+                if !upgrade(&mut client, &ctx, peer, deadline).await {
+                    return;
+                }
+                frontend.set_capabilities(caps_after_tls.clone());
+                continue;
             }
             Action::Login { tag, credentials } => {
+                if !listener.accepts_password(client.is_tls()) {
+                    tracing::warn!(%peer, user = %credentials.username, "login refused: password without TLS on a network listener");
+                    let reply = format!(
+                        "{tag} NO [PRIVACYREQUIRED] {TLS_REQUIRED}: use STARTTLS first\r\n"
+                    );
+                    drop(credentials);
+                    if write_client(&mut client, reply.as_bytes(), deadline)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 match login(
                     &ctx,
                     &target,
@@ -115,7 +163,7 @@ pub async fn serve<C>(
                         .await;
                         return;
                     }
-                    Err(reply) => client.write_all(&reply).await,
+                    Err(reply) => write_client(&mut client, &reply, deadline).await,
                 }
             }
         };
@@ -138,7 +186,7 @@ async fn login(
     peer: SocketAddr,
 ) -> Result<(String, Vec<u8>), Vec<u8>> {
     let (account, token) = ctx
-        .token_for(credentials)
+        .token_for_peer(peer.ip(), credentials)
         .await
         .map_err(|f| failure_reply(tag, &f))?;
     // One retry on a fresh connection: the server may have dropped an idle

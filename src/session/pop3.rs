@@ -4,12 +4,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use zeroize::Zeroize;
 
-use super::{Context, Read, read_client, relay_and_log, unavailable};
-use crate::config::ListenerConfig;
-use crate::protocol::pop3::{Action, Frontend, failure_reply, greeting, rewrite_capa};
+use super::client::ClientStream;
+use super::{
+    Context, GOODBYE_GRACE, Read, TLS_REQUIRED, accept_implicit_tls, read_client, relay_and_log,
+    unavailable, upgrade, write_client,
+};
+use crate::config::{ListenerConfig, LocalTls};
+use crate::protocol::pop3::{Action, Frontend, failure_reply, greeting, rewrite_capa, starttls_ok};
 use crate::protocol::{Credentials, Failure};
 use crate::upstream::Target;
 use crate::upstream::pop3::{AuthOutcome, Pop3Upstream, connect};
@@ -17,40 +22,40 @@ use crate::upstream::pop3::{AuthOutcome, Pop3Upstream, connect};
 /// Offered when the upstream cannot be reached at connect time.
 const FALLBACK_CAPA: &[&str] = &["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE"];
 
-pub async fn serve<C>(
-    mut client: C,
+pub async fn serve(
+    mut client: ClientStream,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
     ctx: Arc<Context>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) {
     let deadline = Instant::now() + ctx.preauth_timeout;
     let target = ctx.target(&listener);
-    let mut upstream = match connect(&target, listener.upstream_tls).await {
+    let (handshake, connected) = tokio::join!(
+        accept_implicit_tls(&mut client, &listener, &ctx, peer, deadline),
+        connect(&target, listener.upstream_tls)
+    );
+    if !handshake {
+        return;
+    }
+    let mut upstream = match connected {
         Ok(u) => Some(u),
         Err(e) => {
             tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable at connect");
             None
         }
     };
-    let (hello, capa) = match &upstream {
-        Some(u) => (greeting(&u.greeting_text), rewrite_capa(&u.capa, false)),
+    let offer_stls = listener.local_tls == LocalTls::Starttls;
+    let (hello, upstream_capa) = match &upstream {
+        Some(u) => (greeting(&u.greeting_text), u.capa.clone()),
         None => (
             greeting(b"xoauth2-proxy ready"),
-            rewrite_capa(
-                &FALLBACK_CAPA
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-                false,
-            ),
+            FALLBACK_CAPA.iter().map(|s| s.to_string()).collect(),
         ),
     };
-    if client.write_all(&hello).await.is_err() {
+    if write_client(&mut client, &hello, deadline).await.is_err() {
         return;
     }
-    let mut frontend = Frontend::new(capa, false);
+    let mut frontend = Frontend::new(rewrite_capa(&upstream_capa, offer_stls), offer_stls);
     let mut buf = Vec::with_capacity(512);
     loop {
         let written = match frontend.step(&mut buf) {
@@ -59,23 +64,50 @@ pub async fn serve<C>(
                 Ok(Read::Closed) | Err(_) => return,
                 Ok(Read::Deadline) => {
                     tracing::info!(%peer, "closing: no login before the pre-authentication deadline");
-                    let _ = client
-                        .write_all(b"-ERR Timeout: no login in time\r\n")
-                        .await;
+                    let _ = write_client(
+                        &mut client,
+                        b"-ERR Timeout: no login in time\r\n",
+                        Instant::now() + GOODBYE_GRACE,
+                    )
+                    .await;
                     return;
                 }
             },
-            Action::Reply(bytes) => client.write_all(&bytes).await,
+            Action::Reply(bytes) => write_client(&mut client, &bytes, deadline).await,
             Action::Close(bytes) => {
-                let _ = client.write_all(&bytes).await;
+                let _ = write_client(&mut client, &bytes, deadline).await;
                 let _ = client.shutdown().await;
                 return;
             }
             Action::StartTls => {
-                let _ = client.write_all(b"-ERR STLS is not available\r\n").await;
-                return;
+                if write_client(&mut client, &starttls_ok(), deadline)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Injection defence: nothing sent before the handshake counts.
+                buf.zeroize();
+                buf.clear();
+                if !upgrade(&mut client, &ctx, peer, deadline).await {
+                    return;
+                }
+                frontend.set_capa(rewrite_capa(&upstream_capa, frontend.offers_stls()));
+                continue;
             }
             Action::Login { credentials } => {
+                if !listener.accepts_password(client.is_tls()) {
+                    tracing::warn!(%peer, user = %credentials.username, "login refused: password without TLS on a network listener");
+                    drop(credentials);
+                    let reply = format!("-ERR [SYS/PERM] {TLS_REQUIRED}: use STLS first\r\n");
+                    if write_client(&mut client, reply.as_bytes(), deadline)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 match login(&ctx, &target, &listener, &mut upstream, &credentials, peer).await {
                     Ok((account, reply)) => {
                         if client.write_all(&reply).await.is_err() {
@@ -87,7 +119,7 @@ pub async fn serve<C>(
                             .await;
                         return;
                     }
-                    Err(reply) => client.write_all(&reply).await,
+                    Err(reply) => write_client(&mut client, &reply, deadline).await,
                 }
             }
         };
@@ -106,7 +138,7 @@ async fn login(
     peer: SocketAddr,
 ) -> Result<(String, Vec<u8>), Vec<u8>> {
     let (account, token) = ctx
-        .token_for(credentials)
+        .token_for_peer(peer.ip(), credentials)
         .await
         .map_err(|f| failure_reply(&f))?;
     for attempt in 0..2 {

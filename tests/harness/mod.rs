@@ -24,16 +24,32 @@ pub struct Upstream {
 }
 
 pub fn imap(addr: SocketAddr) -> Upstream {
-    Upstream { protocol: "imap", addr, tls: "implicit" }
+    Upstream {
+        protocol: "imap",
+        addr,
+        tls: "implicit",
+    }
 }
 pub fn imap_starttls(addr: SocketAddr) -> Upstream {
-    Upstream { protocol: "imap", addr, tls: "starttls" }
+    Upstream {
+        protocol: "imap",
+        addr,
+        tls: "starttls",
+    }
 }
 pub fn pop3(addr: SocketAddr) -> Upstream {
-    Upstream { protocol: "pop3", addr, tls: "implicit" }
+    Upstream {
+        protocol: "pop3",
+        addr,
+        tls: "implicit",
+    }
 }
 pub fn smtp(addr: SocketAddr) -> Upstream {
-    Upstream { protocol: "smtp", addr, tls: "starttls" }
+    Upstream {
+        protocol: "smtp",
+        addr,
+        tls: "starttls",
+    }
 }
 
 /// The configuration text for one account and the given listeners.
@@ -45,15 +61,43 @@ pub fn config_text(
     upstreams: &[Upstream],
     proxy_extra: &str,
 ) -> String {
+    let listeners: Vec<Listener<'_>> = upstreams
+        .iter()
+        .map(|u| Listener {
+            upstream: u,
+            listen: "127.0.0.1:0",
+            extra: "",
+        })
+        .collect();
+    config_text_listeners(pki, state_dir, token_base, &listeners, proxy_extra)
+}
+
+/// One `[[listener]]` with its address and extra lines (`local_tls = …`, `allow_from = […]`).
+pub struct Listener<'a> {
+    pub upstream: &'a Upstream,
+    pub listen: &'a str,
+    pub extra: &'a str,
+}
+
+/// [`config_text`] with listener-specific settings. The `[[account]]` comes last, so a
+/// caller may append account keys (e.g. `password_hash`).
+pub fn config_text_listeners(
+    pki: &TestPki,
+    state_dir: &Path,
+    token_base: &str,
+    listeners: &[Listener<'_>],
+    proxy_extra: &str,
+) -> String {
     let mut text = format!(
         "[proxy]\nstate_dir = {state:?}\nca_file = {ca:?}\nconnect_timeout_secs = 5\n{proxy_extra}\n",
         state = state_dir.display().to_string(),
         ca = pki.ca_file.display().to_string(),
     );
-    for u in upstreams {
+    for l in listeners {
+        let u = l.upstream;
         text.push_str(&format!(
-            "[[listener]]\nprotocol = \"{}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nupstream_tls = \"{}\"\n\n",
-            u.protocol, u.addr, u.tls
+            "[[listener]]\nprotocol = \"{}\"\nlisten = \"{}\"\nupstream = \"{}\"\nupstream_tls = \"{}\"\n{}\n\n",
+            u.protocol, l.listen, u.addr, u.tls, l.extra
         ));
     }
     text.push_str(&format!(
@@ -101,8 +145,30 @@ impl Proxy {
 
 /// An address nothing listens on (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
     addr
+}
+
+/// A TLS client configuration that trusts only the certificate the proxy generated in
+/// `state_dir/certs/` (as a user does after `xoauth2-proxy cert show`).
+pub fn trust_generated_cert(state_dir: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = state_dir.join("certs").join("local-cert.pem");
+    let cert = CertificateDer::from_pem_file(&path)
+        .unwrap_or_else(|e| panic!("read the generated certificate {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(cert)
+        .expect("the generated certificate is a usable trust anchor");
+    let config = rustls::ClientConfig::builder_with_provider(crate::support::pki::provider())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
 }

@@ -37,6 +37,33 @@ impl TestClient {
         }
     }
 
+    /// Plain TCP from a chosen local address (any 127.0.0.0/8 address works on loopback),
+    /// for `allow_from` and per-source tests.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Self {
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("create a socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .unwrap_or_else(|e| panic!("TestClient: cannot bind to {source}: {e}"));
+        let tcp = within(
+            Duration::from_secs(10),
+            &format!("TCP connect to {addr} from {source}"),
+            socket.connect(addr),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TestClient: cannot connect to {addr} from {source}: {e}"));
+        let _ = tcp.set_nodelay(true);
+        TestClient {
+            conn: Some(LineConn::plain(tcp)),
+            timeout: Duration::from_secs(10),
+            peer: addr,
+        }
+    }
+
     /// Implicit TLS, verifying the server as `localhost`.
     pub async fn connect_tls(addr: SocketAddr, client_config: Arc<rustls::ClientConfig>) -> Self {
         Self::connect_tls_named(addr, "localhost", client_config).await
