@@ -880,3 +880,31 @@ async fn token_server_hang_mode_never_answers() {
     );
     assert_eq!(server.state.requests(GRANT_REFRESH), 1);
 }
+
+#[tokio::test]
+async fn introspection_answers_for_valid_access_tokens_only() {
+    let server = FakeTokenServer::start().await;
+    let st = server.state.clone();
+    st.set_introspection_username(Some(USER));
+    let url = format!("{}/introspect", server.url());
+    let token = st.issue_access_token();
+
+    let (status, json) = post_form(&url, &[("token", &token)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(json["active"], true);
+    assert_eq!(json["username"], USER);
+    assert!(
+        json["expires_in"].as_u64().is_some_and(|s| s > 3000),
+        "{json}"
+    );
+
+    for bogus in ["at-999-nope", ""] {
+        let (status, json) = post_form(&url, &[("token", bogus)]).await;
+        assert_eq!(status, 200);
+        assert_eq!(json, serde_json::json!({ "active": false }));
+    }
+    st.revoke_all();
+    let (_, json) = post_form(&url, &[("token", &token)]).await;
+    assert_eq!(json, serde_json::json!({ "active": false }));
+    assert_eq!(st.introspections(), 4);
+}

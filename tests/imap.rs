@@ -23,7 +23,11 @@ async fn proxy_with_extra(opts: ImapOpts, extra: &str) -> (Proxy, FakeImapServer
     let server = FakeImapServer::start(&pki, tokens.state.clone(), opts).await;
     let state_dir = tempfile::tempdir().expect("tempdir");
     seed_tokens(state_dir.path(), &tokens);
-    let upstream = if starttls { imap_starttls(server.addr) } else { imap(server.addr) };
+    let upstream = if starttls {
+        imap_starttls(server.addr)
+    } else {
+        imap(server.addr)
+    };
     let text = config_text(&pki, state_dir.path(), &tokens.url(), &[upstream], extra);
     let running = start(&text).await;
     (
@@ -40,7 +44,11 @@ async fn proxy_with_extra(opts: ImapOpts, extra: &str) -> (Proxy, FakeImapServer
 async fn connect(proxy: &Proxy) -> TestClient {
     let mut c = TestClient::connect(proxy.addr(0)).await;
     let greeting = c.read_line().await;
-    assert!(greeting.starts_with(b"* OK "), "{}", String::from_utf8_lossy(&greeting));
+    assert!(
+        greeting.starts_with(b"* OK "),
+        "{}",
+        String::from_utf8_lossy(&greeting)
+    );
     c
 }
 
@@ -66,7 +74,10 @@ async fn greeting_and_capabilities_are_rewritten() {
     .await;
     let mut c = TestClient::connect(proxy.addr(0)).await;
     let greeting = c.read_line_str().await;
-    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1 "), "{greeting}");
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 "),
+        "{greeting}"
+    );
     for hidden in ["XOAUTH2", "OAUTHBEARER", "LOGINDISABLED", "STARTTLS"] {
         assert!(!greeting.contains(hidden), "{hidden} in {greeting}");
     }
@@ -83,7 +94,10 @@ async fn every_login_form_reaches_the_mailbox() {
     let plain_ir = B64.encode(format!("\0{USER}\0{PASSWORD}"));
     let forms: Vec<(&str, Vec<Vec<u8>>)> = vec![
         ("atoms", vec![login_line("a1").into_bytes()]),
-        ("quoted", vec![format!("a1 LOGIN \"{USER}\" \"{PASSWORD}\"\r\n").into_bytes()]),
+        (
+            "quoted",
+            vec![format!("a1 LOGIN \"{USER}\" \"{PASSWORD}\"\r\n").into_bytes()],
+        ),
         (
             "synchronising literals",
             vec![
@@ -94,7 +108,14 @@ async fn every_login_form_reaches_the_mailbox() {
         ),
         (
             "non-synchronising literals",
-            vec![format!("a1 LOGIN {{{}+}}\r\n{USER} {{{}+}}\r\n{PASSWORD}\r\n", USER.len(), PASSWORD.len()).into_bytes()],
+            vec![
+                format!(
+                    "a1 LOGIN {{{}+}}\r\n{USER} {{{}+}}\r\n{PASSWORD}\r\n",
+                    USER.len(),
+                    PASSWORD.len()
+                )
+                .into_bytes(),
+            ],
         ),
         (
             "literal and quoted",
@@ -103,10 +124,16 @@ async fn every_login_form_reaches_the_mailbox() {
                 format!("{USER} \"{PASSWORD}\"\r\n").into_bytes(),
             ],
         ),
-        ("AUTHENTICATE PLAIN with initial response", vec![format!("a1 AUTHENTICATE PLAIN {plain_ir}\r\n").into_bytes()]),
+        (
+            "AUTHENTICATE PLAIN with initial response",
+            vec![format!("a1 AUTHENTICATE PLAIN {plain_ir}\r\n").into_bytes()],
+        ),
         (
             "AUTHENTICATE PLAIN after a continuation",
-            vec![b"a1 AUTHENTICATE PLAIN\r\n".to_vec(), format!("{plain_ir}\r\n").into_bytes()],
+            vec![
+                b"a1 AUTHENTICATE PLAIN\r\n".to_vec(),
+                format!("{plain_ir}\r\n").into_bytes(),
+            ],
         ),
         (
             "AUTHENTICATE LOGIN",
@@ -124,7 +151,11 @@ async fn every_login_form_reaches_the_mailbox() {
             c.send(part).await;
             if i < last {
                 let cont = c.read_line().await;
-                assert!(cont.starts_with(b"+"), "{name}: expected a continuation, got {:?}", String::from_utf8_lossy(&cont));
+                assert!(
+                    cont.starts_with(b"+"),
+                    "{name}: expected a continuation, got {:?}",
+                    String::from_utf8_lossy(&cont)
+                );
             }
         }
         let ok = c.read_line_str().await;
@@ -138,9 +169,20 @@ async fn every_login_form_reaches_the_mailbox() {
         c.read_until_tagged("a3").await;
     }
     assert_eq!(server.state.auth_successes(), 8);
-    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1, "one refresh serves every login");
-    assert!(server.state.commands_before_auth().iter().all(|c| !c.contains("LOGIN") && !c.contains("PLAIN")),
-        "client credentials never reach the server: {:?}", server.state.commands_before_auth());
+    assert_eq!(
+        proxy.tokens.state.requests(GRANT_REFRESH),
+        1,
+        "one refresh serves every login"
+    );
+    assert!(
+        server
+            .state
+            .commands_before_auth()
+            .iter()
+            .all(|c| !c.contains("LOGIN") && !c.contains("PLAIN")),
+        "client credentials never reach the server: {:?}",
+        server.state.commands_before_auth()
+    );
 }
 
 /// Logs in with LOGIN and waits for the tagged OK.
@@ -160,11 +202,13 @@ async fn a_refused_token_gets_the_servers_no_and_the_connection_stays_usable() {
     .await;
     let mut c = connect(&proxy).await;
     c.send(login_line("a1").as_bytes()).await;
-    c.expect(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.").await;
+    c.expect(b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.")
+        .await;
     c.send(b"a2 NOOP\r\n").await;
     c.expect(b"a2 OK NOOP completed").await;
     c.send(login_line("a3").as_bytes()).await;
-    c.expect(b"a3 NO [AUTHENTICATIONFAILED] Authentication failed.").await;
+    c.expect(b"a3 NO [AUTHENTICATIONFAILED] Authentication failed.")
+        .await;
     assert_eq!(server.state.auth_attempts(), 2);
     assert_eq!(server.state.auth_successes(), 0);
 }
@@ -177,7 +221,10 @@ async fn commands_pipelined_after_login_reach_the_server_after_its_ok() {
     })
     .await;
     let mut c = connect(&proxy).await;
-    let burst = format!("{}p2 SELECT INBOX\r\np3 FETCH 1 BODY[]\r\np4 LOGOUT\r\n", login_line("p1"));
+    let burst = format!(
+        "{}p2 SELECT INBOX\r\np3 FETCH 1 BODY[]\r\np4 LOGOUT\r\n",
+        login_line("p1")
+    );
     c.send(burst.as_bytes()).await;
     let ok = c.read_line_str().await;
     assert!(ok.starts_with("p1 OK"), "{ok}");
@@ -188,9 +235,18 @@ async fn commands_pipelined_after_login_reach_the_server_after_its_ok() {
     assert!(fetch.iter().any(|l| l.windows(4).any(|w| w == b"body")));
     c.read_until_tagged("p4").await;
     let after = server.state.commands_after_auth();
-    assert_eq!(after, vec!["p2 SELECT INBOX", "p3 FETCH 1 BODY[]", "p4 LOGOUT"], "{after:?}");
+    assert_eq!(
+        after,
+        vec!["p2 SELECT INBOX", "p3 FETCH 1 BODY[]", "p4 LOGOUT"],
+        "{after:?}"
+    );
     let before = server.state.commands_before_auth();
-    assert!(before.iter().all(|c| !c.starts_with("p2") && !c.starts_with("p3") && !c.starts_with("p4")), "{before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|c| !c.starts_with("p2") && !c.starts_with("p3") && !c.starts_with("p4")),
+        "{before:?}"
+    );
 }
 
 #[tokio::test]
@@ -209,18 +265,25 @@ async fn a_ten_mib_message_is_fetched_and_appended_byte_exact() {
     let head = c.read_line_str().await;
     assert_eq!(head, format!("* 1 FETCH (BODY[] {{{}}}", big.len()));
     let body = c.read_exact(big.len()).await;
-    assert!(body == big, "the fetched message differs from the stored one");
+    assert!(
+        body == big,
+        "the fetched message differs from the stored one"
+    );
     c.expect(b")").await;
     c.expect(b"f OK FETCH completed.").await;
 
     let up = message(10 * 1024 * 1024 + 3, 8);
-    c.send(format!("ap APPEND INBOX {{{}}}\r\n", up.len()).as_bytes()).await;
+    c.send(format!("ap APPEND INBOX {{{}}}\r\n", up.len()).as_bytes())
+        .await;
     c.expect_prefix(b"+").await;
     c.send(&up).await;
     c.send(b"\r\n").await;
     let done = c.read_until_tagged("ap").await;
     assert!(done.last().unwrap().starts_with(b"ap OK"));
-    assert!(server.state.appended() == vec![up], "the appended message differs");
+    assert!(
+        server.state.appended() == vec![up],
+        "the appended message differs"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +297,8 @@ async fn fifty_concurrent_logins_share_one_refresh() {
         tasks.push(tokio::spawn(async move {
             let mut c = TestClient::connect(addr).await;
             c.read_line().await;
-            c.send(format!("t{i} LOGIN {USER} {PASSWORD}\r\n").as_bytes()).await;
+            c.send(format!("t{i} LOGIN {USER} {PASSWORD}\r\n").as_bytes())
+                .await;
             let line = c.read_line_str().await;
             assert!(line.starts_with(&format!("t{i} OK")), "{line}");
         }));
@@ -265,7 +329,13 @@ async fn the_rotated_refresh_token_is_on_disk() {
     running.shutdown().await;
     // A margin longer than any token's life forces a refresh at once.
     let server2 = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
-    let text = config_text(&pki, state_dir.path(), &tokens.url(), &[imap(server2.addr)], "refresh_margin_secs = 100000");
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server2.addr)],
+        "refresh_margin_secs = 100000",
+    );
     let running = start(&text).await;
     let mut c = TestClient::connect(running.addrs[0]).await;
     c.read_line().await;
@@ -277,13 +347,23 @@ async fn the_rotated_refresh_token_is_on_disk() {
 #[tokio::test]
 async fn upstream_starttls_and_no_sasl_ir_work() {
     for opts in [
-        ImapOpts { tls: Tls::StartTls, greeting_capabilities: true, ..ImapOpts::default() },
-        ImapOpts { sasl_ir: false, ..ImapOpts::default() },
+        ImapOpts {
+            tls: Tls::StartTls,
+            greeting_capabilities: true,
+            ..ImapOpts::default()
+        },
+        ImapOpts {
+            sasl_ir: false,
+            ..ImapOpts::default()
+        },
     ] {
         let (proxy, server) = proxy_with(opts).await;
         let mut c = TestClient::connect(proxy.addr(0)).await;
         let greeting = c.read_line_str().await;
-        assert!(!greeting.contains("STARTTLS") && !greeting.contains("LOGINDISABLED"), "{greeting}");
+        assert!(
+            !greeting.contains("STARTTLS") && !greeting.contains("LOGINDISABLED"),
+            "{greeting}"
+        );
         login(&mut c).await;
         assert_eq!(server.state.auth_successes(), 1);
     }
@@ -309,7 +389,9 @@ async fn local_refusals_never_reach_the_network() {
 async fn sign_in_needed_says_how() {
     // No tokens at all.
     let (proxy, _server) = proxy_with(ImapOpts::default()).await;
-    xoauth2_proxy::auth::vault::TokenStore::new(proxy.state_dir.path()).remove(USER).unwrap();
+    xoauth2_proxy::auth::vault::TokenStore::new(proxy.state_dir.path())
+        .remove(USER)
+        .unwrap();
     let mut c = connect(&proxy).await;
     c.send(login_line("n1").as_bytes()).await;
     let line = c.read_line_str().await;
@@ -323,7 +405,10 @@ async fn sign_in_needed_says_how() {
     c.send(login_line("n2").as_bytes()).await;
     let line = c.read_line_str().await;
     assert!(line.starts_with("n2 NO [AUTHENTICATIONFAILED] "), "{line}");
-    assert!(line.contains("expired or was revoked") && line.contains("authorize"), "{line}");
+    assert!(
+        line.contains("expired or was revoked") && line.contains("authorize"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -334,13 +419,23 @@ async fn a_token_endpoint_that_is_down_gives_unavailable() {
     let state_dir = tempfile::tempdir().unwrap();
     seed_tokens(state_dir.path(), &tokens);
     let dead = format!("http://{}", dead_addr().await);
-    let running = start(&config_text(&pki, state_dir.path(), &dead, &[imap(server.addr)], "")).await;
+    let running = start(&config_text(
+        &pki,
+        state_dir.path(),
+        &dead,
+        &[imap(server.addr)],
+        "",
+    ))
+    .await;
     let mut c = TestClient::connect(running.addrs[0]).await;
     c.read_line().await;
     c.send(login_line("d1").as_bytes()).await;
     let line = c.read_line_str().await;
     assert!(line.starts_with("d1 NO [UNAVAILABLE] "), "{line}");
-    assert!(line.contains("cannot connect to the token endpoint"), "{line}");
+    assert!(
+        line.contains("cannot connect to the token endpoint"),
+        "{line}"
+    );
     // The connection stays usable.
     c.send(b"d2 NOOP\r\n").await;
     c.expect(b"d2 OK NOOP completed").await;
@@ -351,7 +446,10 @@ async fn a_token_endpoint_that_is_down_gives_unavailable() {
     let mut c = connect(&proxy).await;
     c.send(login_line("d3").as_bytes()).await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("d3 NO [UNAVAILABLE] ") && line.contains("HTTP 503"), "{line}");
+    assert!(
+        line.starts_with("d3 NO [UNAVAILABLE] ") && line.contains("HTTP 503"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -361,13 +459,26 @@ async fn an_unreachable_upstream_is_reported_at_login() {
     let state_dir = tempfile::tempdir().unwrap();
     seed_tokens(state_dir.path(), &tokens);
     let dead = dead_addr().await;
-    let running = start(&config_text(&pki, state_dir.path(), &tokens.url(), &[imap(dead)], "")).await;
+    let running = start(&config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(dead)],
+        "",
+    ))
+    .await;
     let mut c = TestClient::connect(running.addrs[0]).await;
     let greeting = c.read_line_str().await;
-    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1 ") && greeting.contains("AUTH=PLAIN"), "{greeting}");
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1 ") && greeting.contains("AUTH=PLAIN"),
+        "{greeting}"
+    );
     c.send(login_line("x1").as_bytes()).await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("x1 NO [UNAVAILABLE] cannot reach "), "{line}");
+    assert!(
+        line.starts_with("x1 NO [UNAVAILABLE] cannot reach "),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -376,7 +487,10 @@ async fn a_line_over_the_cap_is_refused_not_hung() {
     let mut c = connect(&proxy).await;
     c.send(&vec![b'a'; 9000]).await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("* BYE [TOOBIG]") && line.contains("8192"), "{line}");
+    assert!(
+        line.starts_with("* BYE [TOOBIG]") && line.contains("8192"),
+        "{line}"
+    );
     c.expect_eof().await;
 }
 

@@ -16,9 +16,23 @@ async fn proxy_with(opts: SmtpOpts) -> (Proxy, FakeSmtpServer) {
     let server = FakeSmtpServer::start(&pki, tokens.state.clone(), opts).await;
     let state_dir = tempfile::tempdir().expect("tempdir");
     seed_tokens(state_dir.path(), &tokens);
-    let text = config_text(&pki, state_dir.path(), &tokens.url(), &[smtp(server.addr)], "");
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[smtp(server.addr)],
+        "",
+    );
     let running = start(&text).await;
-    (Proxy { pki, tokens, state_dir, running }, server)
+    (
+        Proxy {
+            pki,
+            tokens,
+            state_dir,
+            running,
+        },
+        server,
+    )
 }
 
 const EHLO_REPLY: &[&str] = &[
@@ -66,8 +80,17 @@ async fn every_auth_form_works_and_the_message_arrives() {
     let user64 = B64.encode(USER);
     let pass64 = B64.encode(PASSWORD);
     let forms: Vec<(&str, Vec<(String, &str)>)> = vec![
-        ("PLAIN inline", vec![(format!("AUTH PLAIN {}\r\n", plain_ir()), "")]),
-        ("PLAIN via 334", vec![("AUTH PLAIN\r\n".into(), "334 "), (format!("{}\r\n", plain_ir()), "")]),
+        (
+            "PLAIN inline",
+            vec![(format!("AUTH PLAIN {}\r\n", plain_ir()), "")],
+        ),
+        (
+            "PLAIN via 334",
+            vec![
+                ("AUTH PLAIN\r\n".into(), "334 "),
+                (format!("{}\r\n", plain_ir()), ""),
+            ],
+        ),
         (
             "LOGIN",
             vec![
@@ -78,7 +101,10 @@ async fn every_auth_form_works_and_the_message_arrives() {
         ),
         (
             "LOGIN with the user name inline",
-            vec![(format!("AUTH LOGIN {user64}\r\n"), "334 UGFzc3dvcmQ6"), (format!("{pass64}\r\n"), "")],
+            vec![
+                (format!("AUTH LOGIN {user64}\r\n"), "334 UGFzc3dvcmQ6"),
+                (format!("{pass64}\r\n"), ""),
+            ],
         ),
     ];
     for (i, (name, steps)) in forms.iter().enumerate() {
@@ -108,7 +134,10 @@ async fn before_login_only_the_session_commands_work() {
         ("MAIL FROM:<a@b.c>", "530 5.7.0 Authentication required"),
         ("NOOP", "250 2.0.0 OK"),
         ("RSET", "250 2.0.0 OK"),
-        ("AUTH XOAUTH2 abc", "504 5.5.4 Unrecognized authentication type"),
+        (
+            "AUTH XOAUTH2 abc",
+            "504 5.5.4 Unrecognized authentication type",
+        ),
     ] {
         c.send(format!("{cmd}\r\n").as_bytes()).await;
         let line = c.read_line_str().await;
@@ -122,7 +151,13 @@ async fn before_login_only_the_session_commands_work() {
     c.expect(b"221 2.0.0 Bye").await;
     c.expect_eof().await;
     assert!(server.state.commands_after_auth().is_empty());
-    assert!(server.state.command_lines().iter().all(|l| !l.starts_with("MAIL")));
+    assert!(
+        server
+            .state
+            .command_lines()
+            .iter()
+            .all(|l| !l.starts_with("MAIL"))
+    );
 }
 
 #[tokio::test]
@@ -150,29 +185,39 @@ async fn commands_pipelined_after_auth_are_held_until_235() {
 async fn a_25_mib_message_and_a_bdat_transfer_pass_byte_exact() {
     let (proxy, server) = proxy_with(SmtpOpts::default()).await;
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     c.expect(smtp_server::AUTH_OK.as_bytes()).await;
     let big = message(25 * 1024 * 1024, 3);
     send_message(&mut c, &big).await;
-    assert!(server.state.messages()[0] == big, "the DATA message differs");
+    assert!(
+        server.state.messages()[0] == big,
+        "the DATA message differs"
+    );
 
     // CHUNKING: binary bytes, no dot-stuffing.
     let chunk1: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let chunk2 = b"\r\n.\r\nend".to_vec();
-    c.send(format!("MAIL FROM:<{USER}> BODY=BINARYMIME\r\n").as_bytes()).await;
+    c.send(format!("MAIL FROM:<{USER}> BODY=BINARYMIME\r\n").as_bytes())
+        .await;
     c.expect_smtp(250).await;
     c.send(b"RCPT TO:<bob@example.test>\r\n").await;
     c.expect_smtp(250).await;
-    c.send(format!("BDAT {}\r\n", chunk1.len()).as_bytes()).await;
+    c.send(format!("BDAT {}\r\n", chunk1.len()).as_bytes())
+        .await;
     c.send(&chunk1).await;
     c.expect_smtp(250).await;
-    c.send(format!("BDAT {} LAST\r\n", chunk2.len()).as_bytes()).await;
+    c.send(format!("BDAT {} LAST\r\n", chunk2.len()).as_bytes())
+        .await;
     c.send(&chunk2).await;
     c.expect_smtp(250).await;
     let received = server.state.received();
     let last = received.last().unwrap();
     assert!(last.bdat);
-    assert!(last.body == [chunk1, chunk2].concat(), "the BDAT message differs");
+    assert!(
+        last.body == [chunk1, chunk2].concat(),
+        "the BDAT message differs"
+    );
 }
 
 #[tokio::test]
@@ -184,7 +229,8 @@ async fn plaintext_injected_with_the_upstream_starttls_reply_is_discarded() {
     .await;
     // The EHLO the client sees is the real post-TLS one, not the injected lines.
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     c.expect(smtp_server::AUTH_OK.as_bytes()).await;
     assert_eq!(server.state.auth_successes(), 1);
 }
@@ -192,9 +238,14 @@ async fn plaintext_injected_with_the_upstream_starttls_reply_is_discarded() {
 #[tokio::test]
 async fn failures_get_the_right_codes() {
     // The server refuses the token: its reply passes through, the session stays usable.
-    let (proxy, _server) = proxy_with(SmtpOpts { user: "other@example.test".into(), ..SmtpOpts::default() }).await;
+    let (proxy, _server) = proxy_with(SmtpOpts {
+        user: "other@example.test".into(),
+        ..SmtpOpts::default()
+    })
+    .await;
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     c.expect(smtp_server::AUTH_FAILED.as_bytes()).await;
     c.send(b"NOOP\r\n").await;
     c.expect_smtp(250).await;
@@ -207,31 +258,49 @@ async fn failures_get_the_right_codes() {
     })
     .await;
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     c.expect(smtp_server::AUTH_FAILED.as_bytes()).await;
 
     // SMTP AUTH disabled for the tenant: passed on as is.
-    let (proxy, _server) = proxy_with(SmtpOpts { auth_reply: SmtpAuthReply::TenantDisabled, ..SmtpOpts::default() }).await;
+    let (proxy, _server) = proxy_with(SmtpOpts {
+        auth_reply: SmtpAuthReply::TenantDisabled,
+        ..SmtpOpts::default()
+    })
+    .await;
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     c.expect(smtp_server::TENANT_DISABLED.as_bytes()).await;
 
     // Local refusals: unknown user, empty password.
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", B64.encode("\0nobody@example.test\0pw")).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", B64.encode("\0nobody@example.test\0pw")).as_bytes())
+        .await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("535 5.7.8 ") && line.contains("nobody@example.test"), "{line}");
-    c.send(format!("AUTH PLAIN {}\r\n", B64.encode(format!("\0{USER}\0"))).as_bytes()).await;
+    assert!(
+        line.starts_with("535 5.7.8 ") && line.contains("nobody@example.test"),
+        "{line}"
+    );
+    c.send(format!("AUTH PLAIN {}\r\n", B64.encode(format!("\0{USER}\0"))).as_bytes())
+        .await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("535 5.7.8 ") && line.contains("empty"), "{line}");
+    assert!(
+        line.starts_with("535 5.7.8 ") && line.contains("empty"),
+        "{line}"
+    );
 
     // Sign-in needed (a fresh proxy: nothing cached).
     let (proxy, _server) = proxy_with(SmtpOpts::default()).await;
     proxy.tokens.state.set_mode(Mode::InvalidGrant);
     let mut c = greeted(&proxy).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("535 5.7.8 ") && line.contains("authorize"), "{line}");
+    assert!(
+        line.starts_with("535 5.7.8 ") && line.contains("authorize"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -242,22 +311,45 @@ async fn an_unreachable_token_endpoint_or_upstream_gives_454() {
     let state_dir = tempfile::tempdir().unwrap();
     seed_tokens(state_dir.path(), &tokens);
     let dead_tokens = format!("http://{}", dead_addr().await);
-    let running = start(&config_text(&pki, state_dir.path(), &dead_tokens, &[smtp(server.addr)], "")).await;
+    let running = start(&config_text(
+        &pki,
+        state_dir.path(),
+        &dead_tokens,
+        &[smtp(server.addr)],
+        "",
+    ))
+    .await;
     let mut c = TestClient::connect(running.addrs[0]).await;
     c.expect_smtp(220).await;
     c.send(b"EHLO x\r\n").await;
     c.expect_smtp(250).await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     let line = c.read_line_str().await;
-    assert!(line.starts_with("454 4.7.0 ") && line.contains("token endpoint"), "{line}");
+    assert!(
+        line.starts_with("454 4.7.0 ") && line.contains("token endpoint"),
+        "{line}"
+    );
 
-    let running = start(&config_text(&pki, state_dir.path(), &tokens.url(), &[smtp(dead_addr().await)], "")).await;
+    let running = start(&config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[smtp(dead_addr().await)],
+        "",
+    ))
+    .await;
     let mut c = TestClient::connect(running.addrs[0]).await;
     c.expect(b"220 xoauth2-proxy ESMTP ready").await;
     c.send(b"EHLO x\r\n").await;
     let reply = c.expect_smtp(250).await;
-    assert!(reply.iter().any(|l| l.windows(16).any(|w| w == b"AUTH PLAIN LOGIN")));
-    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes()).await;
+    assert!(
+        reply
+            .iter()
+            .any(|l| l.windows(16).any(|w| w == b"AUTH PLAIN LOGIN"))
+    );
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
     let line = c.read_line_str().await;
     assert!(line.starts_with("454 4.7.0 cannot reach "), "{line}");
 }
