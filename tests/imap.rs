@@ -214,6 +214,24 @@ async fn a_refused_token_gets_the_servers_no_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_token_the_server_stopped_accepting_is_replaced_at_the_next_login() {
+    let (proxy, server) = proxy_with(ImapOpts::default()).await;
+    let mut c = connect(&proxy).await;
+    login(&mut c).await;
+    // The server invalidates the token the proxy still holds as fresh.
+    proxy.tokens.state.expire_access_tokens();
+    let mut c = connect(&proxy).await;
+    c.send(login_line("r1").as_bytes()).await;
+    c.expect(b"r1 NO [AUTHENTICATIONFAILED] Authentication failed.")
+        .await;
+    c.send(login_line("r2").as_bytes()).await;
+    let ok = c.read_line_str().await;
+    assert!(ok.starts_with("r2 OK"), "{ok}");
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 2);
+    assert_eq!(server.state.auth_successes(), 2);
+}
+
+#[tokio::test]
 async fn commands_pipelined_after_login_reach_the_server_after_its_ok() {
     let (proxy, server) = proxy_with(ImapOpts {
         messages: vec![b"Subject: one\r\n\r\nbody\r\n".to_vec()],

@@ -140,6 +140,31 @@ pub struct TokenManager {
     kdf: KdfParams,
     kdf_runs: std::sync::atomic::AtomicU64,
     digest: PasswordDigest,
+    /// Refreshes whose exchange or write is still running.
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+/// Counts a refresh task as in flight until it is dropped.
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(counter: &Arc<tokio::sync::watch::Sender<usize>>) -> InFlight {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// The outcome of one refresh-token exchange, already on disk.
+struct Refreshed {
+    access: SecretString,
+    lifetime: Duration,
+    refresh_token: SecretString,
 }
 
 impl TokenManager {
@@ -185,12 +210,31 @@ impl TokenManager {
             kdf,
             kdf_runs: Default::default(),
             digest: PasswordDigest::new(),
+            in_flight: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Waits up to `limit` for refreshes in flight to finish (their rotated
+    /// refresh tokens written). `false`: some were still running.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let mut in_flight = self.in_flight.subscribe();
+        tokio::time::timeout(limit, in_flight.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
     }
 
     /// How many times this process ran the password KDF (for the benchmark and tests).
     pub fn kdf_runs(&self) -> u64 {
         self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The mail server refused this account's access token (revoked, or its
+    /// sessions invalidated): drop it, so the next login refreshes instead of
+    /// presenting it again. The refresh token and the unlock are kept.
+    pub fn discard_access_token(&self, username: &str) {
+        if let Ok(account) = self.account(username) {
+            *account.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
     /// How many refresh requests this process has sent (for status and tests).
@@ -338,7 +382,7 @@ impl TokenManager {
 
     async fn token(
         &self,
-        account: &AccountTokens,
+        account: &Arc<AccountTokens>,
         key: Option<Arc<SealKey>>,
     ) -> Result<SecretString, TokenError> {
         if let Some(token) = account.fresh(self.margin) {
@@ -377,7 +421,7 @@ impl TokenManager {
 
     async fn refresh_locked(
         &self,
-        account: &AccountTokens,
+        account: &Arc<AccountTokens>,
         state: &mut RefreshState,
         key: Option<Arc<SealKey>>,
     ) -> Result<SecretString, TokenError> {
@@ -419,7 +463,27 @@ impl TokenManager {
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(account = %username, "refreshing access token");
-        let response = match self.exchange_refresh(account, &refresh_token).await {
+        // From the request on, the endpoint may rotate the refresh token: the
+        // exchange and the write of its result run in their own task, so a
+        // session dropped meanwhile (a client gone, a shutdown closing it)
+        // cannot cut them, and a shutdown waits for them (`wait_idle`). If
+        // this caller is dropped, `loaded = false` makes the next one read
+        // the new refresh token from disk.
+        state.loaded = false;
+        let job = tokio::spawn(exchange_and_save(
+            account.clone(),
+            self.http.clone(),
+            self.store.clone(),
+            refresh_token,
+            key,
+            InFlight::new(&self.in_flight),
+        ));
+        let outcome = job.await.map_err(|e| Failure {
+            error: TokenError::Transient(format!("token refresh task failed: {e}")),
+            retry_after: None,
+        });
+        state.loaded = true;
+        let refreshed = match outcome.and_then(|r| r) {
             Ok(r) => r,
             Err(Failure { error, retry_after }) => {
                 if let Some(wait) = retry_after {
@@ -437,33 +501,10 @@ impl TokenManager {
                 return Err(error);
             }
         };
-        let access = SecretString::from(response.access_token().secret().to_owned());
-        let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
-        let expires_at = SystemTime::now() + lifetime;
-        let new_refresh = response
-            .refresh_token()
-            .map(|r| SecretString::from(r.secret().to_owned()))
-            .unwrap_or(refresh_token);
-        let stored = StoredTokens {
-            refresh_token: Some(new_refresh.clone()),
-            access_token: Some(access.clone()),
-            expires_at: Some(unix_secs(expires_at)),
-        };
-        // The new refresh token must be on disk before anyone uses the access
-        // token; if the disk refuses, keep it in memory so it is not lost
-        // while this process runs, and say so loudly.
-        let saved = match key {
-            Some(key) => self.save_sealed(&username, stored, key).await,
-            None => self.save(&username, stored).await,
-        };
-        if let Err(e) = saved {
-            tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
-        }
-        state.refresh_token = Some(new_refresh);
+        state.refresh_token = Some(refreshed.refresh_token);
         state.not_before = None;
-        account.set_cached(access.clone(), expires_at);
-        tracing::info!(account = %username, expires_in_secs = lifetime.as_secs(), "access token refreshed");
-        Ok(access)
+        tracing::info!(account = %username, expires_in_secs = refreshed.lifetime.as_secs(), "access token refreshed");
+        Ok(refreshed.access)
     }
 
     /// The account's stored tokens: unsealed ones as they are, sealed ones
@@ -516,54 +557,93 @@ impl TokenManager {
         tokens: StoredTokens,
         key: Arc<SealKey>,
     ) -> Result<(), String> {
-        let store = self.store.clone();
-        let name = username.to_owned();
-        blocking(move || store.save_sealed(&name, &tokens, &key))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        save_to(self.store.clone(), username, tokens, Some(key)).await
     }
+}
 
-    async fn save(&self, username: &str, tokens: StoredTokens) -> Result<(), String> {
-        let store = self.store.clone();
-        let name = username.to_owned();
-        tokio::task::spawn_blocking(move || store.save(&name, &tokens))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+/// One refresh-token exchange and the write of what it returned: the new
+/// refresh token is on disk before the access token is handed out or cached.
+async fn exchange_and_save(
+    account: Arc<AccountTokens>,
+    http: HttpClient,
+    store: Arc<TokenStore>,
+    refresh_token: SecretString,
+    key: Option<Arc<SealKey>>,
+    _in_flight: InFlight,
+) -> Result<Refreshed, Failure> {
+    let username = account.config.username.clone();
+    let response = exchange_refresh(&account, &http, &refresh_token).await?;
+    let access = SecretString::from(response.access_token().secret().to_owned());
+    let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+    let expires_at = SystemTime::now() + lifetime;
+    let new_refresh = response
+        .refresh_token()
+        .map(|r| SecretString::from(r.secret().to_owned()))
+        .unwrap_or(refresh_token);
+    let stored = StoredTokens {
+        refresh_token: Some(new_refresh.clone()),
+        access_token: Some(access.clone()),
+        expires_at: Some(unix_secs(expires_at)),
+    };
+    // If the disk refuses, keep the refresh token in memory so it is not
+    // lost while this process runs, and say so loudly.
+    if let Err(e) = save_to(store, &username, stored, key).await {
+        tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
     }
+    account.set_cached(access.clone(), expires_at);
+    Ok(Refreshed {
+        access,
+        lifetime,
+        refresh_token: new_refresh,
+    })
+}
 
-    async fn exchange_refresh(
-        &self,
-        account: &AccountTokens,
-        refresh_token: &SecretString,
-    ) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
-        let token_url =
-            TokenUrl::new(account.endpoints.token_url.clone()).map_err(|e| Failure {
-                error: TokenError::Configuration(format!("token_url is not a URL: {e}")),
-                retry_after: None,
-            })?;
-        let mut client = BasicClient::new(ClientId::new(account.config.client_id.clone()))
-            .set_token_uri(token_url)
-            .set_auth_type(AuthType::RequestBody);
-        if let Some(secret) = &account.config.client_secret {
-            client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-        }
-        let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let client_http = self.http.clone();
-        let http = move |req| {
-            let client_http = client_http.clone();
-            async move { client_http.send(req).await }
-        };
-        let mut request = client.exchange_refresh_token(&refresh);
-        for scope in &account.endpoints.scopes {
-            request = request.add_scope(oauth2::Scope::new(scope.clone()));
-        }
-        request
-            .request_async(&http)
-            .await
-            .map_err(|e| classify(&account.config.username, e))
+/// Writes `tokens` sealed with `key`, or unsealed without one.
+async fn save_to(
+    store: Arc<TokenStore>,
+    username: &str,
+    tokens: StoredTokens,
+    key: Option<Arc<SealKey>>,
+) -> Result<(), String> {
+    let name = username.to_owned();
+    tokio::task::spawn_blocking(move || match key {
+        Some(key) => store.save_sealed(&name, &tokens, &key),
+        None => store.save(&name, &tokens),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+async fn exchange_refresh(
+    account: &AccountTokens,
+    http: &HttpClient,
+    refresh_token: &SecretString,
+) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
+    let token_url = TokenUrl::new(account.endpoints.token_url.clone()).map_err(|e| Failure {
+        error: TokenError::Configuration(format!("token_url is not a URL: {e}")),
+        retry_after: None,
+    })?;
+    let mut client = BasicClient::new(ClientId::new(account.config.client_id.clone()))
+        .set_token_uri(token_url)
+        .set_auth_type(AuthType::RequestBody);
+    if let Some(secret) = &account.config.client_secret {
+        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
+    let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
+    let client_http = http.clone();
+    let http = move |req| {
+        let client_http = client_http.clone();
+        async move { client_http.send(req).await }
+    };
+    let mut request = client.exchange_refresh_token(&refresh);
+    for scope in &account.endpoints.scopes {
+        request = request.add_scope(oauth2::Scope::new(scope.clone()));
+    }
+    request
+        .request_async(&http)
+        .await
+        .map_err(|e| classify(&account.config.username, e))
 }
 
 struct Failure {

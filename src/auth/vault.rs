@@ -15,7 +15,7 @@
 //!   password from a damaged file. The account name, parameters and salt
 //!   are bound to the ciphertext as associated data.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -507,14 +507,13 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io:
 
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) -> std::io::Result<()> {
     // Windows has no directory handles to flush; ReplaceFile/MoveFileEx with
     // the rename is as durable as the platform offers.
-    let _ = File::open;
     Ok(())
 }
 

@@ -164,6 +164,7 @@ async fn login(
             Ok(AuthOutcome::Refused { reply, challenge }) => {
                 tracing::warn!(%peer, %account, server = %String::from_utf8_lossy(&reply).trim_end(),
                     challenge = ?challenge, "upstream refused the token");
+                ctx.tokens.discard_access_token(&account);
                 // POP3 servers may close after a failed AUTH; start afresh next time.
                 *upstream = None;
                 return Err(reply);

@@ -260,6 +260,7 @@ impl FixedRelay<'_> {
             )))
         })?;
         let signed_in = authenticate(
+            self.ctx,
             self.target,
             self.listener,
             upstream,
@@ -296,7 +297,7 @@ async fn login(
         .await
         .map_err(|f| failure_reply(&f))?;
     authenticate(
-        target, listener, upstream, &account, &token, ehlo_name, peer,
+        ctx, target, listener, upstream, &account, &token, ehlo_name, peer,
     )
     .await
 }
@@ -305,6 +306,7 @@ async fn login(
 /// connection was lost. `Ok` carries the account and the server's 235;
 /// `Err` the reply for the client.
 async fn authenticate(
+    ctx: &Context,
     target: &Target,
     listener: &ListenerConfig,
     upstream: &mut Option<SmtpUpstream>,
@@ -352,6 +354,8 @@ async fn authenticate(
                         `Set-CASMailbox -Identity {account} -SmtpClientAuthenticationDisabled $false`");
                 } else if code == 432 {
                     tracing::warn!(%account, "Office 365 allows 3 concurrent SMTP connections per mailbox; the client opened more");
+                } else if code == 535 {
+                    ctx.tokens.discard_access_token(&account);
                 }
                 return Err(reply);
             }
