@@ -260,7 +260,6 @@ impl FixedRelay<'_> {
             )))
         })?;
         let signed_in = authenticate(
-            self.ctx,
             self.target,
             self.listener,
             upstream,
@@ -297,16 +296,22 @@ async fn login(
         .await
         .map_err(|f| failure_reply(&f))?;
     authenticate(
-        ctx, target, listener, upstream, &account, &token, ehlo_name, peer,
+        target, listener, upstream, &account, &token, ehlo_name, peer,
     )
     .await
+    .inspect_err(|reply| {
+        // The server refused the token itself (not a policy or a limit):
+        // the next login must refresh rather than present it again.
+        if reply.starts_with(b"535") && !reply.windows(7).any(|w| w == b"5.7.139") {
+            ctx.tokens.discard_access_token(&account);
+        }
+    })
 }
 
 /// XOAUTH2 upstream for `account`, reconnecting once if the pre-login
 /// connection was lost. `Ok` carries the account and the server's 235;
 /// `Err` the reply for the client.
 async fn authenticate(
-    ctx: &Context,
     target: &Target,
     listener: &ListenerConfig,
     upstream: &mut Option<SmtpUpstream>,
@@ -354,8 +359,6 @@ async fn authenticate(
                         `Set-CASMailbox -Identity {account} -SmtpClientAuthenticationDisabled $false`");
                 } else if code == 432 {
                     tracing::warn!(%account, "Office 365 allows 3 concurrent SMTP connections per mailbox; the client opened more");
-                } else if code == 535 {
-                    ctx.tokens.discard_access_token(&account);
                 }
                 return Err(reply);
             }

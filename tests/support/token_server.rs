@@ -5,6 +5,12 @@
 //!   (`urn:ietf:params:oauth:grant-type:device_code`), `client_credentials`, `authorization_code`.
 //! - `POST /devicecode`: starts a device code flow.
 //! - `GET /authorize`: "the user consents at once": redirects to `redirect_uri` with a code.
+//! - `POST /introspect` (RFC 7662, `token=…`): `{"active":true,"username":…}` for an access
+//!   token that is issued, unexpired and not revoked, `{"active":false}` otherwise. Dovecot's
+//!   oauth2 passdb validates tokens this way in the interop suite.
+//!
+//! [`router`] gives the routes without a listener, for serving them over TLS
+//! (`examples/fake_token_server.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -102,6 +108,8 @@ struct TokenInner {
     authorize_requests: usize,
     log: Vec<RecordedRequest>,
     max_in_flight: usize,
+    introspection_username: Option<String>,
+    introspections: usize,
 }
 
 impl Default for TokenState {
@@ -136,6 +144,8 @@ impl TokenState {
                 authorize_requests: 0,
                 log: Vec::new(),
                 max_in_flight: 0,
+                introspection_username: None,
+                introspections: 0,
             }),
             in_flight: AtomicUsize::new(0),
         }
@@ -196,12 +206,18 @@ impl TokenState {
 
     /// Issued, not expired, not revoked.
     pub fn is_valid_access_token(&self, token: &str) -> bool {
-        let inner = self.lock();
-        !inner.revoked_access_tokens.contains(token)
-            && inner
-                .access_tokens
-                .get(token)
-                .is_some_and(|&expiry| Instant::now() < expiry)
+        self.lock().access_token_expiry(token).is_some()
+    }
+
+    /// The `username` that `/introspect` reports for valid access tokens (the mailbox the
+    /// tokens belong to); none by default.
+    pub fn set_introspection_username(&self, username: Option<&str>) {
+        self.lock().introspection_username = username.map(str::to_owned);
+    }
+
+    /// `/introspect` requests, whatever the answer was.
+    pub fn introspections(&self) -> usize {
+        self.lock().introspections
     }
 
     pub fn is_valid_refresh_token(&self, token: &str) -> bool {
@@ -296,6 +312,17 @@ impl Drop for InFlight {
 }
 
 impl TokenInner {
+    /// When a valid (issued, unexpired, unrevoked) access token expires.
+    fn access_token_expiry(&self, token: &str) -> Option<Instant> {
+        if self.revoked_access_tokens.contains(token) {
+            return None;
+        }
+        self.access_tokens
+            .get(token)
+            .copied()
+            .filter(|&expiry| Instant::now() < expiry)
+    }
+
     fn new_access_token(&mut self) -> String {
         let token = loop {
             let t = format!("at-{}-eyJ0eXAiOiJKV1Qi", self.next_access);
@@ -361,20 +388,19 @@ impl FakeTokenServer {
     }
 
     pub async fn start_with(state: Arc<TokenState>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), state).await
+    }
+
+    /// On a given address, e.g. one the proxy was configured with while nothing listened
+    /// there (a token endpoint that comes back).
+    pub async fn start_on(addr: SocketAddr, state: Arc<TokenState>) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .unwrap_or_else(|e| panic!("FakeTokenServer: cannot bind 127.0.0.1:0: {e}"));
+            .unwrap_or_else(|e| panic!("FakeTokenServer: cannot bind {addr}: {e}"));
         let addr = listener
             .local_addr()
             .expect("local_addr of a bound listener");
-        let app = Router::new()
-            .route("/token", post(token))
-            .route("/devicecode", post(devicecode))
-            .route("/authorize", get(authorize))
-            .route("/{tenant}/oauth2/v2.0/token", post(token))
-            .route("/{tenant}/oauth2/v2.0/devicecode", post(devicecode))
-            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
-            .with_state(state.clone());
+        let app = router(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -401,6 +427,19 @@ impl FakeTokenServer {
     pub fn authorize_url(&self) -> String {
         format!("{}/authorize", self.url())
     }
+}
+
+/// Every route of the fake, answering from `state`.
+pub fn router(state: Arc<TokenState>) -> Router {
+    Router::new()
+        .route("/token", post(token))
+        .route("/devicecode", post(devicecode))
+        .route("/authorize", get(authorize))
+        .route("/introspect", post(introspect))
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(devicecode))
+        .route("/{tenant}/oauth2/v2.0/authorize", get(authorize))
+        .with_state(state)
 }
 
 /// A Microsoft-shaped error body.
@@ -732,6 +771,62 @@ async fn authorize(
         location.push_str(&percent_encode(state));
     }
     (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// RFC 7662 token introspection. The body is read as a form whatever its
+/// `Content-Type`, as introspecting clients differ in what they send.
+async fn introspect(State(st): State<Arc<TokenState>>, body: String) -> Response {
+    let mut inner = st.lock();
+    inner.introspections += 1;
+    let expiry = form_value(&body, "token").and_then(|t| inner.access_token_expiry(&t));
+    let Some(expiry) = expiry else {
+        return Json(json!({ "active": false })).into_response();
+    };
+    let mut answer = json!({
+        "active": true,
+        "token_type": "Bearer",
+        "scope": DEFAULT_SCOPE,
+        "expires_in": expiry.saturating_duration_since(Instant::now()).as_secs(),
+    });
+    if let Some(username) = &inner.introspection_username {
+        answer["username"] = json!(username);
+    }
+    Json(answer).into_response()
+}
+
+/// The first value of `key` in an `application/x-www-form-urlencoded` body.
+fn form_value(body: &str, key: &str) -> Option<String> {
+    body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn percent_encode(s: &str) -> String {
