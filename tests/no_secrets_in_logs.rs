@@ -1,17 +1,24 @@
-//! Passwords, access tokens and refresh tokens never reach a log line, at
-//! any level, on success or failure. This binary installs a global TRACE
-//! subscriber, so it holds a single test.
+//! Passwords, access tokens, refresh tokens, the client secret and message
+//! bodies never reach a log line, at any level, on success or failure: a
+//! device-code sign-in, then every login form of IMAP, POP3 and SMTP, a
+//! forced refresh, mail fetched and sent, and refused logins, all under a
+//! TRACE subscriber. This binary installs a global subscriber, so it holds a
+//! single test.
 
 mod harness;
 mod support;
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use harness::{PASSWORD, SEED_REFRESH, config_text, imap, seed_tokens, smtp, start};
+use harness::{PASSWORD, SEED_REFRESH, config_text, imap, pop3, smtp, start};
+use secrecy::SecretString;
 use support::*;
+use xoauth2_proxy::auth::vault::TokenStore;
+use xoauth2_proxy::config::Config;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -26,6 +33,15 @@ impl Write for Captured {
     }
 }
 
+const CLIENT_SECRET: &str = "cs-Q8~never.in.a.log";
+const IMAP_BODY: &str = "imap-body-marker-4f1d9c";
+const POP3_BODY: &str = "pop3-body-marker-8a2e77";
+const SMTP_BODY: &str = "smtp-body-marker-1b6c30";
+
+fn message(marker: &str) -> Vec<u8> {
+    format!("Subject: private\r\n\r\n{marker}\r\n").into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_log() {
     let captured = Captured::default();
@@ -38,8 +54,26 @@ async fn secrets_never_reach_the_log() {
 
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;
-    let imap_server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
-    let smtp_server = FakeSmtpServer::start(
+    let imap_server = FakeImapServer::start(
+        &pki,
+        tokens.state.clone(),
+        ImapOpts {
+            messages: vec![message(IMAP_BODY)],
+            ..ImapOpts::default()
+        },
+    )
+    .await;
+    let pop3_server = FakePop3Server::start(
+        &pki,
+        tokens.state.clone(),
+        Pop3Opts {
+            messages: vec![message(POP3_BODY)],
+            ..Pop3Opts::default()
+        },
+    )
+    .await;
+    let smtp_server = FakeSmtpServer::start(&pki, tokens.state.clone(), SmtpOpts::default()).await;
+    let refusing_smtp = FakeSmtpServer::start(
         &pki,
         tokens.state.clone(),
         SmtpOpts {
@@ -50,48 +84,132 @@ async fn secrets_never_reach_the_log() {
     )
     .await;
     let state_dir = tempfile::tempdir().unwrap();
-    seed_tokens(state_dir.path(), &tokens);
-    let text = config_text(
+    let mut text = config_text(
         &pki,
         state_dir.path(),
         &tokens.url(),
-        &[imap(imap_server.addr), smtp(smtp_server.addr)],
+        &[
+            imap(imap_server.addr),
+            pop3(pop3_server.addr),
+            smtp(smtp_server.addr),
+            smtp(refusing_smtp.addr),
+        ],
         "",
     );
-    let running = start(&text).await;
+    text.push_str(&format!("client_secret = \"{CLIENT_SECRET}\"\n"));
 
-    // A successful IMAP login, a refused one, and a refused SMTP AUTH with an error challenge.
-    let mut c = TestClient::connect(running.addrs[0]).await;
+    // Sign-in with the device code grant, as `authorize` does.
+    let mut secrets = vec![
+        PASSWORD.to_owned(),
+        SEED_REFRESH.to_owned(),
+        CLIENT_SECRET.to_owned(),
+        IMAP_BODY.to_owned(),
+        POP3_BODY.to_owned(),
+        SMTP_BODY.to_owned(),
+    ];
+    secrets.extend(sign_in(&text, state_dir.path(), &tokens).await);
+
+    let running = start(&text).await;
+    let (imap_addr, pop3_addr, smtp_addr, refusing_addr) = (
+        running.addrs[0],
+        running.addrs[1],
+        running.addrs[2],
+        running.addrs[3],
+    );
+    let plain = B64.encode(format!("\0{USER}\0{PASSWORD}"));
+    let (user64, pass64) = (B64.encode(USER), B64.encode(PASSWORD));
+
+    // IMAP: LOGIN (binds the password, refreshes) and a FETCH.
+    let mut c = TestClient::connect(imap_addr).await;
     c.read_line().await;
     c.send(format!("a LOGIN {USER} {PASSWORD}\r\n").as_bytes())
         .await;
     assert!(c.read_line_str().await.starts_with("a OK"));
-    let mut c = TestClient::connect(running.addrs[0]).await;
+    c.send(b"s SELECT INBOX\r\n").await;
+    c.read_until_tagged("s").await;
+    c.send(b"f FETCH 1 BODY[]\r\n").await;
+    let fetched = c.read_until_tagged("f").await.concat();
+    assert!(String::from_utf8_lossy(&fetched).contains(IMAP_BODY));
+    // AUTHENTICATE PLAIN (initial response) after a forced refresh.
+    running.context.tokens.discard_access_token(USER);
+    let mut c = TestClient::connect(imap_addr).await;
     c.read_line().await;
-    c.send(format!("b LOGIN nobody@example.test {PASSWORD}\r\n").as_bytes())
+    c.send(format!("b AUTHENTICATE PLAIN {plain}\r\n").as_bytes())
         .await;
-    assert!(c.read_line_str().await.starts_with("b NO"));
-    let mut c = TestClient::connect(running.addrs[1]).await;
+    assert!(c.read_line_str().await.starts_with("b OK"));
+    // AUTHENTICATE LOGIN.
+    let mut c = TestClient::connect(imap_addr).await;
+    c.read_line().await;
+    c.send(b"c AUTHENTICATE LOGIN\r\n").await;
+    c.expect_prefix(b"+ ").await;
+    c.send(format!("{user64}\r\n").as_bytes()).await;
+    c.expect_prefix(b"+ ").await;
+    c.send(format!("{pass64}\r\n").as_bytes()).await;
+    assert!(c.read_line_str().await.starts_with("c OK"));
+    // A wrong password and an unknown user.
+    let mut c = TestClient::connect(imap_addr).await;
+    c.read_line().await;
+    c.send(format!("d LOGIN {USER} not-{PASSWORD}\r\n").as_bytes())
+        .await;
+    assert!(c.read_line_str().await.starts_with("d NO"));
+    c.send(format!("e LOGIN nobody@example.test {PASSWORD}\r\n").as_bytes())
+        .await;
+    assert!(c.read_line_str().await.starts_with("e NO"));
+
+    // POP3: USER/PASS with a RETR, AUTH PLAIN, AUTH LOGIN.
+    let mut c = TestClient::connect(pop3_addr).await;
+    c.expect_prefix(b"+OK").await;
+    c.send(format!("USER {USER}\r\nPASS {PASSWORD}\r\n").as_bytes())
+        .await;
+    c.expect_prefix(b"+OK").await;
+    c.expect_prefix(b"+OK").await;
+    c.send(b"RETR 1\r\n").await;
+    c.expect_prefix(b"+OK").await;
+    let body = c.read_dot_terminated().await;
+    assert!(String::from_utf8_lossy(&body).contains(POP3_BODY));
+    let mut c = TestClient::connect(pop3_addr).await;
+    c.expect_prefix(b"+OK").await;
+    c.send(format!("AUTH PLAIN {plain}\r\n").as_bytes()).await;
+    c.expect_prefix(b"+OK").await;
+    let mut c = TestClient::connect(pop3_addr).await;
+    c.expect_prefix(b"+OK").await;
+    c.send(b"AUTH LOGIN\r\n").await;
+    c.expect_prefix(b"+ ").await;
+    c.send(format!("{user64}\r\n").as_bytes()).await;
+    c.expect_prefix(b"+ ").await;
+    c.send(format!("{pass64}\r\n").as_bytes()).await;
+    c.expect_prefix(b"+OK").await;
+
+    // SMTP: AUTH LOGIN and a message; AUTH PLAIN refused after an error challenge.
+    let mut c = TestClient::connect(smtp_addr).await;
     c.expect_smtp(220).await;
     c.send(b"EHLO x\r\n").await;
     c.expect_smtp(250).await;
-    c.send(
-        format!(
-            "AUTH PLAIN {}\r\n",
-            B64.encode(format!("\0{USER}\0{PASSWORD}"))
-        )
-        .as_bytes(),
-    )
-    .await;
+    c.send(format!("AUTH LOGIN {user64}\r\n").as_bytes()).await;
+    c.expect_smtp(334).await;
+    c.send(format!("{pass64}\r\n").as_bytes()).await;
+    c.expect_smtp(235).await;
+    c.send(format!("MAIL FROM:<{USER}>\r\nRCPT TO:<friend@example.test>\r\nDATA\r\n").as_bytes())
+        .await;
+    c.expect_smtp(250).await;
+    c.expect_smtp(250).await;
+    c.expect_smtp(354).await;
+    c.send(&dot_stuff(&message(SMTP_BODY))).await;
+    c.expect_smtp(250).await;
+    let mut c = TestClient::connect(refusing_addr).await;
+    c.expect_smtp(220).await;
+    c.send(b"EHLO x\r\n").await;
+    c.expect_smtp(250).await;
+    c.send(format!("AUTH PLAIN {plain}\r\n").as_bytes()).await;
     c.expect_smtp(535).await;
+    drop(c);
     running.shutdown().await;
 
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(
-        log.contains("logged in upstream"),
+        log.contains("logged in upstream") && log.contains("access token refreshed"),
         "the log was captured:\n{log}"
     );
-    let mut secrets = vec![PASSWORD.to_owned(), SEED_REFRESH.to_owned()];
     secrets.extend(tokens.state.issued_access_tokens());
     secrets.extend(tokens.state.latest_refresh_token());
     for secret in &secrets {
@@ -106,5 +224,39 @@ async fn secrets_never_reach_the_log() {
             "a base64 secret is in the log"
         );
     }
-    assert!(!log.contains(&B64.encode(format!("\0{USER}\0{PASSWORD}"))));
+    for sasl in [&plain, &pass64] {
+        assert!(
+            !log.contains(sasl.as_str()),
+            "a SASL response is in the log"
+        );
+    }
+
+    // Debug output of what holds secrets is redacted.
+    let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(CLIENT_SECRET), "{shown}");
+    let credentials = xoauth2_proxy::protocol::Credentials {
+        username: USER.to_owned(),
+        password: SecretString::from(PASSWORD.to_owned()),
+    };
+    assert!(!format!("{credentials:?}").contains(PASSWORD));
+}
+
+/// Runs the device code grant against the fake and stores the result as
+/// `authorize` does; returns the tokens it obtained.
+async fn sign_in(text: &str, state_dir: &Path, tokens: &FakeTokenServer) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    tokens.state.set_pending_polls(0);
+    let config = Config::parse(text, Path::new("test.toml")).unwrap();
+    let http = xoauth2_proxy::http_client(&config).unwrap();
+    let stored = xoauth2_proxy::auth::flows::device_code(&config.accounts[0], &http, |_| {})
+        .await
+        .expect("device code sign-in");
+    let obtained = [&stored.refresh_token, &stored.access_token]
+        .into_iter()
+        .flatten()
+        .map(|s| s.expose_secret().to_owned())
+        .collect();
+    TokenStore::new(state_dir).save(USER, &stored).unwrap();
+    obtained
 }
