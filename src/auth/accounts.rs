@@ -165,6 +165,7 @@ mod tests {
             device_code_url: None,
             scopes: None,
             password_hash: None,
+            mailbox: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
             ("alice@contoso.com", "pw", Ok(())),
@@ -209,6 +210,7 @@ mod tests {
             device_code_url: None,
             scopes: None,
             password_hash: Some(SecretString::from(phc.to_owned())),
+            mailbox: None,
         }])
     }
 

@@ -69,6 +69,7 @@ mod tests {
             device_code_url: None,
             scopes: None,
             password_hash: None,
+            mailbox: None,
         }
     }
 

@@ -11,14 +11,16 @@
 //! a keyed digest of the password, so every later login is one HMAC.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
 
 use super::http::{HttpClient, HttpError};
 use super::password::{KdfParams, PasswordDigest, SealKey, Tag, random_salt};
@@ -29,9 +31,72 @@ use crate::config::AccountConfig;
 /// Assumed lifetime of an access token whose response had no `expires_in`.
 /// Short, so a wrong guess costs an early refresh rather than a failed login.
 pub const LIFETIME_WITHOUT_EXPIRY: Duration = Duration::from_secs(10 * 60);
-/// After a transient failure, logins within this window get the same answer
-/// instead of each hammering an endpoint that is down.
-pub const TRANSIENT_HOLD: Duration = Duration::from_secs(5);
+/// How often the background refresher looks at the wall clock, at most. A
+/// monotonic sleep does not count the time a machine was suspended, so the
+/// sleep is short and the expiry it compares with is wall-clock time: after
+/// a laptop wakes, the first check comes within this and refreshes what
+/// expired meanwhile, before a client logs in.
+pub const BACKGROUND_CHECK_EVERY: Duration = Duration::from_secs(15);
+/// The background refresher renews an unlocked account's access token when
+/// less than the refresh margin plus this fraction of it is left (ahead of
+/// the on-demand refresh at the margin, so a login rarely waits for one)...
+pub const BACKGROUND_LEAD: f64 = 0.5;
+/// ...plus a random part of up to this fraction of the margin, so accounts
+/// signed in together do not refresh together.
+pub const BACKGROUND_JITTER: f64 = 0.25;
+
+/// Whether the background refresher should renew a token with `left` of
+/// its life (wall clock), given the refresh margin and `jitter` in `[0, 1]`.
+pub fn background_due(left: Duration, margin: Duration, jitter: f64) -> bool {
+    left <= margin + margin.mul_f64(BACKGROUND_LEAD + BACKGROUND_JITTER * jitter.clamp(0.0, 1.0))
+}
+
+/// The pause between background checks: a quarter of the margin, between
+/// 250 ms and [`BACKGROUND_CHECK_EVERY`].
+fn background_interval(margin: Duration) -> Duration {
+    (margin / 4).clamp(Duration::from_millis(250), BACKGROUND_CHECK_EVERY)
+}
+
+/// The wait after the first transient failure (network, timeout, 429, 5xx)
+/// of an account's refresh; it doubles with each failure in a row. Logins
+/// during the wait are answered locally instead of each hammering an
+/// endpoint that is down.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// The longest wait between two tries, however many failed in a row.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// Up to this fraction of the wait is added at random, so accounts (and
+/// proxies) that failed together do not all come back at the same moment.
+/// Jitter only lengthens: a `Retry-After` is never undercut.
+pub const BACKOFF_JITTER: f64 = 0.2;
+/// A `Retry-After` longer than this is capped: a bogus header must not keep
+/// an account from its mail for days.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60 * 60);
+/// While the endpoint cannot be reached, an access token with at least this
+/// much life left is still handed out (it is past the refresh margin, not
+/// expired).
+pub const STILL_USABLE: Duration = Duration::from_secs(30);
+
+/// The wait before the next refresh after `failures` transient failures in a
+/// row (1 for the first), given the endpoint's `Retry-After` and `jitter` in
+/// `[0, 1]`: `BACKOFF_BASE · 2^(failures−1)`, at most [`BACKOFF_MAX`], at
+/// least the `Retry-After` (capped at [`RETRY_AFTER_MAX`]), then lengthened
+/// by up to [`BACKOFF_JITTER`].
+pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    let exponential = BACKOFF_BASE
+        .saturating_mul(1u32 << doublings)
+        .min(BACKOFF_MAX);
+    let asked = retry_after.map_or(Duration::ZERO, |r| r.min(RETRY_AFTER_MAX));
+    let wait = exponential.max(asked);
+    wait + wait.mul_f64(BACKOFF_JITTER * jitter.clamp(0.0, 1.0))
+}
+
+/// A uniform draw from `[0, 1]` for the jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    super::password::fill_random(&mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -55,6 +120,9 @@ pub enum TokenError {
 struct Access {
     token: SecretString,
     expires_at: SystemTime,
+    /// When it was cached (monotonic), so a token whose whole life is inside
+    /// the margin is not renewed in the background at every check.
+    cached_at: Instant,
 }
 
 #[derive(Default)]
@@ -62,8 +130,12 @@ struct RefreshState {
     /// Loaded from disk on first use; `None` after loading means no sign-in yet.
     refresh_token: Option<SecretString>,
     loaded: bool,
-    last_failure: Option<(Instant, TokenError)>,
-    not_before: Option<Instant>,
+    /// The outcome of the last refresh, if it failed: callers that were
+    /// waiting for that refresh share it.
+    last_failure: Option<TokenError>,
+    /// Transient failures in a row, and when the next try may go out.
+    transient_failures: u32,
+    retry_at: Option<Instant>,
 }
 
 /// A delegated account whose password was verified in this process.
@@ -82,6 +154,9 @@ struct AccountTokens {
     unlocked: RwLock<Option<Unlocked>>,
     /// One KDF run per account at a time: the others wait and then take the fast path.
     unlocking: tokio::sync::Mutex<()>,
+    /// Refreshes finished (either way), so a caller that waited for one
+    /// can tell it happened meanwhile and share its outcome.
+    refreshes_done: std::sync::atomic::AtomicU64,
 }
 
 impl AccountTokens {
@@ -126,8 +201,24 @@ impl AccountTokens {
     }
 
     fn set_cached(&self, token: SecretString, expires_at: SystemTime) {
-        *self.cached.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Access { token, expires_at });
+        *self.cached.write().unwrap_or_else(|p| p.into_inner()) = Some(Access {
+            token,
+            expires_at,
+            cached_at: Instant::now(),
+        });
+    }
+
+    /// For the background refresher: the wall-clock life left of the cached
+    /// access token and how long ago it was cached; `None` when nothing is
+    /// cached (never used in this process, locked again, or given up on).
+    fn cached_life(&self) -> Option<(Duration, Duration)> {
+        let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
+        let access = cached.as_ref()?;
+        let left = access
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some((left, access.cached_at.elapsed()))
     }
 }
 
@@ -197,6 +288,7 @@ impl TokenManager {
                     refresh: tokio::sync::Mutex::new(RefreshState::default()),
                     unlocked: RwLock::new(None),
                     unlocking: tokio::sync::Mutex::new(()),
+                    refreshes_done: Default::default(),
                 };
                 (a.username.to_lowercase(), Arc::new(entry))
             })
@@ -223,17 +315,99 @@ impl TokenManager {
             .is_ok()
     }
 
+    /// Renews the access tokens of accounts in use before they expire, until
+    /// `shutdown` turns true (a refresh already sent finishes in its own
+    /// task; `wait_idle` waits for it). In use: a delegated account unlocked
+    /// by a client login in this process, or a `password_hash` account that
+    /// has served a login. Expiry is wall-clock time, so after a suspend the
+    /// first check refreshes what expired meanwhile.
+    pub async fn keep_fresh(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let interval = background_interval(self.margin);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            tokio::select! {
+                _ = self.refresh_due(interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One background pass over the accounts.
+    async fn refresh_due(&self, interval: Duration) {
+        for account in self.accounts.values() {
+            let Some((left, age)) = account.cached_life() else {
+                continue;
+            };
+            // A token whose whole life is inside the window would otherwise
+            // be renewed at every check.
+            if age < interval * 4 || !background_due(left, self.margin, jitter()) {
+                continue;
+            }
+            let key = match (account.sealed, account.current_key()) {
+                (false, _) => None,
+                (true, Some(key)) => Some(key),
+                (true, None) => continue,
+            };
+            let username = &account.config.username;
+            tracing::debug!(account = %username, left_secs = left.as_secs(), "background refresh");
+            match self
+                .token_within(account, key, left + Duration::from_secs(1))
+                .await
+            {
+                Ok(_) | Err(TokenError::Transient(_)) => {}
+                Err(e) => {
+                    // Needs a sign-in or a configuration change: stop trying
+                    // until a client logs in again.
+                    tracing::warn!(account = %username, error = %e, "background refresh failed");
+                    *account.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+            }
+        }
+    }
+
     /// How many times this process ran the password KDF (for the benchmark and tests).
     pub fn kdf_runs(&self) -> u64 {
         self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The mail server refused this account's access token (revoked, or its
-    /// sessions invalidated): drop it, so the next login refreshes instead of
+    /// The mail server refused the access token sent for `user` (an
+    /// account's address or its `mailbox`; revoked, or its sessions
+    /// invalidated): drop it, so the next login refreshes instead of
     /// presenting it again. The refresh token and the unlock are kept.
-    pub fn discard_access_token(&self, username: &str) {
-        if let Ok(account) = self.account(username) {
-            *account.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
+    pub fn discard_access_token(&self, user: &str) {
+        for account in self.accounts.values() {
+            if account.config.upstream_user().eq_ignore_ascii_case(user)
+                || account.config.username.eq_ignore_ascii_case(user)
+            {
+                *account.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+
+    /// The `user=` XOAUTH2 sends for `username` (its `mailbox`, if set).
+    pub fn upstream_user(&self, username: &str) -> String {
+        self.account(username)
+            .map(|a| a.config.upstream_user().to_owned())
+            .unwrap_or_else(|_| username.to_owned())
+    }
+
+    /// Moves the cached access token's expiry `by` earlier: to the proxy,
+    /// what a jump of the wall clock (a laptop waking from sleep) looks like.
+    /// For tests.
+    #[doc(hidden)]
+    pub fn age_access_token(&self, username: &str, by: Duration) {
+        if let Ok(account) = self.account(username)
+            && let Some(access) = account
+                .cached
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+        {
+            access.expires_at = access.expires_at.checked_sub(by).unwrap_or(UNIX_EPOCH);
+            access.cached_at = access.cached_at.checked_sub(by).unwrap_or(access.cached_at);
         }
     }
 
@@ -385,38 +559,61 @@ impl TokenManager {
         account: &Arc<AccountTokens>,
         key: Option<Arc<SealKey>>,
     ) -> Result<SecretString, TokenError> {
-        if let Some(token) = account.fresh(self.margin) {
+        self.token_within(account, key, self.margin).await
+    }
+
+    /// A cached token with more than `margin` left, or a refresh.
+    async fn token_within(
+        &self,
+        account: &Arc<AccountTokens>,
+        key: Option<Arc<SealKey>>,
+        margin: Duration,
+    ) -> Result<SecretString, TokenError> {
+        if let Some(token) = account.fresh(margin) {
             return Ok(token);
         }
-        let asked_at = Instant::now();
+        let seen = account.refreshes_done.load(Ordering::Acquire);
         let mut state = account.refresh.lock().await;
         // Whoever held the lock before us may have refreshed or failed already.
-        if let Some(token) = account.fresh(self.margin) {
+        if let Some(token) = account.fresh(margin) {
             return Ok(token);
         }
-        if let Some((at, err)) = &state.last_failure
-            && (*at >= asked_at
-                || (matches!(err, TokenError::Transient(_)) && at.elapsed() < TRANSIENT_HOLD))
+        if let Some(err) = &state.last_failure
+            && account.refreshes_done.load(Ordering::Acquire) != seen
         {
-            return Err(err.clone());
+            return still_usable(account, Err(err.clone()));
         }
-        if let Some(not_before) = state.not_before
-            && Instant::now() < not_before
+        if let Some(retry_at) = state.retry_at
+            && Instant::now() < retry_at
         {
-            let secs = not_before
-                .saturating_duration_since(Instant::now())
-                .as_secs()
-                + 1;
-            return Err(TokenError::Transient(format!(
-                "the token endpoint asked to wait; try again in {secs} s"
-            )));
+            let secs = retry_at.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let why = match &state.last_failure {
+                Some(TokenError::Transient(m)) => m.clone(),
+                _ => "the token endpoint is not available".to_owned(),
+            };
+            return still_usable(
+                account,
+                Err(TokenError::Transient(format!(
+                    "{why} (the proxy tries again in {secs} s)"
+                ))),
+            );
         }
-        let result = self.refresh_locked(account, &mut state, key).await;
+        let result = self.refresh_locked(account, &mut state, key, margin).await;
         match &result {
             Ok(_) => state.last_failure = None,
-            Err(e) => state.last_failure = Some((Instant::now(), e.clone())),
+            Err(e) => state.last_failure = Some(e.clone()),
         }
-        result
+        account.refreshes_done.fetch_add(1, Ordering::Release);
+        still_usable(account, result)
+    }
+
+    /// How long until the next refresh of `username` may be tried, while it
+    /// backs off after transient failures (for status and tests).
+    pub async fn retry_in(&self, username: &str) -> Option<Duration> {
+        let account = self.account(username).ok()?;
+        let state = account.refresh.lock().await;
+        let left = state.retry_at?.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     async fn refresh_locked(
@@ -424,6 +621,7 @@ impl TokenManager {
         account: &Arc<AccountTokens>,
         state: &mut RefreshState,
         key: Option<Arc<SealKey>>,
+        margin: Duration,
     ) -> Result<SecretString, TokenError> {
         let username = account.config.username.clone();
         // Until a sign-in exists, look at the disk each time: `authorize` may
@@ -444,7 +642,7 @@ impl TokenManager {
                 state.refresh_token = stored.refresh_token;
                 if let (Some(token), Some(exp)) = (stored.access_token, stored.expires_at) {
                     account.set_cached(token, UNIX_EPOCH + Duration::from_secs(exp));
-                    if let Some(token) = account.fresh(self.margin) {
+                    if let Some(token) = account.fresh(margin) {
                         return Ok(token);
                     }
                 }
@@ -486,8 +684,14 @@ impl TokenManager {
         let refreshed = match outcome.and_then(|r| r) {
             Ok(r) => r,
             Err(Failure { error, retry_after }) => {
-                if let Some(wait) = retry_after {
-                    state.not_before = Some(Instant::now() + wait);
+                if let TokenError::Transient(_) = error {
+                    state.transient_failures = state.transient_failures.saturating_add(1);
+                    let wait = backoff_delay(state.transient_failures, retry_after, jitter());
+                    state.retry_at = Some(Instant::now() + wait);
+                    tracing::warn!(account = %username, error = %error,
+                        failures_in_a_row = state.transient_failures, retry_in_secs = wait.as_secs(),
+                        "token refresh failed; the tokens are kept and the refresh is tried again later");
+                    return Err(error);
                 }
                 if let TokenError::NeedsSignIn(_) = error {
                     // The refresh token is dead; forget it so a new sign-in on disk is picked up
@@ -502,7 +706,8 @@ impl TokenManager {
             }
         };
         state.refresh_token = Some(refreshed.refresh_token);
-        state.not_before = None;
+        state.transient_failures = 0;
+        state.retry_at = None;
         tracing::info!(account = %username, expires_in_secs = refreshed.lifetime.as_secs(), "access token refreshed");
         Ok(refreshed.access)
     }
@@ -651,6 +856,20 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
+/// A transient failure does not stop a login while the cached access token
+/// still has [`STILL_USABLE`] left (it is only inside the refresh margin).
+fn still_usable(
+    account: &AccountTokens,
+    result: Result<SecretString, TokenError>,
+) -> Result<SecretString, TokenError> {
+    match result {
+        Err(TokenError::Transient(m)) => {
+            account.fresh(STILL_USABLE).ok_or(TokenError::Transient(m))
+        }
+        other => other,
+    }
+}
+
 /// Runs file and KDF work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
@@ -779,6 +998,7 @@ mod tests {
             device_code_url: None,
             scopes: Some(vec!["x".into()]),
             password_hash: password_hash.map(|s| SecretString::from(s.to_owned())),
+            mailbox: None,
         }
     }
 
@@ -995,6 +1215,121 @@ mod tests {
             tokens.access_token(USER).await.unwrap().expose_secret(),
             "at-1"
         );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap_and_honours_retry_after() {
+        let b = BACKOFF_BASE;
+        assert_eq!(backoff_delay(1, None, 0.0), b);
+        assert_eq!(backoff_delay(2, None, 0.0), b * 2);
+        assert_eq!(backoff_delay(3, None, 0.0), b * 4);
+        assert_eq!(
+            backoff_delay(0, None, 0.0),
+            b,
+            "0 is read as the first failure"
+        );
+        assert_eq!(backoff_delay(30, None, 0.0), BACKOFF_MAX);
+        assert_eq!(backoff_delay(u32::MAX, None, 0.0), BACKOFF_MAX);
+        // Jitter lengthens by up to BACKOFF_JITTER, never shortens.
+        let most = backoff_delay(1, None, 1.0);
+        assert_eq!(most, b.mul_f64(1.0 + BACKOFF_JITTER));
+        assert_eq!(backoff_delay(1, None, 7.0), most, "jitter is clamped");
+        assert_eq!(backoff_delay(1, None, -1.0), b);
+        for _ in 0..100 {
+            let d = backoff_delay(4, None, jitter());
+            assert!(d >= b * 8 && d <= (b * 8).mul_f64(1.0 + BACKOFF_JITTER));
+        }
+        // Retry-After: at least what the endpoint asked for, capped.
+        let asked = Duration::from_secs(90);
+        assert_eq!(backoff_delay(1, Some(asked), 0.0), asked);
+        assert!(backoff_delay(1, Some(asked), 1.0) >= asked);
+        assert_eq!(
+            backoff_delay(30, Some(Duration::from_secs(1)), 0.0),
+            BACKOFF_MAX,
+            "a short Retry-After does not cut the backoff"
+        );
+        assert_eq!(
+            backoff_delay(1, Some(Duration::from_secs(86_400 * 7)), 0.0),
+            RETRY_AFTER_MAX
+        );
+    }
+
+    /// Tokens whose access token has expired: every login needs the endpoint.
+    fn expired() -> (tempfile::TempDir, Arc<TokenStore>) {
+        let (dir, store) = signed_in();
+        store
+            .save(
+                USER,
+                &StoredTokens {
+                    refresh_token: Some(SecretString::from("rt-1".to_owned())),
+                    access_token: Some(SecretString::from("at-old".to_owned())),
+                    expires_at: Some(unix_secs(SystemTime::now() - Duration::from_secs(60))),
+                },
+            )
+            .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_and_keep_the_tokens() {
+        let (_dir, store) = expired();
+        // Nothing listens on the token_url: every try is a transient failure.
+        let tokens = manager(&store, TEST_PARAMS);
+        let err = tokens.login(USER, &pw("pw")).await.unwrap_err();
+        assert!(matches!(err, TokenError::Transient(_)), "{err}");
+        assert_eq!(tokens.refresh_count(), 1);
+        let mut expected = BACKOFF_BASE;
+        for round in 1..=4u32 {
+            let wait = tokens.retry_in(USER).await.expect("backing off");
+            assert!(
+                wait <= expected.mul_f64(1.0 + BACKOFF_JITTER)
+                    && wait + Duration::from_secs(1) >= expected,
+                "round {round}: {wait:?} for {expected:?}"
+            );
+            // Logins during the wait are answered locally.
+            for _ in 0..5 {
+                let err = tokens.login(USER, &pw("pw")).await.unwrap_err();
+                assert!(
+                    matches!(&err, TokenError::Transient(m) if m.contains("tries again in")),
+                    "{err}"
+                );
+            }
+            assert_eq!(tokens.refresh_count(), u64::from(round));
+            tokio::time::advance(wait).await;
+            assert!(tokens.login(USER, &pw("pw")).await.is_err());
+            assert_eq!(tokens.refresh_count(), u64::from(round) + 1);
+            expected *= 2;
+        }
+        // The refresh token was never dropped: the entry still opens to it.
+        let key = match store.load_entry(USER).unwrap().unwrap() {
+            Entry::Sealed(s) => {
+                let k = SealKey::derive(b"pw", s.params(), s.salt()).unwrap();
+                s.open(&k).unwrap()
+            }
+            Entry::Unsealed(_) => panic!("sealed at the first login"),
+        };
+        assert_eq!(key.refresh_token.unwrap().expose_secret(), "rt-1");
+    }
+
+    #[tokio::test]
+    async fn a_still_valid_token_is_used_while_the_endpoint_is_down() {
+        let (_dir, store) = signed_in();
+        store
+            .save(
+                USER,
+                &StoredTokens {
+                    refresh_token: Some(SecretString::from("rt-1".to_owned())),
+                    access_token: Some(SecretString::from("at-inside-margin".to_owned())),
+                    // Inside the 60 s margin, but not expired.
+                    expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(45))),
+                },
+            )
+            .unwrap();
+        let tokens = manager(&store, TEST_PARAMS);
+        let at = tokens.login(USER, &pw("pw")).await.unwrap();
+        assert_eq!(at.expose_secret(), "at-inside-margin");
+        assert_eq!(tokens.refresh_count(), 1, "a refresh was tried");
+        assert!(tokens.retry_in(USER).await.is_some());
     }
 
     #[tokio::test]

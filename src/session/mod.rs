@@ -47,8 +47,9 @@ impl Context {
         }
     }
 
-    /// Local checks, then a valid access token. The account's configured
-    /// address is returned: it is the `user=` sent upstream. Not throttled:
+    /// Local checks, then a valid access token. The `user=` to send upstream
+    /// is returned: the account's `mailbox` if it has one (a shared mailbox),
+    /// else its configured address. Not throttled:
     /// the drivers should call [`Context::token_for_peer`].
     pub async fn token_for(
         &self,
@@ -95,6 +96,7 @@ impl Context {
             }
         })?;
         let username = account.username.clone();
+        let upstream_user = account.upstream_user().to_owned();
         let token = self
             .tokens
             .login(&username, &credentials.password)
@@ -120,7 +122,7 @@ impl Context {
                     }
                 }
             })?;
-        Ok((username, token))
+        Ok((upstream_user, token))
     }
 }
 

@@ -259,11 +259,12 @@ impl FixedRelay<'_> {
                 self.account
             )))
         })?;
+        let user = self.ctx.tokens.upstream_user(self.account);
         let signed_in = authenticate(
             self.target,
             self.listener,
             upstream,
-            self.account,
+            &user,
             &token,
             ehlo_name,
             peer,

@@ -1,0 +1,214 @@
+//! The token lifecycle end to end: backoff after transient token-endpoint
+//! failures, the background refresh of unlocked accounts (including after a
+//! jump of the wall clock, as when a laptop wakes), and shared mailboxes.
+
+mod harness;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use harness::{PASSWORD, Proxy, config_text, imap, seed_tokens, start};
+use secrecy::{ExposeSecret, SecretString};
+use support::token_server::{GRANT_REFRESH, Mode};
+use support::*;
+use xoauth2_proxy::auth::password::SealKey;
+use xoauth2_proxy::auth::tokens::{BACKOFF_BASE, BACKOFF_JITTER};
+use xoauth2_proxy::auth::vault::{Entry, TokenStore};
+use xoauth2_proxy::protocol::{Credentials, Failure};
+
+async fn proxy(proxy_extra: &str) -> (Proxy, FakeImapServer) {
+    proxy_with(proxy_extra, ImapOpts::default(), "").await
+}
+
+async fn proxy_with(
+    proxy_extra: &str,
+    opts: ImapOpts,
+    account_extra: &str,
+) -> (Proxy, FakeImapServer) {
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let server = FakeImapServer::start(&pki, tokens.state.clone(), opts).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let mut text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server.addr)],
+        proxy_extra,
+    );
+    text.push_str(account_extra);
+    let running = start(&text).await;
+    (
+        Proxy {
+            pki,
+            tokens,
+            state_dir,
+            running,
+        },
+        server,
+    )
+}
+
+fn creds() -> Credentials {
+    Credentials {
+        username: USER.into(),
+        password: SecretString::from(PASSWORD.to_owned()),
+    }
+}
+
+/// The refresh token sealed on disk.
+fn sealed_refresh_token(state_dir: &std::path::Path) -> String {
+    match TokenStore::new(state_dir)
+        .load_entry(USER)
+        .unwrap()
+        .unwrap()
+    {
+        Entry::Sealed(s) => {
+            let key = SealKey::derive(PASSWORD.as_bytes(), s.params(), s.salt()).unwrap();
+            let tokens = s.open(&key).expect("the password opens the seal");
+            tokens.refresh_token.unwrap().expose_secret().to_owned()
+        }
+        Entry::Unsealed(_) => panic!("the tokens are not sealed"),
+    }
+}
+
+async fn wait_for_refreshes(proxy: &Proxy, want: usize, limit: Duration) {
+    let started = Instant::now();
+    while proxy.tokens.state.requests(GRANT_REFRESH) < want {
+        assert!(
+            started.elapsed() < limit,
+            "{} refreshes after {limit:?}, expected {want}",
+            proxy.tokens.state.requests(GRANT_REFRESH)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn logins_during_a_backoff_do_not_reach_the_token_endpoint() {
+    let (proxy, server) = proxy("").await;
+    let ctx = &proxy.running.context;
+    proxy.tokens.state.set_mode(Mode::Status(503));
+    for _ in 0..10 {
+        match ctx.token_for(&creds()).await {
+            Err(Failure::Unavailable(m)) => assert!(m.contains("HTTP 503"), "{m}"),
+            other => panic!("expected a transient failure: {other:?}"),
+        }
+    }
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
+    assert_eq!(server.state.auth_attempts(), 0);
+    let wait = ctx.tokens.retry_in(USER).await.expect("backing off");
+    assert!(
+        wait <= BACKOFF_BASE.mul_f64(1.0 + BACKOFF_JITTER),
+        "{wait:?}"
+    );
+    // The endpoint is back: after the wait the next login refreshes and works.
+    proxy.tokens.state.set_mode(Mode::Normal);
+    tokio::time::sleep(wait).await;
+    ctx.token_for(&creds()).await.unwrap();
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 2);
+    assert!(ctx.tokens.retry_in(USER).await.is_none());
+    assert_eq!(
+        sealed_refresh_token(proxy.state_dir.path()),
+        proxy.tokens.state.latest_refresh_token().unwrap(),
+        "the seed refresh token was kept through the failures and rotated after"
+    );
+}
+
+#[tokio::test]
+async fn an_unlocked_account_is_refreshed_before_expiry_without_a_login() {
+    // A 2 s margin: checks every 500 ms, background refresh with 3–3.5 s left.
+    let (proxy, _server) = proxy("refresh_margin_secs = 2").await;
+    let ctx = &proxy.running.context;
+    proxy.tokens.state.set_access_token_lifetime(6);
+    ctx.token_for(&creds()).await.unwrap();
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
+    // What the background refresh gets lives long: it is the last one.
+    proxy.tokens.state.set_access_token_lifetime(3600);
+    wait_for_refreshes(&proxy, 2, Duration::from_secs(10)).await;
+    assert!(ctx.tokens.wait_idle(Duration::from_secs(5)).await);
+    assert_eq!(
+        sealed_refresh_token(proxy.state_dir.path()),
+        proxy.tokens.state.latest_refresh_token().unwrap(),
+        "the rotated refresh token is on disk"
+    );
+    // The next login takes the refreshed token: no request, no KDF.
+    let (_, at) = ctx.token_for(&creds()).await.unwrap();
+    assert!(proxy.tokens.state.is_valid_access_token(at.expose_secret()));
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 2);
+    assert_eq!(ctx.tokens.kdf_runs(), 1);
+
+    // The machine sleeps for two hours: the wall clock jumps past the expiry.
+    // The first thing that happens after is a refresh, not a failed login.
+    ctx.tokens
+        .age_access_token(USER, Duration::from_secs(2 * 3600));
+    wait_for_refreshes(&proxy, 3, Duration::from_secs(10)).await;
+    assert!(ctx.tokens.wait_idle(Duration::from_secs(5)).await);
+    let (_, at) = ctx.token_for(&creds()).await.unwrap();
+    assert!(proxy.tokens.state.is_valid_access_token(at.expose_secret()));
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 3);
+    assert_eq!(
+        sealed_refresh_token(proxy.state_dir.path()),
+        proxy.tokens.state.latest_refresh_token().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_locked_account_is_not_refreshed_in_the_background() {
+    let (proxy, _server) = proxy("refresh_margin_secs = 2").await;
+    // No client has logged in: nothing is unlocked, nothing is refreshed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(proxy.tokens.state.total_requests(), 0);
+    proxy.running.shutdown().await;
+}
+
+/// Logs in over IMAP as the test user and returns the tagged reply line.
+async fn imap_login(proxy: &Proxy) -> String {
+    let mut c = TestClient::connect(proxy.addr(0)).await;
+    let greeting = c.read_line_str().await;
+    assert!(greeting.starts_with("* OK "), "{greeting}");
+    c.send(format!("a1 LOGIN {USER} \"{PASSWORD}\"\r\n").as_bytes())
+        .await;
+    loop {
+        let line = c.read_line_str().await;
+        if line.starts_with("a1 ") {
+            return line;
+        }
+    }
+}
+
+const SHARED: &str = "info@contoso.com";
+
+#[tokio::test]
+async fn a_shared_mailbox_is_opened_with_the_owners_token() {
+    // The server accepts only `user=info@contoso.com`.
+    let opts = || ImapOpts {
+        user: SHARED.to_owned(),
+        ..ImapOpts::default()
+    };
+    let (proxy, server) = proxy_with("", opts(), &format!("mailbox = \"{SHARED}\"\n")).await;
+    let line = imap_login(&proxy).await;
+    assert!(line.starts_with("a1 OK"), "{line}");
+    assert_eq!(server.state.auth_attempts(), 1);
+    let ctx = &proxy.running.context;
+    let (user, _) = ctx.token_for(&creds()).await.unwrap();
+    assert_eq!(user, SHARED, "the user= sent upstream");
+    // The tokens belong to the signed-in owner, under the owner's name.
+    assert!(sealed_refresh_token(proxy.state_dir.path()).starts_with("rt-"));
+    assert!(
+        !TokenStore::new(proxy.state_dir.path())
+            .path_for(SHARED)
+            .exists()
+    );
+    // A refusal of the token sent for the mailbox drops the owner's cached token.
+    let refreshes = proxy.tokens.state.requests(GRANT_REFRESH);
+    ctx.tokens.discard_access_token(SHARED);
+    ctx.token_for(&creds()).await.unwrap();
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), refreshes + 1);
+
+    // Without `mailbox`, the owner's address goes as user= and this server refuses it.
+    let (proxy, _server) = proxy_with("", opts(), "").await;
+    let line = imap_login(&proxy).await;
+    assert!(line.starts_with("a1 NO"), "{line}");
+}
