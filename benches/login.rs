@@ -34,6 +34,7 @@ fn account() -> AccountConfig {
         device_code_url: None,
         scopes: Some(vec!["x".into()]),
         password_hash: None,
+        mailbox: None,
     }
 }
 

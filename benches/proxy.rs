@@ -50,7 +50,19 @@ fn main() {
             burst: 1000,
         }
     };
-    raise_fd_limit(65_536);
+    let fds = raise_fd_limit(65_536);
+    // Each idle session costs the proxy two descriptors (client, upstream),
+    // and this process two more (client end, fake upstream end).
+    let max_sessions = (fds.saturating_sub(256) / 2) as usize;
+    let mut sizes = sizes;
+    for n in sizes.idle.iter_mut() {
+        if *n > max_sessions {
+            println!(
+                "note: the open-file limit here is {fds}; {n} idle sessions capped at {max_sessions}"
+            );
+            *n = max_sessions;
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -59,16 +71,29 @@ fn main() {
     rt.block_on(run(sizes));
 }
 
-fn raise_fd_limit(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+/// Raises the open-file limit as far as allowed; returns the limit in force.
+fn raise_fd_limit(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: plain syscall with a valid pointer.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    if rc != 0 {
-        eprintln!("note: cannot raise the fd limit to {n}; idle-session figures may stop early");
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            let soft = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
+    lim.rlim_cur
 }
 
 async fn run(sizes: Sizes) {

@@ -29,6 +29,13 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 20;
 /// more); a burst beyond this from one address is a loop or an attack, and
 /// it must not starve the other machines on a shared listener.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+/// At shutdown, how long sessions get to finish on their own before the rest
+/// are closed. Below the stop timeouts of service managers (Windows gives a
+/// service about 20 s at system shutdown, launchd 20 s, systemd 90 s), so the
+/// proxy closes its sessions itself instead of being killed mid-write.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Daily log files kept in `log_dir` (two weeks).
+pub const DEFAULT_LOG_KEEP: usize = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -87,6 +94,15 @@ pub struct ProxySection {
     /// Extra names (DNS names or IP addresses) for the generated certificate.
     #[serde(default)]
     pub cert_names: Vec<String>,
+    /// Seconds sessions get to finish at shutdown before the rest are closed.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Log to daily files in this directory instead of stderr (set by the
+    /// service definitions; `--log-dir` overrides it).
+    pub log_dir: Option<PathBuf>,
+    /// How many daily log files `log_dir` keeps.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: usize,
 }
 
 impl Default for ProxySection {
@@ -102,6 +118,9 @@ impl Default for ProxySection {
             cert_file: None,
             key_file: None,
             cert_names: Vec::new(),
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            log_dir: None,
+            log_keep: DEFAULT_LOG_KEEP,
         }
     }
 }
@@ -120,6 +139,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_max_connections_per_source() -> usize {
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+}
+fn default_shutdown_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_SECS
+}
+fn default_log_keep() -> usize {
+    DEFAULT_LOG_KEEP
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -250,6 +275,17 @@ pub struct AccountConfig {
     /// local password is checked against it and the tokens are not sealed
     /// with it (unattended accounts: scanners, fixed-account relays).
     pub password_hash: Option<SecretString>,
+    /// A shared mailbox the signed-in user may open: sent as the `user=` of
+    /// XOAUTH2 instead of `username` (which stays the login name, the
+    /// account that signs in, and the name of its tokens).
+    pub mailbox: Option<String>,
+}
+
+impl AccountConfig {
+    /// The `user=` sent upstream: `mailbox` if set, else `username`.
+    pub fn upstream_user(&self) -> &str {
+        self.mailbox.as_deref().unwrap_or(&self.username)
+    }
 }
 
 fn default_flow() -> Flow {
@@ -299,6 +335,9 @@ impl Config {
                 "proxy.max_connections_per_source".into(),
                 "must be at least 1",
             ));
+        }
+        if self.proxy.log_keep == 0 {
+            return Err(self.invalid("proxy.log_keep".into(), "must be at least 1"));
         }
         match (&self.proxy.cert_file, &self.proxy.key_file) {
             (Some(_), None) => {
@@ -372,6 +411,16 @@ impl Config {
                 return Err(self.invalid(
                     key("username"),
                     format!("`{}` is not a mail address", a.username),
+                ));
+            }
+            if let Some(mailbox) = &a.mailbox
+                && (!mailbox.contains('@')
+                    || mailbox.trim() != mailbox
+                    || mailbox.contains(['<', '>', ' ', '\r', '\n']))
+            {
+                return Err(self.invalid(
+                    key("mailbox"),
+                    format!("`{mailbox}` is not a mail address (the shared mailbox to open)"),
                 ));
             }
             if a.client_id.trim().is_empty() {
@@ -659,6 +708,11 @@ client_id = "00000000-0000-0000-0000-000000000000"
         assert_eq!(c.accounts[0].flow, Flow::DeviceCode);
         assert_eq!(c.proxy.preauth_timeout_secs, DEFAULT_PREAUTH_TIMEOUT_SECS);
         assert!(c.account("ALICE@contoso.com").is_some());
+        assert_eq!(c.accounts[0].upstream_user(), "alice@contoso.com");
+        let shared = GOOD.replace("tenant =", "mailbox = \"info@contoso.com\"\ntenant =");
+        let c = parse(&shared).unwrap();
+        assert_eq!(c.accounts[0].upstream_user(), "info@contoso.com");
+        assert_eq!(c.accounts[0].username, "alice@contoso.com");
     }
 
     #[test]
@@ -715,6 +769,16 @@ client_id = "00000000-0000-0000-0000-000000000000"
                 "tenant = \"contoso.onmicrosoft.com\"",
                 "password_hash = \"hunter2\"",
                 "account[0].password_hash",
+            ),
+            (
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "mailbox = \"shared mailbox\"",
+                "account[0].mailbox",
+            ),
+            (
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "mailbox = \"<info@contoso.com>\"",
+                "account[0].mailbox",
             ),
             (
                 "tenant = \"contoso.onmicrosoft.com\"",

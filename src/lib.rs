@@ -2,6 +2,9 @@
 //!
 //! Module map (see ARCHITECTURE.md for the path a connection takes):
 //! - [`config`]: the TOML schema, defaults and validation.
+//! - [`doctor`]: `xoauth2-proxy doctor`, the checks of upstreams, token endpoints and tokens.
+//! - [`control`]: reload requests (SIGHUP, `xoauth2-proxy reload`, the Windows service).
+//! - [`drain`]: client connections as tracked tasks; the bounded drain at shutdown.
 //! - [`listener`]: accept loops, `allow_from`, connection limits.
 //! - [`session`]: one client connection, from greeting to relay, per protocol.
 //! - [`protocol`]: sans-IO pre-authentication parsers and state machines.
@@ -13,10 +16,15 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
+pub mod doctor;
+pub mod drain;
 pub mod listener;
+pub mod logging;
 pub mod protocol;
 pub mod relay;
 pub mod sasl;
+pub mod service;
 pub mod session;
 pub mod tls;
 pub mod upstream;
@@ -35,20 +43,144 @@ use auth::tokens::TokenManager;
 use auth::vault::TokenStore;
 use config::Config;
 
-/// A started proxy: its bound addresses (in listener order) and a handle to stop it.
+/// A started proxy: its bound addresses (in listener order) and a handle to
+/// reload or stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub context: Arc<session::Context>,
+    pub sessions: Arc<drain::Sessions>,
+    grace: Duration,
+    /// The configured listeners, in order.
+    configured: Vec<Arc<config::ListenerConfig>>,
     shutdown: watch::Sender<bool>,
+    /// Accept loops; each hands its socket back when it stops.
+    listeners: JoinSet<listener::Bound>,
     tasks: JoinSet<()>,
+    /// The connections and token managers of configurations replaced by
+    /// [`Running::reload`]: untouched, and drained at shutdown too.
+    earlier: Vec<(Arc<drain::Sessions>, Arc<session::Context>)>,
 }
 
 impl Running {
-    /// Stops accepting and waits for the accept loops to end.
+    /// Stops accepting, gives open connections `shutdown_grace_secs` to end,
+    /// closes the rest, and waits for token refreshes in flight to be
+    /// written (a refresh token rotated by the endpoint must reach the disk).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        while self.listeners.join_next().await.is_some() {}
         while self.tasks.join_next().await.is_some() {}
+        self.earlier
+            .push((self.sessions.clone(), self.context.clone()));
+        let open: usize = self.earlier.iter().map(|(s, _)| s.open()).sum();
+        if open > 0 {
+            tracing::info!(
+                open,
+                grace_secs = self.grace.as_secs(),
+                "waiting for open connections to end"
+            );
+        }
+        let mut drains = JoinSet::new();
+        for (sessions, _) in &self.earlier {
+            let (sessions, grace) = (sessions.clone(), self.grace);
+            drains.spawn(async move { sessions.drain(grace).await });
+        }
+        let mut closed = 0;
+        while let Some(drained) = drains.join_next().await {
+            closed += drained.map(|d| d.closed).unwrap_or(0);
+        }
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "closed the connections still open after the grace time"
+            );
+        }
+        for (_, context) in &self.earlier {
+            // A refresh request is bounded by the connect timeout; its write by the disk.
+            let limit = context.connect_timeout + Duration::from_secs(5);
+            if !context.tokens.wait_idle(limit).await {
+                tracing::warn!("a token refresh was still running at exit; its result may be lost");
+            }
+        }
     }
+
+    /// Applies a new configuration without a restart: listeners on an
+    /// address that stays keep their socket (no connection is refused),
+    /// new ones are bound, removed ones closed; new connections get the new
+    /// accounts and settings. Connections already open keep what they
+    /// started with. On an error (a listener that cannot be bound, a
+    /// certificate that cannot be loaded) nothing changes and the proxy
+    /// keeps running as it was.
+    pub async fn reload(mut self, config: Config) -> (Running, anyhow::Result<()>) {
+        if config.listeners.is_empty() {
+            let e = anyhow::anyhow!("{}: no [[listener]] is configured", config.source.display());
+            return (self, Err(e));
+        }
+        let (context, local_tls) = match build_context(&config) {
+            Ok(built) => built,
+            Err(e) => return (self, Err(e)),
+        };
+        // Bind what is new while the old listeners still serve.
+        let mut kept = self.configured.clone();
+        let mut fresh: Vec<Option<listener::Bound>> = Vec::new();
+        for l in &config.listeners {
+            if let Some(i) = kept.iter().position(|old| same_socket(old, l)) {
+                kept.swap_remove(i);
+                fresh.push(None);
+                continue;
+            }
+            match listener::bind(l).await {
+                Ok(b) => fresh.push(Some(b)),
+                Err(e) => return (self, Err(e)),
+            }
+        }
+        let _ = self.shutdown.send(true);
+        let mut old = Vec::new();
+        while let Some(stopped) = self.listeners.join_next().await {
+            if let Ok(b) = stopped {
+                old.push(b);
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+        let mut bound = Vec::new();
+        for (l, fresh) in config.listeners.iter().zip(fresh) {
+            let b = match fresh {
+                Some(b) => b,
+                None => {
+                    let i = old
+                        .iter()
+                        .position(|b| same_socket(&b.config, l))
+                        .expect("an accept loop hands its socket back");
+                    let b = old.swap_remove(i);
+                    listener::Bound {
+                        listener: b.listener,
+                        config: Arc::new(l.clone()),
+                    }
+                }
+            };
+            bound.push(b);
+        }
+        for b in &old {
+            tracing::info!(listen = %b.local_addr(), "listener removed by the reload; closed");
+        }
+        drop(old);
+        let mut earlier = std::mem::take(&mut self.earlier);
+        earlier.push((self.sessions.clone(), self.context.clone()));
+        earlier.retain(|(sessions, _)| sessions.open() > 0);
+        let mut running = launch(&config, context, local_tls, bound);
+        running.earlier = earlier;
+        tracing::info!(
+            listeners = running.addrs.len(),
+            accounts = config.accounts.len(),
+            "configuration reloaded"
+        );
+        (running, Ok(()))
+    }
+}
+
+/// Whether a reload keeps `old`'s socket for `new`: the same address, and
+/// for "any port" (0) the same protocol too (the port was chosen for it).
+fn same_socket(old: &config::ListenerConfig, new: &config::ListenerConfig) -> bool {
+    old.listen == new.listen && (new.listen.port() != 0 || old.protocol == new.protocol)
 }
 
 /// The HTTP client for token endpoints, trusting what upstreams are trusted with.
@@ -60,10 +192,22 @@ pub fn http_client(config: &Config) -> anyhow::Result<HttpClient> {
 /// Binds every listener and starts serving. Fails before serving anything if
 /// a listener cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let (context, local_tls) = build_context(&config)?;
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        bound.push(listener::bind(l).await?);
+    }
+    Ok(launch(&config, context, local_tls, bound))
+}
+
+/// What sessions share, from the configuration.
+fn build_context(
+    config: &Config,
+) -> anyhow::Result<(Arc<session::Context>, Option<LocalTlsSetup>)> {
     let upstream_tls = tls::client_config(config.proxy.ca_file.as_deref())?;
-    let http = http_client(&config)?;
+    let http = http_client(config)?;
     let local_tls = if config.uses_local_tls() {
-        Some(LocalTlsSetup::load(&config)?)
+        Some(LocalTlsSetup::load(config)?)
     } else {
         None
     };
@@ -81,29 +225,56 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         preauth_timeout: Duration::from_secs(config.proxy.preauth_timeout_secs),
         local_tls: local_tls.as_ref().map(|t| t.acceptor.clone()),
     });
-    let mut bound = Vec::new();
-    for l in &config.listeners {
-        bound.push(listener::bind(l).await?);
-    }
+    Ok((context, local_tls))
+}
+
+/// Starts the accept loops and the background tasks.
+fn launch(
+    config: &Config,
+    context: Arc<session::Context>,
+    local_tls: Option<LocalTlsSetup>,
+    bound: Vec<listener::Bound>,
+) -> Running {
     let addrs = bound.iter().map(|b| b.local_addr()).collect();
     let (shutdown, rx) = watch::channel(false);
+    let sessions = drain::Sessions::new();
+    let mut listeners = JoinSet::new();
     let mut tasks = JoinSet::new();
     let limits = listener::Limits {
         max_connections: config.proxy.max_connections,
         max_per_source: config.proxy.max_connections_per_source,
     };
     for b in bound {
-        tasks.spawn(listener::serve(b, context.clone(), limits, rx.clone()));
+        listeners.spawn(listener::serve(
+            b,
+            context.clone(),
+            limits,
+            sessions.clone(),
+            rx.clone(),
+        ));
     }
     if let Some(tls) = local_tls {
         tasks.spawn(tls.renew_loop(rx.clone()));
     }
-    Ok(Running {
+    // Renews unlocked accounts' access tokens before they expire.
+    let refresher = context.clone();
+    let refresher_rx = rx.clone();
+    tasks.spawn(async move { refresher.tokens.keep_fresh(refresher_rx).await });
+    Running {
         addrs,
         context,
+        sessions,
+        grace: Duration::from_secs(config.proxy.shutdown_grace_secs),
+        configured: config
+            .listeners
+            .iter()
+            .map(|l| Arc::new(l.clone()))
+            .collect(),
         shutdown,
+        listeners,
         tasks,
-    })
+        earlier: Vec::new(),
+    }
 }
 
 /// The certificate and acceptor of the `local_tls` listeners.
@@ -168,13 +339,58 @@ fn log_certificate(loaded: &tls::local_cert::Loaded) {
         "local TLS certificate (clients must trust it: `xoauth2-proxy cert show`)");
 }
 
-/// Runs the proxy until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Completes at Ctrl-C, or at SIGTERM on Unix (how systemd and launchd stop a service).
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs the proxy until `shutdown` completes, reloading the configuration
+/// on each request of `reloads` (and, on Unix, at SIGHUP and through the
+/// control socket in `state_dir`).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: control::Reloads,
+) -> anyhow::Result<()> {
     if config.listeners.is_empty() {
         anyhow::bail!("{}: no [[listener]] is configured", config.source.display());
     }
-    let running = start(config).await?;
-    shutdown.await;
+    #[cfg(unix)]
+    let _control = control::listen(&config.state_dir(), reloads.sender());
+    let mut running = start(config).await?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(request) = reloads.requests.recv() => {
+                let outcome = match (reloads.load)() {
+                    Ok(config) => {
+                        let (next, outcome) = running.reload(config).await;
+                        running = next;
+                        outcome
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &outcome {
+                    tracing::error!(error = %format!("{e:#}"), "reload failed; the configuration in use is unchanged");
+                }
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(outcome.map_err(|e| format!("{e:#}")));
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::{ListenerConfig, LocalTls, Protocol, is_allowed};
+use crate::drain::Sessions;
 use crate::session::Context;
 use crate::session::client::ClientStream;
 
@@ -133,14 +134,16 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Accepts until `shutdown` turns true. Sessions already running are left
-/// to finish on their own.
+/// Accepts until `shutdown` turns true, then hands the socket back (a
+/// reload keeps it for the same address). Connections run as tasks of
+/// `sessions`, which the shutdown drains.
 pub async fn serve(
     bound: Bound,
     ctx: Arc<Context>,
     limits: Limits,
+    sessions: Arc<Sessions>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Bound {
     let limit = Arc::new(Semaphore::new(limits.max_connections));
     let sources = Arc::new(SourceCounts {
         counts: Mutex::new(HashMap::new()),
@@ -171,14 +174,14 @@ pub async fn serve(
                 "connection limit reached; refusing");
             // No TLS handshake for a refusal when the listener is already full.
             if config.local_tls != LocalTls::Implicit {
-                tokio::spawn(refuse(stream, config, ctx.clone(), Refusal::Busy));
+                sessions.spawn(refuse(stream, config, ctx.clone(), Refusal::Busy));
             }
             continue;
         };
         let ctx = ctx.clone();
         if !allowed.is_empty() && !is_allowed(&allowed, peer.ip()) {
             tracing::warn!(%peer, listen = %addr, "connection from outside allow_from; refusing");
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 refuse(stream, config, ctx, Refusal::NotAllowed).await;
                 drop(permit);
             });
@@ -194,13 +197,13 @@ pub async fn serve(
         if config.is_exposed() && slot.is_none() {
             tracing::warn!(%peer, listen = %addr, max_connections_per_source = limits.max_per_source,
                 "too many connections from this address; refusing");
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 refuse(stream, config, ctx, Refusal::TooManyFromSource).await;
                 drop(permit);
             });
             continue;
         }
-        tokio::spawn(async move {
+        sessions.spawn(async move {
             tracing::debug!(%peer, protocol = %config.protocol, "connection accepted");
             dispatch(ClientStream::Plain(stream), peer, config, ctx).await;
             drop(slot);
@@ -208,6 +211,7 @@ pub async fn serve(
         });
     }
     tracing::info!(listen = %addr, "stopped listening");
+    bound
 }
 
 /// Writes the refusal (after a TLS handshake on an implicit-TLS listener)

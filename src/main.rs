@@ -22,16 +22,30 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins when set.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// `run`: log to daily files in this directory instead of stderr (the
+    /// service definitions set it); overrides `log_dir` of the configuration.
+    #[arg(long, global = true)]
+    log_dir: Option<PathBuf>,
+    /// Tokens and runtime state; overrides `state_dir` of the configuration
+    /// (a system service keeps them in its own directory).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy until Ctrl-C.
+    /// Run the proxy until Ctrl-C or SIGTERM (SIGHUP reloads the configuration).
     Run,
+    /// Make the running proxy (the one with this configuration's state_dir, or
+    /// the Windows service) apply its configuration file again, without a restart.
+    Reload,
     /// Check the configuration file and exit.
     CheckConfig,
+    /// Check the configuration, each upstream (DNS, TCP, TLS, greeting), each
+    /// token endpoint and each account's tokens; exits non-zero on a problem.
+    Doctor,
     /// Sign an account in and store its tokens.
     Authorize {
         /// The account's address, as in the configuration.
@@ -52,6 +66,36 @@ enum Command {
         #[command(subcommand)]
         action: CertAction,
     },
+    /// Run the proxy as a service of the system: a systemd unit (Linux), a
+    /// launchd agent (macOS), a Windows service.
+    Service {
+        #[command(subcommand)]
+        action: ServiceCommand,
+    },
+    /// Started by the Windows Service Control Manager (`service install` registers it).
+    #[command(hide = true)]
+    ServiceRun,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register the service for this configuration, start it, and start it at boot or login.
+    Install(ServiceFlags),
+    /// Stop the service and remove it.
+    Uninstall(ServiceFlags),
+    /// Start the installed service.
+    Start(ServiceFlags),
+    /// Stop the service (it drains open sessions first).
+    Stop(ServiceFlags),
+    /// Show whether the service is installed and running.
+    Status(ServiceFlags),
+}
+
+#[derive(clap::Args)]
+struct ServiceFlags {
+    /// Linux: a system unit (/etc/systemd/system, needs root) instead of a user unit.
+    #[arg(long)]
+    system: bool,
 }
 
 #[derive(Subcommand)]
@@ -63,7 +107,19 @@ enum CertAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    if let Command::ServiceRun = cli.command {
+        return match xoauth2_proxy::service::run_as_service(
+            &cli.config,
+            cli.log_dir.as_deref(),
+            cli.state_dir.as_deref(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,27 +139,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Command::HashPassword = cli.command {
+        xoauth2_proxy::logging::to_stderr(&cli.log);
         return hash_password();
     }
-    let config = Config::load(&cli.config)?;
+    if let Command::Service { action } = &cli.command {
+        xoauth2_proxy::logging::to_stderr(&cli.log);
+        return service(action, &cli);
+    }
+    let mut config = Config::load(&cli.config)?;
+    if let Some(dir) = &cli.state_dir {
+        config.proxy.state_dir = Some(dir.clone());
+    }
+    let log_dir = match cli.command {
+        Command::Run => cli.log_dir.clone().or_else(|| config.proxy.log_dir.clone()),
+        _ => None,
+    };
+    match &log_dir {
+        Some(dir) => xoauth2_proxy::logging::to_files(&cli.log, dir, config.proxy.log_keep)?,
+        None => xoauth2_proxy::logging::to_stderr(&cli.log),
+    }
     match cli.command {
         Command::Run => {
-            xoauth2_proxy::run(config, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+            let path = cli.config.clone();
+            let state_dir = cli.state_dir.clone();
+            let reloads = xoauth2_proxy::control::Reloads::new(move || {
+                let mut config = Config::load(&path)?;
+                if let Some(dir) = &state_dir {
+                    config.proxy.state_dir = Some(dir.clone());
+                }
+                Ok(config)
+            });
+            xoauth2_proxy::run(config, xoauth2_proxy::stop_signal(), reloads).await
+        }
+        Command::Doctor => {
+            let findings = xoauth2_proxy::doctor::check(&config, |f| println!("{f}")).await;
+            let problems = findings
+                .iter()
+                .filter(|f| matches!(f, xoauth2_proxy::doctor::Finding::Problem(_)))
+                .count();
+            if problems > 0 {
+                anyhow::bail!("{problems} problem(s) found");
+            }
+            println!("Everything checked is fine.");
+            Ok(())
+        }
+        Command::Reload => {
+            reload(&config).await?;
+            println!("Reloaded: the proxy applies {} now.", cli.config.display());
+            Ok(())
+        }
+        Command::Service { .. } | Command::ServiceRun => {
+            unreachable!("handled before loading the configuration")
         }
         Command::CheckConfig => {
             println!(
@@ -127,6 +215,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn service(action: &ServiceCommand, cli: &Cli) -> anyhow::Result<()> {
+    use xoauth2_proxy::service::{Action, Definition};
+    let (action, flags) = match action {
+        ServiceCommand::Install(f) => (Action::Install, f),
+        ServiceCommand::Uninstall(f) => (Action::Uninstall, f),
+        ServiceCommand::Start(f) => (Action::Start, f),
+        ServiceCommand::Stop(f) => (Action::Stop, f),
+        ServiceCommand::Status(f) => (Action::Status, f),
+    };
+    let definition = Definition::for_config(&cli.config, flags.system, cli.state_dir.as_deref())?;
+    xoauth2_proxy::service::perform(action, &definition)
+}
+
+#[cfg(unix)]
+async fn reload(config: &Config) -> anyhow::Result<()> {
+    xoauth2_proxy::control::request_reload(&config.state_dir()).await
+}
+
+#[cfg(windows)]
+async fn reload(_config: &Config) -> anyhow::Result<()> {
+    xoauth2_proxy::service::windows::request_reload()
+}
+
+#[cfg(not(any(unix, windows)))]
+async fn reload(_config: &Config) -> anyhow::Result<()> {
+    anyhow::bail!("reload is not supported on this system; restart the proxy")
 }
 
 fn forget(config: &Config, name: &str) -> anyhow::Result<()> {

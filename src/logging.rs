@@ -1,0 +1,84 @@
+//! Where log lines go: stderr on a terminal; under a service manager
+//! (`--log-dir` or `log_dir`, which the service definitions set) daily
+//! files `xoauth2-proxy.YYYY-MM-DD.log`, the oldest removed beyond a count.
+
+use std::path::Path;
+
+use tracing_appender::rolling::{Builder, RollingFileAppender, Rotation};
+use tracing_subscriber::EnvFilter;
+
+/// The name of the daily log files: `<prefix>.<date>.<suffix>`.
+pub const FILE_PREFIX: &str = "xoauth2-proxy";
+pub const FILE_SUFFIX: &str = "log";
+
+/// `RUST_LOG` when set, else `default` (a level or a directive).
+pub fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Log lines to stderr.
+pub fn to_stderr(default: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter(default))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Daily-rotated files in `dir` (created if missing), keeping `keep` files.
+pub fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFileAppender> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", dir.display()))?;
+    Builder::new()
+        .rotation(Rotation::DAILY)
+        .filename_prefix(FILE_PREFIX)
+        .filename_suffix(FILE_SUFFIX)
+        .max_log_files(keep.max(1))
+        .build(dir)
+        .map_err(|e| anyhow::anyhow!("cannot open a log file in {}: {e}", dir.display()))
+}
+
+/// Log lines to daily files in `dir` (see [`daily_files`]).
+pub fn to_files(default: &str, dir: &Path, keep: usize) -> anyhow::Result<()> {
+    let files = daily_files(dir, keep)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter(default))
+        .with_ansi(false)
+        .with_writer(files)
+        .try_init();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_go_to_a_dated_file_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let files = daily_files(&logs, 3).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(files)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(listen = "127.0.0.1:1143", "listening");
+        });
+        let names: Vec<String> = std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let name = &names[0];
+        let date = name
+            .strip_prefix("xoauth2-proxy.")
+            .and_then(|n| n.strip_suffix(".log"))
+            .unwrap_or_else(|| panic!("unexpected file name {name}"));
+        assert_eq!(date.len(), "2026-01-31".len(), "{name}");
+        let text = std::fs::read_to_string(logs.join(name)).unwrap();
+        assert!(text.contains("listening"), "{text}");
+        assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+    }
+}
