@@ -243,8 +243,7 @@ impl<U: AsyncRead + Unpin> AsyncRead for Watch<'_, U> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if self.seen < WATCH_WINDOW && matches!(poll, Poll::Ready(Ok(()))) {
-            let fresh = buf.filled()[before..].to_vec();
-            self.inspect(&fresh);
+            self.inspect(&buf.filled()[before..]);
         }
         poll
     }

@@ -191,7 +191,7 @@ async fn login(
         .map_err(|f| failure_reply(tag, &f))?;
     // One retry on a fresh connection: the server may have dropped an idle
     // pre-login connection while the user was typing.
-    for attempt in 0..2 {
+    for _attempt in 0..2 {
         let fresh = upstream.is_none();
         if fresh {
             match connect(target, listener.upstream_tls).await {
@@ -219,7 +219,7 @@ async fn login(
             }
             Err(e) => {
                 *upstream = None;
-                if fresh || attempt == 1 {
+                if fresh {
                     tracing::warn!(%peer, %account, error = %e, "upstream failed during authentication");
                     return Err(failure_reply(
                         tag,

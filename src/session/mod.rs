@@ -101,24 +101,22 @@ impl Context {
             .tokens
             .login(&username, &credentials.password)
             .await
-            .map_err(|e| match e {
-                TokenError::WrongPassword(_) => {
+            .map_err(|e| {
+                if let TokenError::WrongPassword(_) = e {
                     refused(&e);
-                    Failure::BadCredentials(e.to_string())
-                }
-                e => {
+                } else {
                     tracing::warn!(account = %username, reason = %e, "no access token");
-                    match e {
-                        TokenError::UnknownAccount(_) | TokenError::WrongPassword(_) => {
-                            Failure::BadCredentials(e.to_string())
-                        }
-                        TokenError::NeedsSignIn(m) => Failure::SignInNeeded(m),
-                        TokenError::Transient(m) => Failure::Unavailable(format!(
-                            "cannot get a token from the sign-in service: {m}"
-                        )),
-                        TokenError::Configuration(m) => {
-                            Failure::Unavailable(format!("proxy configuration problem: {m}"))
-                        }
+                }
+                match e {
+                    TokenError::UnknownAccount(_) | TokenError::WrongPassword(_) => {
+                        Failure::BadCredentials(e.to_string())
+                    }
+                    TokenError::NeedsSignIn(m) => Failure::SignInNeeded(m),
+                    TokenError::Transient(m) => Failure::Unavailable(format!(
+                        "cannot get a token from the sign-in service: {m}"
+                    )),
+                    TokenError::Configuration(m) => {
+                        Failure::Unavailable(format!("proxy configuration problem: {m}"))
                     }
                 }
             })?;

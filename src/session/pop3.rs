@@ -141,7 +141,7 @@ async fn login(
         .token_for_peer(peer.ip(), credentials)
         .await
         .map_err(|f| failure_reply(&f))?;
-    for attempt in 0..2 {
+    for _attempt in 0..2 {
         let fresh = upstream.is_none();
         if fresh {
             match connect(target, listener.upstream_tls).await {
@@ -171,7 +171,7 @@ async fn login(
             }
             Err(e) => {
                 *upstream = None;
-                if fresh || attempt == 1 {
+                if fresh {
                     tracing::warn!(%peer, %account, error = %e, "upstream failed during authentication");
                     return Err(failure_reply(&Failure::Unavailable(format!(
                         "the mail server failed during login: {e}"

@@ -322,7 +322,7 @@ async fn authenticate(
     peer: SocketAddr,
 ) -> Result<(String, Vec<u8>), Vec<u8>> {
     let account = account.to_owned();
-    for attempt in 0..2 {
+    for _attempt in 0..2 {
         let fresh = upstream.is_none();
         if fresh {
             let connected = async {
@@ -365,7 +365,7 @@ async fn authenticate(
             }
             Err(e) => {
                 *upstream = None;
-                if fresh || attempt == 1 {
+                if fresh {
                     tracing::warn!(%peer, %account, error = %e, "upstream failed during authentication");
                     return Err(failure_reply(&Failure::Unavailable(format!(
                         "the mail server failed during login: {e}"
