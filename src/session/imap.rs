@@ -9,16 +9,16 @@ use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use super::client::ClientStream;
+use super::upstream_auth::login;
 use super::{
-    Context, GOODBYE_GRACE, Read, TLS_REQUIRED, accept_implicit_tls, read_client, unavailable,
-    upgrade, write_client,
+    Context, GOODBYE_GRACE, Read, TLS_REQUIRED, accept_implicit_tls, read_client, upgrade,
+    write_client,
 };
 use crate::config::{ListenerConfig, LocalTls};
 use crate::protocol::imap::{
-    Action, Frontend, failure_reply, rewrite_capabilities, rewrite_greeting, starttls_ok,
+    Action, Frontend, rewrite_capabilities, rewrite_greeting, starttls_ok,
 };
-use crate::protocol::{Credentials, Failure};
-use crate::upstream::imap::{AuthOutcome, ImapUpstream, connect};
+use crate::upstream::imap::connect;
 
 /// Offered when the upstream cannot be reached at connect time, so the
 /// client still gets to LOGIN and hear why in words.
@@ -138,7 +138,8 @@ pub async fn serve(
                 match login(
                     &ctx,
                     &target,
-                    &listener,
+                    listener.upstream_tls,
+                    "",
                     &mut upstream,
                     &tag,
                     &credentials,
@@ -171,63 +172,4 @@ pub async fn serve(
             return;
         }
     }
-}
-
-/// Authenticates upstream for `credentials`. `Ok` carries the account and
-/// the server's reply for the client (its OK under the client's tag); `Err`
-/// the refusal to send, after which the session stays in the login state.
-async fn login(
-    ctx: &Context,
-    target: &crate::upstream::Target,
-    listener: &ListenerConfig,
-    upstream: &mut Option<ImapUpstream>,
-    tag: &str,
-    credentials: &Credentials,
-    peer: SocketAddr,
-) -> Result<(String, Vec<u8>), Vec<u8>> {
-    let (account, token) = ctx
-        .token_for_peer(peer.ip(), credentials)
-        .await
-        .map_err(|f| failure_reply(tag, &f))?;
-    // One retry on a fresh connection: the server may have dropped an idle
-    // pre-login connection while the user was typing.
-    for _attempt in 0..2 {
-        let fresh = upstream.is_none();
-        if fresh {
-            match connect(target, listener.upstream_tls).await {
-                Ok(u) => *upstream = Some(u),
-                Err(e) => {
-                    tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
-                    return Err(failure_reply(
-                        tag,
-                        &unavailable(&format!("cannot reach {}", target.addr()), &e),
-                    ));
-                }
-            }
-        }
-        let up = upstream.as_mut().expect("connected above");
-        match up.authenticate(tag, &account, &token).await {
-            Ok(AuthOutcome::Accepted { reply }) => {
-                tracing::info!(%peer, %account, "logged in upstream");
-                return Ok((account, reply));
-            }
-            Ok(AuthOutcome::Refused { reply, challenge }) => {
-                tracing::warn!(%peer, %account, server = %String::from_utf8_lossy(&reply).trim_end(),
-                    challenge = ?challenge, "upstream refused the token");
-                ctx.tokens.discard_access_token(&account);
-                return Err(reply);
-            }
-            Err(e) => {
-                *upstream = None;
-                if fresh {
-                    tracing::warn!(%peer, %account, error = %e, "upstream failed during authentication");
-                    return Err(failure_reply(
-                        tag,
-                        &Failure::Unavailable(format!("the mail server failed during login: {e}")),
-                    ));
-                }
-            }
-        }
-    }
-    unreachable!("the loop returns on its second pass")
 }

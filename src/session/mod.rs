@@ -6,6 +6,7 @@ pub mod client;
 pub mod imap;
 pub mod pop3;
 pub mod smtp;
+pub mod upstream_auth;
 
 use std::net::IpAddr;
 use std::sync::Arc;

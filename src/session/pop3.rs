@@ -9,15 +9,14 @@ use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use super::client::ClientStream;
+use super::upstream_auth::login;
 use super::{
     Context, GOODBYE_GRACE, Read, TLS_REQUIRED, accept_implicit_tls, read_client, relay_and_log,
-    unavailable, upgrade, write_client,
+    upgrade, write_client,
 };
 use crate::config::{ListenerConfig, LocalTls};
-use crate::protocol::pop3::{Action, Frontend, failure_reply, greeting, rewrite_capa, starttls_ok};
-use crate::protocol::{Credentials, Failure};
-use crate::upstream::Target;
-use crate::upstream::pop3::{AuthOutcome, Pop3Upstream, connect};
+use crate::protocol::pop3::{Action, Frontend, greeting, rewrite_capa, starttls_ok};
+use crate::upstream::pop3::connect;
 
 /// Offered when the upstream cannot be reached at connect time.
 const FALLBACK_CAPA: &[&str] = &["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE"];
@@ -108,7 +107,19 @@ pub async fn serve(
                     }
                     continue;
                 }
-                match login(&ctx, &target, &listener, &mut upstream, &credentials, peer).await {
+                let tls = listener.upstream_tls;
+                match login(
+                    &ctx,
+                    &target,
+                    tls,
+                    "",
+                    &mut upstream,
+                    "",
+                    &credentials,
+                    peer,
+                )
+                .await
+                {
                     Ok((account, reply)) => {
                         if client.write_all(&reply).await.is_err() {
                             return;
@@ -127,58 +138,4 @@ pub async fn serve(
             return;
         }
     }
-}
-
-async fn login(
-    ctx: &Context,
-    target: &Target,
-    listener: &ListenerConfig,
-    upstream: &mut Option<Pop3Upstream>,
-    credentials: &Credentials,
-    peer: SocketAddr,
-) -> Result<(String, Vec<u8>), Vec<u8>> {
-    let (account, token) = ctx
-        .token_for_peer(peer.ip(), credentials)
-        .await
-        .map_err(|f| failure_reply(&f))?;
-    for _attempt in 0..2 {
-        let fresh = upstream.is_none();
-        if fresh {
-            match connect(target, listener.upstream_tls).await {
-                Ok(u) => *upstream = Some(u),
-                Err(e) => {
-                    tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
-                    return Err(failure_reply(&unavailable(
-                        &format!("cannot reach {}", target.addr()),
-                        &e,
-                    )));
-                }
-            }
-        }
-        let up = upstream.as_mut().expect("connected above");
-        match up.authenticate(&account, &token).await {
-            Ok(AuthOutcome::Accepted { reply }) => {
-                tracing::info!(%peer, %account, "logged in upstream");
-                return Ok((account, reply));
-            }
-            Ok(AuthOutcome::Refused { reply, challenge }) => {
-                tracing::warn!(%peer, %account, server = %String::from_utf8_lossy(&reply).trim_end(),
-                    challenge = ?challenge, "upstream refused the token");
-                ctx.tokens.discard_access_token(&account);
-                // POP3 servers may close after a failed AUTH; start afresh next time.
-                *upstream = None;
-                return Err(reply);
-            }
-            Err(e) => {
-                *upstream = None;
-                if fresh {
-                    tracing::warn!(%peer, %account, error = %e, "upstream failed during authentication");
-                    return Err(failure_reply(&Failure::Unavailable(format!(
-                        "the mail server failed during login: {e}"
-                    ))));
-                }
-            }
-        }
-    }
-    unreachable!("the loop returns on its second pass")
 }

@@ -7,23 +7,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use secrecy::SecretString;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use super::client::ClientStream;
+use super::upstream_auth::{authenticate, login};
 use super::{
     Context, GOODBYE_GRACE, Read, TLS_REQUIRED, accept_implicit_tls, read_client, relay_and_log,
-    unavailable, upgrade, write_client,
+    upgrade, write_client,
 };
 use crate::config::{ListenerConfig, LocalTls};
 use crate::protocol::smtp::{
     Action, Frontend, ehlo_reply, failure_reply, leading_mail_from, starttls_ok,
 };
-use crate::protocol::{Credentials, Failure, one_line};
+use crate::protocol::{Failure, one_line};
 use crate::upstream::Target;
-use crate::upstream::smtp::{AuthOutcome, SmtpUpstream, connect};
+use crate::upstream::smtp::{SmtpUpstream, connect};
 
 /// EHLO keywords offered when the upstream cannot be reached; AUTH is added
 /// by the rewrite.
@@ -180,10 +180,11 @@ pub async fn serve(
                 match login(
                     &ctx,
                     &target,
-                    &listener,
-                    &mut upstream,
-                    &credentials,
+                    listener.upstream_tls,
                     name,
+                    &mut upstream,
+                    "",
+                    &credentials,
                     peer,
                 )
                 .await
@@ -261,17 +262,19 @@ impl FixedRelay<'_> {
         })?;
         let user = self.ctx.tokens.upstream_user(self.account);
         let signed_in = authenticate(
+            self.ctx,
             self.target,
-            self.listener,
+            self.listener.upstream_tls,
+            ehlo_name,
             upstream,
+            "",
             &user,
             &token,
-            ehlo_name,
             peer,
         )
         .await;
         match signed_in {
-            Ok((_, _reply)) => Ok(()),
+            Ok(_reply) => Ok(()),
             // A 535 would read as "your password is wrong" to a client that
             // sent none: say it is the relay's sign-in that failed.
             Err(reply) => Err(failure_reply(&Failure::Unavailable(format!(
@@ -281,98 +284,4 @@ impl FixedRelay<'_> {
             )))),
         }
     }
-}
-
-async fn login(
-    ctx: &Context,
-    target: &Target,
-    listener: &ListenerConfig,
-    upstream: &mut Option<SmtpUpstream>,
-    credentials: &Credentials,
-    ehlo_name: &str,
-    peer: SocketAddr,
-) -> Result<(String, Vec<u8>), Vec<u8>> {
-    let (account, token) = ctx
-        .token_for_peer(peer.ip(), credentials)
-        .await
-        .map_err(|f| failure_reply(&f))?;
-    authenticate(
-        target, listener, upstream, &account, &token, ehlo_name, peer,
-    )
-    .await
-    .inspect_err(|reply| {
-        // The server refused the token itself (not a policy or a limit):
-        // the next login must refresh rather than present it again.
-        if reply.starts_with(b"535") && !reply.windows(7).any(|w| w == b"5.7.139") {
-            ctx.tokens.discard_access_token(&account);
-        }
-    })
-}
-
-/// XOAUTH2 upstream for `account`, reconnecting once if the pre-login
-/// connection was lost. `Ok` carries the account and the server's 235;
-/// `Err` the reply for the client.
-async fn authenticate(
-    target: &Target,
-    listener: &ListenerConfig,
-    upstream: &mut Option<SmtpUpstream>,
-    account: &str,
-    token: &SecretString,
-    ehlo_name: &str,
-    peer: SocketAddr,
-) -> Result<(String, Vec<u8>), Vec<u8>> {
-    let account = account.to_owned();
-    for _attempt in 0..2 {
-        let fresh = upstream.is_none();
-        if fresh {
-            let connected = async {
-                let mut up = connect(target, listener.upstream_tls).await?;
-                up.ehlo(ehlo_name).await?;
-                Ok::<_, crate::upstream::UpstreamError>(up)
-            };
-            match connected.await {
-                Ok(u) => *upstream = Some(u),
-                Err(e) => {
-                    tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
-                    return Err(failure_reply(&unavailable(
-                        &format!("cannot reach {}", target.addr()),
-                        &e,
-                    )));
-                }
-            }
-        }
-        let up = upstream.as_mut().expect("connected above");
-        match up.authenticate(&account, token).await {
-            Ok(AuthOutcome::Accepted { reply }) => {
-                tracing::info!(%peer, %account, "logged in upstream");
-                return Ok((account, reply));
-            }
-            Ok(AuthOutcome::Refused {
-                reply,
-                code,
-                challenge,
-            }) => {
-                let text = String::from_utf8_lossy(&reply);
-                tracing::warn!(%peer, %account, server = %text.trim_end(), challenge = ?challenge,
-                    "upstream refused the token");
-                if text.contains("5.7.139") {
-                    tracing::warn!(%account, "SMTP AUTH is disabled for this mailbox or tenant: an admin can enable it with \
-                        `Set-CASMailbox -Identity {account} -SmtpClientAuthenticationDisabled $false`");
-                } else if code == 432 {
-                    tracing::warn!(%account, "Office 365 allows 3 concurrent SMTP connections per mailbox; the client opened more");
-                }
-                return Err(reply);
-            }
-            Err(e) => {
-                *upstream = None;
-                if fresh {
-                    tracing::warn!(%peer, %account, error = %e, "upstream failed during authentication");
-                    return Err(failure_reply(&Failure::Unavailable(format!(
-                        "the mail server failed during login: {e}"
-                    ))));
-                }
-            }
-        }
-    }
-    unreachable!("the loop returns on its second pass")
 }

@@ -1,0 +1,246 @@
+//! The upstream half of a login, shared by the three protocols: connect
+//! (again, if the pre-login connection was lost), send XOAUTH2, and turn
+//! the outcome into what the client is told.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+
+use super::{Context, unavailable};
+use crate::config::UpstreamTls;
+use crate::protocol::{Credentials, Failure};
+use crate::sasl::ErrorChallenge;
+use crate::upstream::{Target, UpstreamError, imap, pop3, smtp};
+
+/// How an XOAUTH2 exchange ended, protocol-neutral.
+pub enum Outcome {
+    /// The server's success reply, for the client.
+    Accepted(Vec<u8>),
+    /// The server's refusal, as received (the client sees it unchanged).
+    /// `token_refused`: the server rejected the token itself (not a policy
+    /// or a limit), so the next login must not present it again.
+    Refused {
+        reply: Vec<u8>,
+        challenge: Option<ErrorChallenge>,
+        token_refused: bool,
+    },
+}
+
+/// One protocol's upstream connection, as the login path needs it.
+pub trait UpstreamLogin: Sized {
+    /// Connects and gets to where XOAUTH2 can be sent (SMTP: EHLO as `hello`).
+    fn open(
+        target: &Target,
+        tls: UpstreamTls,
+        hello: &str,
+    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send;
+
+    /// Sends XOAUTH2 for `user` (under `tag` where the protocol has tags).
+    fn xoauth2(
+        &mut self,
+        tag: &str,
+        user: &str,
+        token: &SecretString,
+    ) -> impl Future<Output = Result<Outcome, UpstreamError>> + Send;
+
+    /// The client's reply for a failure decided here (under `tag`).
+    fn failure(tag: &str, failure: &Failure) -> Vec<u8>;
+
+    /// Whether the connection is given up after a refusal (POP3 servers may
+    /// close it), so the next try starts on a fresh one.
+    const FRESH_AFTER_REFUSAL: bool = false;
+}
+
+/// A client login: the local checks and a token ([`Context::token_for_peer`]),
+/// then [`authenticate`]. `Ok` carries the account's upstream user and the
+/// server's success reply.
+#[allow(clippy::too_many_arguments)]
+pub async fn login<U: UpstreamLogin>(
+    ctx: &Context,
+    target: &Target,
+    tls: UpstreamTls,
+    hello: &str,
+    upstream: &mut Option<U>,
+    tag: &str,
+    credentials: &Credentials,
+    peer: SocketAddr,
+) -> Result<(String, Vec<u8>), Vec<u8>> {
+    let (user, token) = ctx
+        .token_for_peer(peer.ip(), credentials)
+        .await
+        .map_err(|f| U::failure(tag, &f))?;
+    let reply = authenticate(ctx, target, tls, hello, upstream, tag, &user, &token, peer).await?;
+    Ok((user, reply))
+}
+
+/// XOAUTH2 upstream as `user` with `token`, reconnecting once when the
+/// connection held since the greeting turns out dead (the server may drop
+/// an idle pre-login connection while the user types). `Ok`: the server's
+/// success reply; `Err`: the reply for the client, after which the session
+/// stays in its login state.
+#[allow(clippy::too_many_arguments)]
+pub async fn authenticate<U: UpstreamLogin>(
+    ctx: &Context,
+    target: &Target,
+    tls: UpstreamTls,
+    hello: &str,
+    upstream: &mut Option<U>,
+    tag: &str,
+    user: &str,
+    token: &SecretString,
+    peer: SocketAddr,
+) -> Result<Vec<u8>, Vec<u8>> {
+    loop {
+        let fresh = upstream.is_none();
+        let up = match upstream {
+            Some(up) => up,
+            None => match U::open(target, tls, hello).await {
+                Ok(u) => upstream.insert(u),
+                Err(e) => {
+                    tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
+                    return Err(U::failure(
+                        tag,
+                        &unavailable(&format!("cannot reach {}", target.addr()), &e),
+                    ));
+                }
+            },
+        };
+        match up.xoauth2(tag, user, token).await {
+            Ok(Outcome::Accepted(reply)) => {
+                tracing::info!(%peer, account = %user, "logged in upstream");
+                return Ok(reply);
+            }
+            Ok(Outcome::Refused {
+                reply,
+                challenge,
+                token_refused,
+            }) => {
+                tracing::warn!(%peer, account = %user, server = %String::from_utf8_lossy(&reply).trim_end(),
+                    challenge = ?challenge, "upstream refused the token");
+                if token_refused {
+                    ctx.tokens.discard_access_token(user);
+                }
+                if U::FRESH_AFTER_REFUSAL {
+                    *upstream = None;
+                }
+                return Err(reply);
+            }
+            Err(e) => {
+                *upstream = None;
+                if fresh {
+                    tracing::warn!(%peer, account = %user, error = %e, "upstream failed during authentication");
+                    return Err(U::failure(
+                        tag,
+                        &Failure::Unavailable(format!("the mail server failed during login: {e}")),
+                    ));
+                }
+                // The connection held since the greeting was dead: once more
+                // on a fresh one.
+            }
+        }
+    }
+}
+
+impl UpstreamLogin for imap::ImapUpstream {
+    fn open(
+        target: &Target,
+        tls: UpstreamTls,
+        _hello: &str,
+    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send {
+        imap::connect(target, tls)
+    }
+
+    async fn xoauth2(
+        &mut self,
+        tag: &str,
+        user: &str,
+        token: &SecretString,
+    ) -> Result<Outcome, UpstreamError> {
+        Ok(match self.authenticate(tag, user, token).await? {
+            imap::AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+            imap::AuthOutcome::Refused { reply, challenge } => Outcome::Refused {
+                reply,
+                challenge,
+                token_refused: true,
+            },
+        })
+    }
+
+    fn failure(tag: &str, failure: &Failure) -> Vec<u8> {
+        crate::protocol::imap::failure_reply(tag, failure)
+    }
+}
+
+impl UpstreamLogin for pop3::Pop3Upstream {
+    const FRESH_AFTER_REFUSAL: bool = true;
+
+    fn open(
+        target: &Target,
+        tls: UpstreamTls,
+        _hello: &str,
+    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send {
+        pop3::connect(target, tls)
+    }
+
+    async fn xoauth2(
+        &mut self,
+        _tag: &str,
+        user: &str,
+        token: &SecretString,
+    ) -> Result<Outcome, UpstreamError> {
+        Ok(match self.authenticate(user, token).await? {
+            pop3::AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+            pop3::AuthOutcome::Refused { reply, challenge } => Outcome::Refused {
+                reply,
+                challenge,
+                token_refused: true,
+            },
+        })
+    }
+
+    fn failure(_tag: &str, failure: &Failure) -> Vec<u8> {
+        crate::protocol::pop3::failure_reply(failure)
+    }
+}
+
+impl UpstreamLogin for smtp::SmtpUpstream {
+    async fn open(target: &Target, tls: UpstreamTls, hello: &str) -> Result<Self, UpstreamError> {
+        let mut up = smtp::connect(target, tls).await?;
+        up.ehlo(hello).await?;
+        Ok(up)
+    }
+
+    async fn xoauth2(
+        &mut self,
+        _tag: &str,
+        user: &str,
+        token: &SecretString,
+    ) -> Result<Outcome, UpstreamError> {
+        Ok(match self.authenticate(user, token).await? {
+            smtp::AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+            smtp::AuthOutcome::Refused {
+                reply,
+                code,
+                challenge,
+            } => {
+                let auth_disabled = reply.windows(7).any(|w| w == b"5.7.139");
+                if auth_disabled {
+                    tracing::warn!(account = %user, "SMTP AUTH is disabled for this mailbox or tenant: an admin can enable it with \
+                        `Set-CASMailbox -Identity {user} -SmtpClientAuthenticationDisabled $false`");
+                } else if code == 432 {
+                    tracing::warn!(account = %user, "Office 365 allows 3 concurrent SMTP connections per mailbox; the client opened more");
+                }
+                Outcome::Refused {
+                    reply,
+                    challenge,
+                    token_refused: code == 535 && !auth_disabled,
+                }
+            }
+        })
+    }
+
+    fn failure(_tag: &str, failure: &Failure) -> Vec<u8> {
+        crate::protocol::smtp::failure_reply(failure)
+    }
+}
