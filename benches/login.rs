@@ -35,6 +35,9 @@ fn account() -> AccountConfig {
         scopes: Some(vec!["x".into()]),
         password_hash: None,
         mailbox: None,
+        cloud: None,
+        client_certificate: None,
+        client_key: None,
     }
 }
 

@@ -3,11 +3,12 @@
 //! Key names are an interface (users' files and other tools rely on them).
 //! Every error names the key and says what is wrong.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// How long a client may take from connecting to finishing its login. Long
@@ -103,6 +104,43 @@ pub struct ProxySection {
     /// How many daily log files `log_dir` keeps.
     #[serde(default = "default_log_keep")]
     pub log_keep: usize,
+    /// The local sign-in and status page: an address, or `"off"`.
+    #[serde(default)]
+    pub admin_listen: AdminListen,
+    /// Lets `admin_listen` be a non-loopback address. The page signs
+    /// accounts in: only for a machine whose network is trusted.
+    #[serde(default)]
+    pub admin_allow_remote: bool,
+}
+
+/// The page's default address: loopback only, a port unlikely to be taken.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8089);
+
+/// Where the local page listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AdminListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl Default for AdminListen {
+    fn default() -> Self {
+        AdminListen::At(DEFAULT_ADMIN_LISTEN)
+    }
+}
+
+impl TryFrom<String> for AdminListen {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(AdminListen::Off);
+        }
+        value.parse().map(AdminListen::At).map_err(|_| {
+            format!("`{value}` is neither an address with a port (127.0.0.1:8089) nor \"off\"")
+        })
+    }
 }
 
 impl Default for ProxySection {
@@ -121,6 +159,8 @@ impl Default for ProxySection {
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             log_dir: None,
             log_keep: DEFAULT_LOG_KEEP,
+            admin_listen: AdminListen::default(),
+            admin_allow_remote: false,
         }
     }
 }
@@ -244,8 +284,25 @@ impl ListenerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
+    /// Microsoft 365 / Exchange Online (in the cloud chosen by `cloud`).
     Office365,
+    /// Google Workspace and Gmail.
+    Gmail,
+    /// Any other provider: `token_url` and `scopes` (and the URLs of the flow) are given.
     Custom,
+}
+
+/// The Microsoft cloud of an office365 account: its login and Exchange hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// login.microsoftonline.com, outlook.office365.com.
+    #[default]
+    Global,
+    /// Microsoft 365 GCC High / DoD: login.microsoftonline.us, outlook.office365.us.
+    Usgov,
+    /// Operated by 21Vianet: login.chinacloudapi.cn, partner.outlook.cn.
+    China,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -279,12 +336,91 @@ pub struct AccountConfig {
     /// XOAUTH2 instead of `username` (which stays the login name, the
     /// account that signs in, and the name of its tokens).
     pub mailbox: Option<String>,
+    /// office365 only: `global` (the default), `usgov` or `china`.
+    pub cloud: Option<Cloud>,
+    /// A certificate credential instead of `client_secret`: the app's
+    /// certificate (PEM), as uploaded to its registration, with `client_key`.
+    pub client_certificate: Option<PathBuf>,
+    /// The RSA private key (PEM: PKCS#8 or PKCS#1, unencrypted) of `client_certificate`.
+    pub client_key: Option<PathBuf>,
 }
 
 impl AccountConfig {
     /// The `user=` sent upstream: `mailbox` if set, else `username`.
     pub fn upstream_user(&self) -> &str {
         self.mailbox.as_deref().unwrap_or(&self.username)
+    }
+
+    /// The Microsoft cloud (`cloud`, default global).
+    pub fn cloud(&self) -> Cloud {
+        self.cloud.unwrap_or_default()
+    }
+
+    /// Whether `other` is this account with nothing changed that matters to
+    /// its tokens or its password, so a reload may keep what it unlocked.
+    /// (Every field is named: a new one must be decided on here.)
+    pub fn same_as(&self, other: &AccountConfig) -> bool {
+        let AccountConfig {
+            username,
+            provider,
+            tenant,
+            client_id,
+            client_secret,
+            flow,
+            authorize_url,
+            token_url,
+            device_code_url,
+            scopes,
+            password_hash,
+            mailbox,
+            cloud,
+            client_certificate,
+            client_key,
+        } = self;
+        let secret_eq = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        };
+        username.eq_ignore_ascii_case(&other.username)
+            && *provider == other.provider
+            && *tenant == other.tenant
+            && *client_id == other.client_id
+            && secret_eq(client_secret, &other.client_secret)
+            && *flow == other.flow
+            && *authorize_url == other.authorize_url
+            && *token_url == other.token_url
+            && *device_code_url == other.device_code_url
+            && *scopes == other.scopes
+            && secret_eq(password_hash, &other.password_hash)
+            && *mailbox == other.mailbox
+            && *cloud == other.cloud
+            && *client_certificate == other.client_certificate
+            && *client_key == other.client_key
+    }
+
+    /// `username = "@contoso.com"`: every address at the domain, each with
+    /// its own tokens and its own sign-in.
+    pub fn is_catch_all(&self) -> bool {
+        self.username.starts_with('@')
+    }
+
+    /// Whether this catch-all covers `address` (case-insensitive).
+    pub fn covers(&self, address: &str) -> bool {
+        self.is_catch_all()
+            && address.len() > self.username.len()
+            && valid_address(address)
+            && address
+                .get(address.len() - self.username.len()..)
+                .is_some_and(|d| d.eq_ignore_ascii_case(&self.username))
+    }
+
+    /// This catch-all's settings for one of its addresses.
+    pub fn for_address(&self, address: &str) -> AccountConfig {
+        AccountConfig {
+            username: address.to_owned(),
+            ..self.clone()
+        }
     }
 }
 
@@ -338,6 +474,19 @@ impl Config {
         }
         if self.proxy.log_keep == 0 {
             return Err(self.invalid("proxy.log_keep".into(), "must be at least 1"));
+        }
+        if let AdminListen::At(addr) = self.proxy.admin_listen
+            && !addr.ip().is_loopback()
+            && !self.proxy.admin_allow_remote
+        {
+            return Err(self.invalid(
+                "proxy.admin_listen".into(),
+                format!(
+                    "{addr} is not a loopback address: the page signs accounts in, so other \
+                     machines must not reach it; use 127.0.0.1, or set admin_allow_remote = true \
+                     if this network is trusted"
+                ),
+            ));
         }
         match (&self.proxy.cert_file, &self.proxy.key_file) {
             (Some(_), None) => {
@@ -407,7 +556,23 @@ impl Config {
         }
         for (i, a) in self.accounts.iter().enumerate() {
             let key = |k: &str| format!("account[{i}].{k}");
-            if !a.username.contains('@') || a.username.trim() != a.username {
+            if a.is_catch_all() {
+                if !valid_domain(&a.username[1..]) {
+                    return Err(self.invalid(
+                        key("username"),
+                        format!(
+                            "`{}` is not a catch-all (`@` and a domain, like `@contoso.com`)",
+                            a.username
+                        ),
+                    ));
+                }
+                if a.mailbox.is_some() {
+                    return Err(self.invalid(
+                        key("mailbox"),
+                        "cannot be used with a catch-all account: each address opens its own mailbox",
+                    ));
+                }
+            } else if !valid_address(&a.username) {
                 return Err(self.invalid(
                     key("username"),
                     format!("`{}` is not a mail address", a.username),
@@ -470,11 +635,90 @@ impl Config {
                     format!("{why}; make one with `xoauth2-proxy hash-password`"),
                 ));
             }
-            if a.flow != Flow::DeviceCode {
+            self.validate_flow(a, &key)?;
+        }
+        Ok(())
+    }
+
+    /// The provider presets, the flow and the app's credential of an account.
+    fn validate_flow(
+        &self,
+        a: &AccountConfig,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        if a.cloud.is_some() && a.provider != ProviderKind::Office365 {
+            return Err(self.invalid(
+                key("cloud"),
+                "only applies with provider = \"office365\" (the Microsoft cloud of the tenant)",
+            ));
+        }
+        if a.tenant.is_some() && a.provider == ProviderKind::Gmail {
+            return Err(self.invalid(key("tenant"), "only applies with provider = \"office365\""));
+        }
+        match (&a.client_certificate, &a.client_key) {
+            (Some(_), None) => {
                 return Err(self.invalid(
-                    key("flow"),
-                    "only \"device_code\" is supported by this version",
+                    key("client_key"),
+                    "is missing: client_certificate needs the private key that goes with it",
                 ));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    key("client_certificate"),
+                    "is missing: client_key needs the certificate that goes with it",
+                ));
+            }
+            (Some(cert), Some(pem)) => {
+                if a.client_secret.is_some() {
+                    return Err(self.invalid(
+                        key("client_secret"),
+                        "set either client_secret or client_certificate and client_key, not both",
+                    ));
+                }
+                if let Err(e) = crate::auth::assertion::ClientCertificate::load(cert, pem) {
+                    let setting = e.setting();
+                    let message = e.to_string();
+                    let message = message
+                        .strip_prefix(&format!("{setting}: "))
+                        .unwrap_or(&message)
+                        .to_owned();
+                    return Err(self.invalid(key(setting), message));
+                }
+            }
+            (None, None) => {}
+        }
+        match a.flow {
+            Flow::DeviceCode => {}
+            Flow::AuthorizationCode => {
+                if a.provider == ProviderKind::Custom && a.authorize_url.is_none() {
+                    return Err(self.invalid(
+                        key("authorize_url"),
+                        "is required with provider = \"custom\" and flow = \"authorization_code\"",
+                    ));
+                }
+            }
+            Flow::ClientCredentials => {
+                if a.provider == ProviderKind::Gmail {
+                    return Err(self.invalid(
+                        key("flow"),
+                        "\"client_credentials\" is not offered by Gmail; use \"authorization_code\" or \"device_code\"",
+                    ));
+                }
+                if a.password_hash.is_none() {
+                    return Err(self.invalid(
+                        key("password_hash"),
+                        "is required with flow = \"client_credentials\": there is no user sign-in \
+                         whose tokens a client's password could seal, so the local password is \
+                         checked against this hash; make one with `xoauth2-proxy hash-password`",
+                    ));
+                }
+                if a.client_secret.is_none() && a.client_certificate.is_none() {
+                    return Err(self.invalid(
+                        key("client_secret"),
+                        "is missing: flow = \"client_credentials\" needs the app's credential, \
+                         client_secret or client_certificate and client_key",
+                    ));
+                }
             }
         }
         Ok(())
@@ -589,11 +833,50 @@ impl Config {
         })
     }
 
-    pub fn account(&self, username: &str) -> Option<&AccountConfig> {
-        self.accounts
-            .iter()
-            .find(|a| a.username.eq_ignore_ascii_case(username))
+    /// The account a client (or `authorize`, `forget`) means by `username`:
+    /// its own `[[account]]`, or the catch-all of its domain with the
+    /// address filled in.
+    pub fn account(&self, username: &str) -> Option<Cow<'_, AccountConfig>> {
+        resolve_account(&self.accounts, username)
     }
+}
+
+/// [`Config::account`] over a list of accounts: an exact address wins over
+/// its domain's catch-all.
+pub fn resolve_account<'a>(
+    accounts: &'a [AccountConfig],
+    username: &str,
+) -> Option<Cow<'a, AccountConfig>> {
+    if let Some(exact) = accounts
+        .iter()
+        .find(|a| !a.is_catch_all() && a.username.eq_ignore_ascii_case(username))
+    {
+        return Some(Cow::Borrowed(exact));
+    }
+    accounts
+        .iter()
+        .find(|a| a.covers(username))
+        .map(|a| Cow::Owned(a.for_address(username)))
+}
+
+/// A plain check of a mail address: one `@`, something on each side, no
+/// spaces or angle brackets (it ends up in XOAUTH2 and in file names).
+fn valid_address(address: &str) -> bool {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && valid_domain(domain)
+                && !address.contains(['<', '>', ' ', '\t', '\r', '\n'])
+                && address.trim() == address
+        }
+        None => false,
+    }
+}
+
+fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && !domain.contains(['@', '<', '>', ' ', '\t', '\r', '\n', '/', '\\'])
+        && domain.trim() == domain
 }
 
 /// `192.168.1.0/24`, `fd00::/8`, or a single address (a /32 or /128).
@@ -796,6 +1079,84 @@ client_id = "00000000-0000-0000-0000-000000000000"
             );
             assert!(err.starts_with("proxy.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn catch_all_accounts_cover_their_domain_only() {
+        let text = format!(
+            "{GOOD}\n[[account]]\nusername = \"@Contoso.com\"\nprovider = \"office365\"\nclient_id = \"y\"\n"
+        );
+        let c = parse(&text).unwrap();
+        // An account of its own wins over the catch-all.
+        let alice = c.account("ALICE@contoso.com").unwrap();
+        assert!(matches!(alice, Cow::Borrowed(_)));
+        assert_eq!(alice.client_id, "00000000-0000-0000-0000-000000000000");
+        let table: &[(&str, Option<&str>)] = &[
+            ("bob@contoso.com", Some("bob@contoso.com")),
+            ("Bob@CONTOSO.COM", Some("Bob@CONTOSO.COM")),
+            ("bob@contoso.co", None),
+            ("bob@contoso.com.evil.example", None),
+            ("bob@sub.contoso.com", None),
+            ("bob@evilcontoso.com", None),
+            ("@contoso.com", None),
+            ("contoso.com", None),
+            ("a@b@contoso.com", None),
+            ("bob <x>@contoso.com", None),
+            ("", None),
+        ];
+        for (address, want) in table {
+            let got = c.account(address);
+            assert_eq!(
+                got.as_ref().map(|a| a.username.as_str()),
+                *want,
+                "{address}"
+            );
+            if let Some(a) = got {
+                assert_eq!(a.client_id, "y", "{address}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_catch_alls_and_admin_addresses_name_the_key() {
+        let catch_all = |user: &str, extra: &str| {
+            format!(
+                "{GOOD}\n[[account]]\nusername = \"{user}\"\nprovider = \"office365\"\nclient_id = \"y\"\n{extra}"
+            )
+        };
+        for (text, want) in [
+            (catch_all("@", ""), "account[1].username"),
+            (catch_all("@ contoso.com", ""), "account[1].username"),
+            (catch_all("@a@contoso.com", ""), "account[1].username"),
+            (
+                catch_all("@contoso.com", "mailbox = \"shared@contoso.com\"\n"),
+                "account[1].mailbox",
+            ),
+            (
+                GOOD.replace("state_dir", "admin_listen = \"0.0.0.0:8089\"\nstate_dir"),
+                "proxy.admin_listen",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        let err = parse(&GOOD.replace("state_dir", "admin_listen = \"8089\"\nstate_dir"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_listen") && err.contains("off"), "{err}");
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.proxy.admin_listen, AdminListen::At(DEFAULT_ADMIN_LISTEN));
+        let c = parse(&GOOD.replace("state_dir", "admin_listen = \"off\"\nstate_dir")).unwrap();
+        assert_eq!(c.proxy.admin_listen, AdminListen::Off);
+        let c = parse(&GOOD.replace(
+            "state_dir",
+            "admin_listen = \"192.168.1.5:8089\"\nadmin_allow_remote = true\nstate_dir",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.proxy.admin_listen,
+            AdminListen::At("192.168.1.5:8089".parse().unwrap())
+        );
     }
 
     #[test]

@@ -119,6 +119,33 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             },
             Err(e) => note(Finding::Problem(format!("cannot make an HTTP client: {e}"))),
         }
+        if a.is_catch_all() {
+            note(Finding::Ok(format!(
+                "{user}: catch-all; each address signs in on its own \
+                 (`xoauth2-proxy authorize name{user}` or the sign-in page)"
+            )));
+            continue;
+        }
+        if a.flow == crate::config::Flow::ClientCredentials {
+            let http = match crate::http_client(config) {
+                Ok(http) => http,
+                Err(e) => {
+                    note(Finding::Problem(format!("cannot make an HTTP client: {e}")));
+                    continue;
+                }
+            };
+            match crate::auth::flows::client_credentials(a, &http).await {
+                Ok(_) => note(Finding::Ok(format!(
+                    "{user}: app-only; the token endpoint issued a token for the app's credential"
+                ))),
+                Err(e) => note(Finding::Problem(format!(
+                    "{user}: app-only token request refused ({}): check account[{i}].client_id, \
+                     client_secret / client_certificate, and the app's API permissions",
+                    crate::auth::flows::describe(e)
+                ))),
+            }
+            continue;
+        }
         match store.load_entry(user) {
             Ok(None) => note(Finding::Problem(format!(
                 "{user}: not signed in (no tokens in {}): run `xoauth2-proxy authorize {user}`",

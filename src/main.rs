@@ -46,13 +46,21 @@ enum Command {
     /// Check the configuration, each upstream (DNS, TCP, TLS, greeting), each
     /// token endpoint and each account's tokens; exits non-zero on a problem.
     Doctor,
-    /// Sign an account in and store its tokens.
+    /// Sign an account in and store its tokens (the account's `flow` decides
+    /// how, unless told; an app-only account is checked with one token request).
     Authorize {
         /// The account's address, as in the configuration.
         account: String,
-        /// Use the device code flow (a code to enter on another device); the default for now.
+        /// Sign in in a browser on this machine (authorization code with PKCE;
+        /// the answer comes back to a listener on localhost).
+        #[arg(long, conflicts_with = "device")]
+        browser: bool,
+        /// Use the device code flow (a code to enter on any device).
         #[arg(long)]
         device: bool,
+        /// With the browser: only print the URL, do not try to open a browser.
+        #[arg(long)]
+        no_open: bool,
     },
     /// Remove an account's stored tokens (to sign in again and bind a new local password).
     Forget {
@@ -203,7 +211,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Authorize { account, device: _ } => authorize(&config, &account).await,
+        Command::Authorize {
+            account,
+            browser,
+            device,
+            no_open,
+        } => {
+            let how = match (browser, device) {
+                (true, _) => Some(SignIn::Browser { open: !no_open }),
+                (_, true) => Some(SignIn::Device),
+                _ => None,
+            };
+            authorize(&config, &account, how, !no_open).await
+        }
         Command::Forget { account } => forget(&config, &account),
         Command::HashPassword => unreachable!("handled before loading the configuration"),
         Command::Cert {
@@ -249,8 +269,9 @@ fn forget(config: &Config, name: &str) -> anyhow::Result<()> {
     let store = TokenStore::new(&config.state_dir());
     let name = config
         .account(name)
-        .map(|a| a.username.as_str())
-        .unwrap_or(name);
+        .map(|a| a.username.clone())
+        .unwrap_or_else(|| name.to_owned());
+    let name = name.as_str();
     let path = store.path_for(name);
     if store.remove(name)? {
         println!(
@@ -300,22 +321,74 @@ fn hash_password() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn authorize(config: &Config, name: &str) -> anyhow::Result<()> {
-    let account = config.account(name).with_context(|| {
+/// How `authorize` signs a delegated account in.
+#[derive(Clone, Copy)]
+enum SignIn {
+    Browser { open: bool },
+    Device,
+}
+
+async fn authorize(
+    config: &Config,
+    name: &str,
+    how: Option<SignIn>,
+    open: bool,
+) -> anyhow::Result<()> {
+    use xoauth2_proxy::config::Flow;
+    let resolved = config.account(name).with_context(|| {
         format!(
             "{name} is not an account in {}; add an [[account]] for it",
             config.source.display()
         )
     })?;
+    let account: &xoauth2_proxy::config::AccountConfig = &resolved;
     let http = xoauth2_proxy::http_client(config)?;
-    let tokens = flows::device_code(account, &http, |prompt| {
-        println!("{}", prompt.message);
-        println!(
-            "(the code is valid for {} minutes; waiting for the sign-in…)",
-            prompt.expires_in.as_secs() / 60
-        );
-    })
-    .await?;
+    let how = match (account.flow, how) {
+        (Flow::ClientCredentials, Some(_)) => anyhow::bail!(
+            "{} uses flow = \"client_credentials\" (app-only): nobody signs in; run \
+             `xoauth2-proxy authorize {}` without --browser/--device to check its credentials",
+            account.username,
+            account.username
+        ),
+        (Flow::ClientCredentials, None) => return check_app_only(account, &http).await,
+        (_, Some(how)) => how,
+        (Flow::AuthorizationCode, None) => SignIn::Browser { open },
+        (Flow::DeviceCode, None) => SignIn::Device,
+    };
+    let tokens = match how {
+        SignIn::Device => {
+            flows::device_code(account, &http, |prompt| {
+                println!("{}", prompt.message);
+                println!(
+                    "(the code is valid for {} minutes; waiting for the sign-in…)",
+                    prompt.expires_in.as_secs() / 60
+                );
+            })
+            .await?
+        }
+        SignIn::Browser { open } => {
+            use std::io::Write as _;
+            use xoauth2_proxy::auth::loopback;
+            loopback::browser_sign_in(account, &http, loopback::CALLBACK_TIMEOUT, |url| {
+                println!(
+                    "To sign in {}, open this address in a browser on this machine:",
+                    account.username
+                );
+                println!("{url}");
+                if open {
+                    if let Err(e) = loopback::open_browser(url) {
+                        println!("(could not open a browser: {e}; open the address yourself)");
+                    }
+                }
+                println!(
+                    "(waiting up to {} minutes for the sign-in…)",
+                    loopback::CALLBACK_TIMEOUT.as_secs() / 60
+                );
+                let _ = std::io::stdout().flush();
+            })
+            .await?
+        }
+    };
     if tokens.refresh_token.is_none() {
         anyhow::bail!(
             "the sign-in gave no refresh token: add the offline_access scope to the account"
@@ -331,4 +404,35 @@ async fn authorize(config: &Config, name: &str) -> anyhow::Result<()> {
         store.path_for(&account.username).display()
     );
     Ok(())
+}
+
+/// An app-only account: one client credentials request shows whether the
+/// app's credential and permissions work. Nothing is stored; the proxy
+/// asks for app-only tokens itself.
+async fn check_app_only(
+    account: &xoauth2_proxy::config::AccountConfig,
+    http: &xoauth2_proxy::auth::http::HttpClient,
+) -> anyhow::Result<()> {
+    use oauth2::TokenResponse as _;
+    match flows::client_credentials(account, http).await {
+        Ok(response) => {
+            println!(
+                "The token endpoint issued an app-only access token for {}{}: the app's \
+                 credential works. Nothing is stored; the proxy asks for app-only tokens itself. \
+                 (Whether the mailbox lets the app in is up to Exchange: see the README, \
+                 \"App-only access\".)",
+                account.username,
+                response
+                    .expires_in()
+                    .map(|d| format!(" (valid {} minutes)", d.as_secs() / 60))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "the app-only token request for {} failed: {}",
+            account.username,
+            flows::describe(e)
+        ),
+    }
 }

@@ -101,3 +101,46 @@ async fn each_problem_is_reported_with_what_to_do_and_the_exit_fails() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("3 problem(s) found"));
 }
+
+#[tokio::test]
+async fn app_only_and_catch_all_accounts_are_checked_for_what_they_are() {
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    tokens.state.set_expected_client_secret(Some("app-s3cret"));
+    let phc = xoauth2_proxy::auth::password::hash_password(b"relay-pw").unwrap();
+    let mut text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server.addr)],
+        "",
+    );
+    text.push_str(&format!(
+        "flow = \"client_credentials\"\nclient_secret = \"app-s3cret\"\npassword_hash = \"{phc}\"\n"
+    ));
+    let catch_all = format!(
+        "\n[[account]]\nusername = \"@example.org\"\nprovider = \"custom\"\nclient_id = \"c\"\n\
+         token_url = \"{}/token\"\nscopes = [\"x\"]\n",
+        tokens.url()
+    );
+    text.push_str(&catch_all);
+    let config = Config::parse(&text, Path::new("test.toml")).expect("valid");
+    let findings = check(&config, |_| {}).await;
+    assert_eq!(problems(&findings), Vec::<String>::new(), "{findings:?}");
+    let lines: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+    assert!(lines.iter().any(|l| l.contains("app-only")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("catch-all")), "{lines:?}");
+    assert_eq!(tokens.state.requests("client_credentials"), 1);
+
+    // A rotated secret: a problem that names the settings, not the secret.
+    tokens.state.set_expected_client_secret(Some("rotated"));
+    let found = problems(&check(&config, |_| {}).await);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("client_secret") && !found[0].contains("app-s3cret"),
+        "{}",
+        found[0]
+    );
+}

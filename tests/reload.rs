@@ -234,3 +234,75 @@ async fn the_binary_reloads_on_request_and_on_sighup_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(!dir.path().join("control.sock").exists());
 }
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_accounts_unlocked_and_relocks_changed_ones() {
+    use secrecy::SecretString;
+    use xoauth2_proxy::protocol::Credentials;
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let imap_server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(imap_server.addr)],
+        "",
+    );
+    let creds = Credentials {
+        username: USER.into(),
+        password: SecretString::from(PASSWORD.to_owned()),
+    };
+    let running = start(&text).await;
+    running
+        .context
+        .token_for(&creds)
+        .await
+        .expect("first login");
+    assert_eq!(running.context.tokens.kdf_runs(), 1);
+    let refreshes = tokens.state.total_requests();
+
+    // The same account (the file re-read, a listener setting changed).
+    let (running, outcome) = running
+        .reload(parse(&text.replace(
+            "connect_timeout_secs = 5",
+            "connect_timeout_secs = 6",
+        )))
+        .await;
+    outcome.expect("reload");
+    running
+        .context
+        .token_for(&creds)
+        .await
+        .expect("login after reload");
+    assert_eq!(
+        running.context.tokens.kdf_runs(),
+        0,
+        "no KDF run: the unlock was kept"
+    );
+    assert_eq!(
+        tokens.state.total_requests(),
+        refreshes,
+        "nor a token request"
+    );
+    let wrong = Credentials {
+        username: USER.into(),
+        password: SecretString::from("not-it".to_owned()),
+    };
+    assert!(running.context.token_for(&wrong).await.is_err());
+
+    // A changed account (another client id) starts over: its password is
+    // checked against the seal again.
+    let (running, outcome) = running
+        .reload(parse(&text.replace(
+            "client_id = \"test-client\"",
+            "client_id = \"other-app\"",
+        )))
+        .await;
+    outcome.expect("reload");
+    running.context.token_for(&creds).await.expect("login");
+    assert_eq!(running.context.tokens.kdf_runs(), 1);
+    running.shutdown().await;
+}

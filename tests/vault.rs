@@ -398,3 +398,171 @@ async fn repeated_wrong_passwords_from_one_address_are_slowed_then_refused() {
         .unwrap();
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
 }
+
+fn creds_for(user: &str, password: &str) -> Credentials {
+    Credentials {
+        username: user.into(),
+        password: SecretString::from(password.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn a_catch_all_account_gives_each_address_its_own_tokens_and_password() {
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server.addr)],
+        "",
+    )
+    .replace(
+        &format!("username = \"{USER}\""),
+        "username = \"@Example.TEST\"",
+    );
+    let proxy = Proxy {
+        pki,
+        tokens,
+        state_dir,
+        running: start(&text).await,
+    };
+    // The signed-in address works end to end, in any case.
+    let line = imap_login(&proxy, PASSWORD).await;
+    assert!(line.starts_with("a1 OK"), "{line}");
+    open_sealed(proxy.state_dir.path(), PASSWORD);
+
+    let ctx = &proxy.running.context;
+    let other = "Other@example.test";
+    // Another address of the domain is an account of its own: not signed in yet.
+    match ctx.token_for(&creds_for(other, PASSWORD)).await {
+        Err(Failure::SignInNeeded(m)) => assert!(
+            m.contains("other@example.test") && m.contains("authorize"),
+            "{m}"
+        ),
+        r => panic!("an address without a sign-in: {r:?}"),
+    }
+    // Addresses outside the domain are not covered.
+    for stranger in [
+        "user@example.testx",
+        "user@sub.example.test",
+        "@example.test",
+        "example.test",
+    ] {
+        assert!(
+            matches!(
+                ctx.token_for(&creds_for(stranger, PASSWORD)).await,
+                Err(Failure::BadCredentials(_))
+            ),
+            "{stranger}"
+        );
+    }
+    // Its own sign-in, then its own password, bound by its first login.
+    let store = TokenStore::new(proxy.state_dir.path());
+    proxy.tokens.state.seed_refresh_token("rt-other");
+    store
+        .save(
+            "other@example.test",
+            &xoauth2_proxy::auth::vault::StoredTokens {
+                refresh_token: Some(SecretString::from("rt-other".to_owned())),
+                access_token: None,
+                expires_at: None,
+            },
+        )
+        .unwrap();
+    let (user, _token) = ctx
+        .token_for(&creds_for(other, "other-password"))
+        .await
+        .unwrap();
+    assert_eq!(user, "other@example.test");
+    assert!(matches!(
+        ctx.token_for(&creds_for(other, PASSWORD)).await,
+        Err(Failure::BadCredentials(_))
+    ));
+    assert!(matches!(
+        ctx.token_for(&creds_for(USER, "other-password")).await,
+        Err(Failure::BadCredentials(_))
+    ));
+    assert!(
+        store.path_for(USER) != store.path_for(other) && store.path_for(other).exists(),
+        "one entry per address"
+    );
+    match store.load_entry(other).unwrap().unwrap() {
+        Entry::Sealed(s) => {
+            let key = SealKey::derive(b"other-password", s.params(), s.salt()).unwrap();
+            s.open(&key).expect("sealed with its own password");
+        }
+        Entry::Unsealed(_) => panic!("not sealed"),
+    }
+    // The page's view: the catch-all row and each address in use.
+    let rows = ctx.tokens.status().await;
+    let names: Vec<&str> = rows.iter().map(|r| r.username.as_str()).collect();
+    assert_eq!(
+        names,
+        ["@Example.TEST", "other@example.test", "user@example.test"]
+    );
+}
+
+#[tokio::test]
+async fn an_app_only_account_logs_in_with_its_hash_and_a_client_credentials_token() {
+    let phc = xoauth2_proxy::auth::password::hash_password(b"relay-pw").unwrap();
+    let (proxy, server) = proxy_with_extra(&format!(
+        "password_hash = \"{phc}\"\nflow = \"client_credentials\"\nclient_secret = \"app-s3cret\"\n"
+    ))
+    .await;
+    // Not the seeded sign-in: app-only access needs none, and stores nothing.
+    let store = TokenStore::new(proxy.state_dir.path());
+    store.remove(USER).unwrap();
+    proxy
+        .tokens
+        .state
+        .set_expected_client_secret(Some("app-s3cret"));
+    let line = imap_login(&proxy, "wrong").await;
+    assert!(line.starts_with("a1 NO [AUTHENTICATIONFAILED] "), "{line}");
+    assert_eq!(proxy.tokens.state.total_requests(), 0);
+    for _ in 0..3 {
+        let line = imap_login(&proxy, "relay-pw").await;
+        assert!(line.starts_with("a1 OK"), "{line}");
+    }
+    assert_eq!(
+        proxy
+            .tokens
+            .state
+            .requests(support::token_server::GRANT_CLIENT_CREDENTIALS),
+        1,
+        "the app-only token is cached"
+    );
+    assert_eq!(server.state.auth_attempts(), 3);
+    assert!(
+        !store.path_for(USER).exists(),
+        "app-only tokens stay in memory"
+    );
+    let rows = proxy.running.context.tokens.status().await;
+    assert!(
+        matches!(
+            rows[0].state,
+            xoauth2_proxy::auth::tokens::AccountState::AppOnly {
+                expires_in: Some(_)
+            }
+        ),
+        "{rows:?}"
+    );
+
+    // A rejected credential is the admin's to fix, not a sign-in.
+    proxy
+        .tokens
+        .state
+        .set_expected_client_secret(Some("rotated"));
+    proxy.tokens.state.expire_access_tokens();
+    proxy
+        .running
+        .context
+        .tokens
+        .age_access_token(USER, Duration::from_secs(24 * 3600));
+    let line = imap_login(&proxy, "relay-pw").await;
+    assert!(line.starts_with("a1 NO [UNAVAILABLE] "), "{line}");
+    assert!(!line.contains("app-s3cret"), "{line}");
+}

@@ -5,8 +5,8 @@
 //! `tokens`.)
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -29,15 +29,34 @@ pub enum LoginError {
 }
 
 struct Account {
-    config: AccountConfig,
+    config: Arc<AccountConfig>,
     /// The digest of the password that matched `password_hash` in this process.
     verified: RwLock<Option<Tag>>,
     /// One KDF run per account at a time.
     verifying: tokio::sync::Mutex<()>,
 }
 
+impl Account {
+    fn new(config: AccountConfig) -> Arc<Account> {
+        Arc::new(Account {
+            config: Arc::new(config),
+            verified: RwLock::new(None),
+            verifying: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// How many addresses the catch-all accounts hold in memory. Each address
+/// a client tries costs an entry; this bounds what probing random addresses
+/// can take (an entry is a few hundred bytes).
+pub const MAX_CATCH_ALL_ADDRESSES: usize = 10_000;
+
 pub struct Accounts {
-    by_name: HashMap<String, Account>,
+    by_name: HashMap<String, Arc<Account>>,
+    /// `@domain` accounts, in configuration order.
+    catch_all: Vec<AccountConfig>,
+    /// The addresses of catch-all accounts seen so far, lowercase.
+    seen: RwLock<HashMap<String, Arc<Account>>>,
     digest: PasswordDigest,
     kdf_runs: AtomicU64,
     /// Failed logins per source address.
@@ -49,19 +68,44 @@ impl Accounts {
         Accounts {
             by_name: accounts
                 .iter()
-                .map(|a| {
-                    let account = Account {
-                        config: a.clone(),
-                        verified: RwLock::new(None),
-                        verifying: tokio::sync::Mutex::new(()),
-                    };
-                    (a.username.to_lowercase(), account)
-                })
+                .filter(|a| !a.is_catch_all())
+                .map(|a| (a.username.to_lowercase(), Account::new(a.clone())))
                 .collect(),
+            catch_all: accounts
+                .iter()
+                .filter(|a| a.is_catch_all())
+                .cloned()
+                .collect(),
+            seen: RwLock::new(HashMap::new()),
             digest: PasswordDigest::new(),
             kdf_runs: AtomicU64::new(0),
             throttle: Throttle::new(),
         }
+    }
+
+    /// After a reload: keeps the verified passwords of accounts whose
+    /// settings did not change (see `TokenManager::carry_over`).
+    pub fn carry_over(mut self, old: &Accounts) -> Accounts {
+        self.digest = old.digest.clone();
+        for (name, account) in self.by_name.iter_mut() {
+            if let Some(before) = old.by_name.get(name)
+                && before.config.same_as(&account.config)
+            {
+                *account = before.clone();
+            }
+        }
+        let old_seen = old.seen.read().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        for (name, before) in old_seen.iter() {
+            if !self.by_name.contains_key(name)
+                && let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(name))
+                && catch_all.for_address(name).same_as(&before.config)
+            {
+                seen.insert(name.clone(), before.clone());
+            }
+        }
+        drop(seen);
+        self
     }
 
     /// How many `password_hash` checks ran the KDF in this process.
@@ -70,14 +114,13 @@ impl Accounts {
     }
 
     /// The account the credentials name, if the checks that need no secret pass.
-    pub fn lookup(&self, credentials: &Credentials) -> Result<&AccountConfig, LoginError> {
-        self.find(credentials).map(|a| &a.config)
+    pub fn lookup(&self, credentials: &Credentials) -> Result<Arc<AccountConfig>, LoginError> {
+        self.find(credentials).map(|a| a.config.clone())
     }
 
-    fn find(&self, credentials: &Credentials) -> Result<&Account, LoginError> {
+    fn find(&self, credentials: &Credentials) -> Result<Arc<Account>, LoginError> {
         let account = self
-            .by_name
-            .get(&credentials.username.to_lowercase())
+            .named(&credentials.username)
             .ok_or_else(|| LoginError::UnknownAccount(credentials.username.clone()))?;
         if credentials.password.expose_secret().is_empty() {
             return Err(LoginError::EmptyPassword);
@@ -85,21 +128,54 @@ impl Accounts {
         Ok(account)
     }
 
+    /// An account of its own, else the address under its domain's catch-all.
+    fn named(&self, username: &str) -> Option<Arc<Account>> {
+        let key = username.to_lowercase();
+        if let Some(account) = self.by_name.get(&key) {
+            return Some(account.clone());
+        }
+        let catch_all = self.catch_all.iter().find(|a| a.covers(username))?;
+        if let Some(account) = self
+            .seen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(account.clone());
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_CATCH_ALL_ADDRESSES && !seen.contains_key(&key) {
+            tracing::warn!(
+                limit = MAX_CATCH_ALL_ADDRESSES,
+                "catch-all address table full; new addresses refused"
+            );
+            return None;
+        }
+        Some(
+            seen.entry(key.clone())
+                .or_insert_with(|| Account::new(catch_all.for_address(&key)))
+                .clone(),
+        )
+    }
+
     /// [`Accounts::lookup`], then, for an account with `password_hash`, the
     /// password against it: the KDF once per process, a keyed digest after.
     /// Local refusals never reach the token endpoint or the mail server.
-    pub async fn verify(&self, credentials: &Credentials) -> Result<&AccountConfig, LoginError> {
+    pub async fn verify(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<Arc<AccountConfig>, LoginError> {
         let account = self.find(credentials)?;
         let Some(phc) = &account.config.password_hash else {
-            return Ok(&account.config);
+            return Ok(account.config.clone());
         };
         let password = &credentials.password;
-        if self.matches_verified(account, password)? {
-            return Ok(&account.config);
+        if self.matches_verified(&account, password)? {
+            return Ok(account.config.clone());
         }
         let _one_at_a_time = account.verifying.lock().await;
-        if self.matches_verified(account, password)? {
-            return Ok(&account.config);
+        if self.matches_verified(&account, password)? {
+            return Ok(account.config.clone());
         }
         self.kdf_runs.fetch_add(1, Ordering::Relaxed);
         let candidate = zeroize::Zeroizing::new(password.expose_secret().as_bytes().to_vec());
@@ -113,7 +189,7 @@ impl Accounts {
         }
         *account.verified.write().unwrap_or_else(|p| p.into_inner()) =
             Some(self.digest.tag(password.expose_secret().as_bytes()));
-        Ok(&account.config)
+        Ok(account.config.clone())
     }
 
     /// `Ok(true)` for the password verified before, `WrongPassword` for
@@ -166,6 +242,9 @@ mod tests {
             scopes: None,
             password_hash: None,
             mailbox: None,
+            cloud: None,
+            client_certificate: None,
+            client_key: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
             ("alice@contoso.com", "pw", Ok(())),
@@ -182,6 +261,48 @@ mod tests {
             let got = accounts.lookup(&creds(user, pass)).map(|_| ());
             assert_eq!(&got, want, "{user}");
         }
+    }
+
+    #[tokio::test]
+    async fn catch_all_addresses_are_accounts_of_their_own_up_to_a_bound() {
+        let accounts = Accounts::new(&[AccountConfig {
+            password_hash: Some(SecretString::from(cheap_phc("domain-pw"))),
+            username: "@contoso.com".into(),
+            ..(*with_hash("x").by_name["scanner@contoso.com"].config).clone()
+        }]);
+        let a = accounts
+            .verify(&creds("A@Contoso.com", "domain-pw"))
+            .await
+            .unwrap();
+        assert_eq!(a.username, "a@contoso.com");
+        assert!(
+            accounts
+                .verify(&creds("b@contoso.com", "domain-pw"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(accounts.kdf_runs(), 2, "each address verifies once");
+        assert!(
+            accounts
+                .verify(&creds("a@contoso.com", "domain-pw"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(accounts.kdf_runs(), 2);
+        for stranger in ["a@fabrikam.com", "@contoso.com", "a@xcontoso.com"] {
+            assert_eq!(
+                accounts.lookup(&creds(stranger, "pw")).map(|_| ()),
+                Err(LoginError::UnknownAccount(stranger.into()))
+            );
+        }
+        for i in 0..MAX_CATCH_ALL_ADDRESSES {
+            let _ = accounts.lookup(&creds(&format!("probe{i}@contoso.com"), "pw"));
+        }
+        assert!(accounts.lookup(&creds("late@contoso.com", "pw")).is_err());
+        assert!(
+            accounts.lookup(&creds("a@contoso.com", "pw")).is_ok(),
+            "addresses seen before stay"
+        );
     }
 
     /// A PHC string with cheap parameters (production ones are tested in `password`).
@@ -211,6 +332,9 @@ mod tests {
             scopes: None,
             password_hash: Some(SecretString::from(phc.to_owned())),
             mailbox: None,
+            cloud: None,
+            client_certificate: None,
+            client_key: None,
         }])
     }
 
@@ -250,7 +374,7 @@ mod tests {
     async fn accounts_without_password_hash_pass_to_the_vault() {
         let accounts = Accounts::new(&[AccountConfig {
             password_hash: None,
-            ..with_hash("x").by_name["scanner@contoso.com"].config.clone()
+            ..(*with_hash("x").by_name["scanner@contoso.com"].config).clone()
         }]);
         accounts
             .verify(&creds("scanner@contoso.com", "any"))

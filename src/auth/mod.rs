@@ -1,8 +1,11 @@
 //! Accounts, tokens and how they are obtained and kept.
 
 pub mod accounts;
+pub mod assertion;
+pub mod authcode;
 pub mod flows;
 pub mod http;
+pub mod loopback;
 pub mod password;
 pub mod provider;
 pub mod throttle;

@@ -188,7 +188,9 @@ pub fn verify_phc(password: &[u8], phc: &str) -> Result<bool, KdfError> {
 
 /// A keyed digest of passwords that were verified once in this process.
 /// The key is random per process and never stored, so the digests are
-/// worthless outside it; comparisons run in constant time.
+/// worthless outside it; comparisons run in constant time. A clone shares
+/// the key (a reload keeps the digests of unlocked accounts valid).
+#[derive(Clone)]
 pub struct PasswordDigest {
     key: Zeroizing<[u8; 32]>,
 }

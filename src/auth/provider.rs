@@ -1,13 +1,14 @@
-//! Where an account gets its tokens: endpoints and scopes per provider.
+//! Where an account gets its tokens: endpoints and scopes per provider
+//! (Office 365 in each Microsoft cloud, Gmail, or a custom one).
 
-use crate::config::{AccountConfig, ProviderKind};
+use crate::config::{AccountConfig, Cloud, Flow, ProviderKind};
 
-/// The Microsoft identity platform (v2.0) host for the global cloud.
-const MICROSOFT_LOGIN_HOST: &str = "https://login.microsoftonline.com";
 /// Used when an office365 account names no tenant: work, school and personal accounts.
 const DEFAULT_TENANT: &str = "common";
 
-/// Delegated scopes for all three protocols; `offline_access` yields a refresh token.
+/// Delegated scopes for all three protocols in the global cloud;
+/// `offline_access` yields a refresh token. [`delegated_scopes`] gives them
+/// for every cloud.
 pub const OFFICE365_DELEGATED_SCOPES: [&str; 4] = [
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/POP.AccessAsUser.All",
@@ -15,31 +16,111 @@ pub const OFFICE365_DELEGATED_SCOPES: [&str; 4] = [
     "offline_access",
 ];
 
+/// Google's endpoints and the one scope that covers IMAP, POP3 and SMTP.
+pub const GMAIL_AUTHORIZE_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+pub const GMAIL_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+pub const GMAIL_DEVICE_CODE_URL: &str = "https://oauth2.googleapis.com/device/code";
+pub const GMAIL_SCOPE: &str = "https://mail.google.com/";
+
+/// The Microsoft identity platform host of a cloud.
+pub fn login_host(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Global => "https://login.microsoftonline.com",
+        Cloud::Usgov => "https://login.microsoftonline.us",
+        Cloud::China => "https://login.chinacloudapi.cn",
+    }
+}
+
+/// The resource (audience) of the delegated Exchange Online scopes.
+fn delegated_resource(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Global => "https://outlook.office.com",
+        Cloud::Usgov => "https://outlook.office365.us",
+        Cloud::China => "https://partner.outlook.cn",
+    }
+}
+
+/// Delegated IMAP, POP and SMTP scopes of a cloud, with `offline_access`.
+pub fn delegated_scopes(cloud: Cloud) -> Vec<String> {
+    let resource = delegated_resource(cloud);
+    vec![
+        format!("{resource}/IMAP.AccessAsUser.All"),
+        format!("{resource}/POP.AccessAsUser.All"),
+        format!("{resource}/SMTP.Send"),
+        "offline_access".to_owned(),
+    ]
+}
+
+/// The app-only (client credentials) scope of a cloud: every application
+/// permission granted to the app (IMAP.AccessAsApp, POP.AccessAsApp, SMTP.SendAsApp).
+pub fn app_only_scope(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Global => "https://outlook.office365.com/.default",
+        Cloud::Usgov => "https://outlook.office365.us/.default",
+        Cloud::China => "https://partner.outlook.cn/.default",
+    }
+}
+
+/// Exchange Online's mail hosts in a cloud: (IMAP and POP3 host, the same
+/// again, SMTP submission host). IMAP is on 993 and POP3 on 995 (implicit
+/// TLS), SMTP on 587 (STARTTLS). For documentation and `doctor`; listeners
+/// name their upstream themselves.
+pub fn mail_hosts(cloud: Cloud) -> (&'static str, &'static str, &'static str) {
+    match cloud {
+        Cloud::Global => (
+            "outlook.office365.com",
+            "outlook.office365.com",
+            "smtp.office365.com",
+        ),
+        Cloud::Usgov => (
+            "outlook.office365.us",
+            "outlook.office365.us",
+            "smtp.office365.us",
+        ),
+        Cloud::China => (
+            "partner.outlook.cn",
+            "partner.outlook.cn",
+            "smtp.partner.outlook.cn",
+        ),
+    }
+}
+
 /// Resolved endpoints of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub authorize_url: Option<String>,
     pub token_url: String,
     pub device_code_url: Option<String>,
+    /// Delegated scopes, or for a client-credentials account its app-only scope.
     pub scopes: Vec<String>,
 }
 
 /// Fills in the provider's defaults; explicit settings in the account win.
 pub fn endpoints(account: &AccountConfig) -> Endpoints {
+    let app_only = account.flow == Flow::ClientCredentials;
     let (authorize, token, device, scopes) = match account.provider {
         ProviderKind::Office365 => {
+            let cloud = account.cloud();
             let tenant = account.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
-            let base = format!("{MICROSOFT_LOGIN_HOST}/{tenant}/oauth2/v2.0");
+            let base = format!("{}/{tenant}/oauth2/v2.0", login_host(cloud));
+            let scopes = if app_only {
+                vec![app_only_scope(cloud).to_owned()]
+            } else {
+                delegated_scopes(cloud)
+            };
             (
                 Some(format!("{base}/authorize")),
                 Some(format!("{base}/token")),
                 Some(format!("{base}/devicecode")),
-                OFFICE365_DELEGATED_SCOPES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                scopes,
             )
         }
+        ProviderKind::Gmail => (
+            Some(GMAIL_AUTHORIZE_URL.to_owned()),
+            Some(GMAIL_TOKEN_URL.to_owned()),
+            Some(GMAIL_DEVICE_CODE_URL.to_owned()),
+            vec![GMAIL_SCOPE.to_owned()],
+        ),
         ProviderKind::Custom => (None, None, None, Vec::new()),
     };
     Endpoints {
@@ -54,23 +135,20 @@ pub fn endpoints(account: &AccountConfig) -> Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Flow;
 
     fn account(provider: ProviderKind, tenant: Option<&str>) -> AccountConfig {
-        AccountConfig {
-            username: "alice@contoso.com".into(),
-            provider,
-            tenant: tenant.map(str::to_owned),
-            client_id: "id".into(),
-            client_secret: None,
-            flow: Flow::DeviceCode,
-            authorize_url: None,
-            token_url: None,
-            device_code_url: None,
-            scopes: None,
-            password_hash: None,
-            mailbox: None,
-        }
+        let text = format!(
+            "username = \"alice@contoso.com\"\nprovider = \"{}\"\nclient_id = \"id\"\n{}",
+            match provider {
+                ProviderKind::Office365 => "office365",
+                ProviderKind::Gmail => "gmail",
+                ProviderKind::Custom => "custom",
+            },
+            tenant
+                .map(|t| format!("tenant = \"{t}\"\n"))
+                .unwrap_or_default()
+        );
+        toml::from_str(&text).expect("an account")
     }
 
     #[test]
@@ -89,10 +167,84 @@ mod tests {
                 "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
             )
         );
-        assert_eq!(e.scopes.len(), 4);
-        assert!(e.scopes.contains(&"offline_access".to_string()));
+        assert_eq!(
+            e.scopes,
+            OFFICE365_DELEGATED_SCOPES.map(String::from).to_vec()
+        );
         let e = endpoints(&account(ProviderKind::Office365, None));
         assert!(e.token_url.contains("/common/"));
+    }
+
+    #[test]
+    fn clouds_choose_login_host_and_scope_resource() {
+        let cases = [
+            (
+                Cloud::Global,
+                "https://login.microsoftonline.com/t/oauth2/v2.0",
+                "https://outlook.office.com/IMAP.AccessAsUser.All",
+                "https://outlook.office365.com/.default",
+                ("outlook.office365.com", "smtp.office365.com"),
+            ),
+            (
+                Cloud::Usgov,
+                "https://login.microsoftonline.us/t/oauth2/v2.0",
+                "https://outlook.office365.us/IMAP.AccessAsUser.All",
+                "https://outlook.office365.us/.default",
+                ("outlook.office365.us", "smtp.office365.us"),
+            ),
+            (
+                Cloud::China,
+                "https://login.chinacloudapi.cn/t/oauth2/v2.0",
+                "https://partner.outlook.cn/IMAP.AccessAsUser.All",
+                "https://partner.outlook.cn/.default",
+                ("partner.outlook.cn", "smtp.partner.outlook.cn"),
+            ),
+        ];
+        for (cloud, base, imap_scope, app_scope, (imap, smtp)) in cases {
+            let mut a = account(ProviderKind::Office365, Some("t"));
+            a.cloud = Some(cloud);
+            let e = endpoints(&a);
+            assert_eq!(
+                e.authorize_url.as_deref(),
+                Some(&*format!("{base}/authorize"))
+            );
+            assert_eq!(e.token_url, format!("{base}/token"));
+            assert_eq!(
+                e.device_code_url.as_deref(),
+                Some(&*format!("{base}/devicecode"))
+            );
+            assert_eq!(e.scopes[0], imap_scope, "{cloud:?}");
+            assert!(e.scopes.iter().all(|s| s == "offline_access"
+                || s.starts_with(imap_scope.trim_end_matches("IMAP.AccessAsUser.All"))));
+            assert!(e.scopes.contains(&"offline_access".to_owned()));
+            a.flow = Flow::ClientCredentials;
+            assert_eq!(endpoints(&a).scopes, vec![app_scope.to_owned()]);
+            assert_eq!(app_only_scope(cloud), app_scope);
+            assert_eq!(mail_hosts(cloud), (imap, imap, smtp));
+        }
+        // No cloud: the global one.
+        let a = account(ProviderKind::Office365, Some("t"));
+        assert_eq!(a.cloud(), Cloud::Global);
+        assert!(
+            endpoints(&a)
+                .token_url
+                .starts_with("https://login.microsoftonline.com/")
+        );
+    }
+
+    #[test]
+    fn gmail_preset() {
+        let e = endpoints(&account(ProviderKind::Gmail, None));
+        assert_eq!(
+            e.authorize_url.as_deref(),
+            Some("https://accounts.google.com/o/oauth2/v2/auth")
+        );
+        assert_eq!(e.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(
+            e.device_code_url.as_deref(),
+            Some("https://oauth2.googleapis.com/device/code")
+        );
+        assert_eq!(e.scopes, vec!["https://mail.google.com/".to_owned()]);
     }
 
     #[test]
@@ -104,5 +256,12 @@ mod tests {
         assert_eq!(e.token_url, "http://127.0.0.1:1/token");
         assert_eq!(e.scopes, vec!["x".to_string()]);
         assert!(e.device_code_url.unwrap().contains("devicecode"));
+        a.flow = Flow::ClientCredentials;
+        assert_eq!(endpoints(&a).scopes, vec!["x".to_string()]);
+        let mut c = account(ProviderKind::Custom, None);
+        c.token_url = Some("https://idp.example/token".into());
+        let e = endpoints(&c);
+        assert_eq!(e.authorize_url, None);
+        assert_eq!(e.token_url, "https://idp.example/token");
     }
 }

@@ -15,18 +15,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
-use oauth2::{
-    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
-};
+use oauth2::basic::BasicErrorResponseType;
+use oauth2::{RefreshToken, RequestTokenError, TokenResponse};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
+use super::accounts::MAX_CATCH_ALL_ADDRESSES;
 use super::http::{HttpClient, HttpError};
 use super::password::{KdfParams, PasswordDigest, SealKey, Tag, random_salt};
 use super::provider::{Endpoints, endpoints};
 use super::vault::{Entry, OpenError, StoreError, StoredTokens, TokenStore};
-use crate::config::AccountConfig;
+use crate::config::{AccountConfig, Flow};
 
 /// Assumed lifetime of an access token whose response had no `expires_in`.
 /// Short, so a wrong guess costs an early refresh rather than a failed login.
@@ -98,6 +97,37 @@ fn jitter() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
 }
 
+/// Where an account stands, for the local page and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountState {
+    /// No usable tokens: someone must sign in.
+    NeedsSignIn,
+    /// Signed in; the sealed tokens open at the first client login with the
+    /// local password (which that login binds, after a new sign-in).
+    Locked,
+    /// Signed in (a `password_hash` account); no access token fetched yet.
+    Ready,
+    /// In use: the access token's life left, if one is cached.
+    Active { expires_in: Option<Duration> },
+    /// App-only access (client credentials): no sign-in, tokens in memory.
+    AppOnly { expires_in: Option<Duration> },
+    /// `@domain`: each address signs in on its own.
+    CatchAll,
+    /// The token file cannot be read (the reason).
+    Unreadable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountStatus {
+    pub username: String,
+    pub flow: Flow,
+    pub state: AccountState,
+    /// The last token request's failure, with the reason the endpoint gave.
+    pub last_error: Option<String>,
+    /// While backing off after transient failures: when the next try goes out.
+    pub retry_in: Option<Duration>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("no account {0} is configured in the proxy")]
@@ -160,6 +190,19 @@ struct AccountTokens {
 }
 
 impl AccountTokens {
+    fn new(config: AccountConfig) -> Arc<AccountTokens> {
+        Arc::new(AccountTokens {
+            endpoints: endpoints(&config),
+            sealed: config.password_hash.is_none(),
+            config,
+            cached: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            unlocked: RwLock::new(None),
+            unlocking: tokio::sync::Mutex::new(()),
+            refreshes_done: Default::default(),
+        })
+    }
+
     /// The fast path: `Some(key)` for the password this account was unlocked
     /// with, `WrongPassword` for another, `None` while still locked.
     fn check_unlocked(
@@ -223,7 +266,13 @@ impl AccountTokens {
 }
 
 pub struct TokenManager {
+    /// Accounts of their own, by lowercase address.
     accounts: HashMap<String, Arc<AccountTokens>>,
+    /// `@domain` accounts, in configuration order.
+    catch_all: Vec<AccountConfig>,
+    /// Addresses of catch-all accounts used so far, lowercase: each has its
+    /// own tokens, seal and refresh state.
+    seen: RwLock<HashMap<String, Arc<AccountTokens>>>,
     http: HttpClient,
     store: Arc<TokenStore>,
     margin: Duration,
@@ -277,24 +326,20 @@ impl TokenManager {
         margin: Duration,
         kdf: KdfParams,
     ) -> TokenManager {
+        let catch_all = accounts
+            .iter()
+            .filter(|a| a.is_catch_all())
+            .cloned()
+            .collect();
         let accounts = accounts
             .iter()
-            .map(|a| {
-                let entry = AccountTokens {
-                    config: a.clone(),
-                    endpoints: endpoints(a),
-                    sealed: a.password_hash.is_none(),
-                    cached: RwLock::new(None),
-                    refresh: tokio::sync::Mutex::new(RefreshState::default()),
-                    unlocked: RwLock::new(None),
-                    unlocking: tokio::sync::Mutex::new(()),
-                    refreshes_done: Default::default(),
-                };
-                (a.username.to_lowercase(), Arc::new(entry))
-            })
+            .filter(|a| !a.is_catch_all())
+            .map(|a| (a.username.to_lowercase(), AccountTokens::new(a.clone())))
             .collect();
         TokenManager {
             accounts,
+            catch_all,
+            seen: RwLock::new(HashMap::new()),
             http,
             store,
             margin,
@@ -304,6 +349,34 @@ impl TokenManager {
             digest: PasswordDigest::new(),
             in_flight: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// After a reload: keeps `old`'s state (unlock, cached token, refresh
+    /// state) for every account whose settings did not change, so clients
+    /// of unchanged accounts log in without a KDF run or a token request.
+    pub fn carry_over(mut self, old: &TokenManager) -> TokenManager {
+        self.digest = old.digest.clone();
+        for (name, account) in self.accounts.iter_mut() {
+            if let Some(before) = old.accounts.get(name)
+                && before.config.same_as(&account.config)
+            {
+                *account = before.clone();
+            }
+        }
+        let old_seen = old.seen.read().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        for (name, before) in old_seen.iter() {
+            if self.accounts.contains_key(name) {
+                continue;
+            }
+            if let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(name))
+                && catch_all.for_address(name).same_as(&before.config)
+            {
+                seen.insert(name.clone(), before.clone());
+            }
+        }
+        drop(seen);
+        self
     }
 
     /// Waits up to `limit` for refreshes in flight to finish (their rotated
@@ -337,7 +410,7 @@ impl TokenManager {
 
     /// One background pass over the accounts.
     async fn refresh_due(&self, interval: Duration) {
-        for account in self.accounts.values() {
+        for account in self.all() {
             let Some((left, age)) = account.cached_life() else {
                 continue;
             };
@@ -354,7 +427,7 @@ impl TokenManager {
             let username = &account.config.username;
             tracing::debug!(account = %username, left_secs = left.as_secs(), "background refresh");
             match self
-                .token_within(account, key, left + Duration::from_secs(1))
+                .token_within(&account, key, left + Duration::from_secs(1))
                 .await
             {
                 Ok(_) | Err(TokenError::Transient(_)) => {}
@@ -378,7 +451,7 @@ impl TokenManager {
     /// invalidated): drop it, so the next login refreshes instead of
     /// presenting it again. The refresh token and the unlock are kept.
     pub fn discard_access_token(&self, user: &str) {
-        for account in self.accounts.values() {
+        for account in self.all() {
             if account.config.upstream_user().eq_ignore_ascii_case(user)
                 || account.config.username.eq_ignore_ascii_case(user)
             {
@@ -416,10 +489,140 @@ impl TokenManager {
         self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn account(&self, username: &str) -> Result<&Arc<AccountTokens>, TokenError> {
+    /// The account of `username`: its own, or the entry of the address under
+    /// its domain's catch-all (made on first use).
+    fn account(&self, username: &str) -> Result<Arc<AccountTokens>, TokenError> {
+        let key = username.to_lowercase();
+        if let Some(account) = self.accounts.get(&key) {
+            return Ok(account.clone());
+        }
+        let unknown = || TokenError::UnknownAccount(username.to_owned());
+        let catch_all = self
+            .catch_all
+            .iter()
+            .find(|a| a.covers(username))
+            .ok_or_else(unknown)?;
+        if let Some(account) = self
+            .seen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(account.clone());
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_CATCH_ALL_ADDRESSES && !seen.contains_key(&key) {
+            return Err(unknown());
+        }
+        Ok(seen
+            .entry(key.clone())
+            .or_insert_with(|| AccountTokens::new(catch_all.for_address(&key)))
+            .clone())
+    }
+
+    /// What the local page shows: every account (catch-alls as one row, plus
+    /// each of their addresses used in this process), by address.
+    pub async fn status(&self) -> Vec<AccountStatus> {
+        let mut rows: Vec<AccountStatus> = self
+            .catch_all
+            .iter()
+            .map(|a| AccountStatus {
+                username: a.username.clone(),
+                flow: a.flow,
+                state: AccountState::CatchAll,
+                last_error: None,
+                retry_in: None,
+            })
+            .collect();
+        for account in self.all() {
+            rows.push(self.status_of(&account).await);
+        }
+        rows.sort_by(|a, b| a.username.cmp(&b.username));
+        rows
+    }
+
+    /// The state of one account (an address under a catch-all included).
+    pub async fn account_status(&self, username: &str) -> Result<AccountStatus, TokenError> {
+        let account = self.account(username)?;
+        Ok(self.status_of(&account).await)
+    }
+
+    async fn status_of(&self, account: &Arc<AccountTokens>) -> AccountStatus {
+        let username = account.config.username.clone();
+        // A refresh in flight holds the lock: show no error rather than wait for it.
+        let (last_error, retry_in) = match account.refresh.try_lock() {
+            Ok(state) => (
+                state.last_failure.as_ref().map(|e| e.to_string()),
+                state
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .filter(|d| !d.is_zero()),
+            ),
+            Err(_) => (None, None),
+        };
+        let expires_in = account.cached_life().map(|(left, _)| left);
+        let state = if account.config.flow == Flow::ClientCredentials {
+            AccountState::AppOnly { expires_in }
+        } else if expires_in.is_some() || account.current_key().is_some() {
+            AccountState::Active { expires_in }
+        } else {
+            let store = self.store.clone();
+            let name = username.clone();
+            match blocking(move || store.load_entry(&name)).await {
+                Ok(Ok(None)) => AccountState::NeedsSignIn,
+                Ok(Ok(Some(Entry::Unsealed(t)))) if t.refresh_token.is_none() => {
+                    AccountState::NeedsSignIn
+                }
+                Ok(Ok(Some(_))) if account.sealed => AccountState::Locked,
+                Ok(Ok(Some(_))) => AccountState::Ready,
+                Ok(Err(e)) => AccountState::Unreadable(e.to_string()),
+                Err(e) => AccountState::Unreadable(e.to_string()),
+            }
+        };
+        AccountStatus {
+            username,
+            flow: account.config.flow,
+            state,
+            last_error,
+            retry_in,
+        }
+    }
+
+    /// The settings of `username` (an address under a catch-all gets the
+    /// catch-all's, with its own address).
+    pub fn account_config(&self, username: &str) -> Option<AccountConfig> {
+        self.account(username).ok().map(|a| a.config.clone())
+    }
+
+    /// A sign-in outside the login path (the local page) stored new tokens
+    /// for `username`: forget the old unlock, cached token and refresh state,
+    /// so the next client login binds its password to the new tokens.
+    pub async fn signed_in(&self, username: &str) {
+        if let Ok(account) = self.account(username) {
+            let mut state = account.refresh.lock().await;
+            account.relock();
+            *state = RefreshState::default();
+        }
+    }
+
+    /// The token store, for sign-ins that write new tokens.
+    pub fn store(&self) -> &Arc<TokenStore> {
+        &self.store
+    }
+
+    /// The HTTP client for token endpoints (timeouts and roots set).
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// Every account with an entry: configured ones and catch-all addresses seen.
+    fn all(&self) -> Vec<Arc<AccountTokens>> {
+        let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
         self.accounts
-            .get(&username.to_lowercase())
-            .ok_or_else(|| TokenError::UnknownAccount(username.to_owned()))
+            .values()
+            .chain(seen.values())
+            .cloned()
+            .collect()
     }
 
     /// A client login: for a delegated account the password must open (or,
@@ -433,11 +636,11 @@ impl TokenManager {
     ) -> Result<SecretString, TokenError> {
         let account = self.account(username)?;
         let key = if account.sealed {
-            Some(self.unlock(account, password).await?)
+            Some(self.unlock(&account, password).await?)
         } else {
             None
         };
-        self.token(account, key).await
+        self.token(&account, key).await
     }
 
     /// A valid access token for `username` without a password: for a
@@ -453,7 +656,7 @@ impl TokenManager {
                 )));
             }
         };
-        self.token(account, key).await
+        self.token(&account, key).await
     }
 
     /// Checks `password` for a delegated account and returns its sealing key.
@@ -624,6 +827,9 @@ impl TokenManager {
         margin: Duration,
     ) -> Result<SecretString, TokenError> {
         let username = account.config.username.clone();
+        if account.config.flow == Flow::ClientCredentials {
+            return self.app_only_locked(account, state).await;
+        }
         // Until a sign-in exists, look at the disk each time: `authorize` may
         // have run in another process since.
         if !state.loaded || state.refresh_token.is_none() {
@@ -710,6 +916,49 @@ impl TokenManager {
         state.retry_at = None;
         tracing::info!(account = %username, expires_in_secs = refreshed.lifetime.as_secs(), "access token refreshed");
         Ok(refreshed.access)
+    }
+
+    /// An app-only account (client credentials): a new access token from the
+    /// app's own credential, kept in memory only; failures back off like
+    /// refreshes.
+    async fn app_only_locked(
+        &self,
+        account: &Arc<AccountTokens>,
+        state: &mut RefreshState,
+    ) -> Result<SecretString, TokenError> {
+        let username = &account.config.username;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(account = %username, "requesting an app-only access token");
+        let result = super::flows::client_credentials(&account.config, &self.http)
+            .await
+            .map_err(|e| classify(username, e));
+        match result {
+            Ok(response) => {
+                let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+                let access = SecretString::from(response.access_token().secret().to_owned());
+                account.set_cached(access.clone(), SystemTime::now() + lifetime);
+                state.transient_failures = 0;
+                state.retry_at = None;
+                tracing::info!(account = %username, expires_in_secs = lifetime.as_secs(), "app-only access token issued");
+                Ok(access)
+            }
+            Err(Failure { error, retry_after }) => {
+                if let TokenError::Transient(_) = error {
+                    state.transient_failures = state.transient_failures.saturating_add(1);
+                    let wait = backoff_delay(state.transient_failures, retry_after, jitter());
+                    state.retry_at = Some(Instant::now() + wait);
+                }
+                // Not a sign-in for a person: the app's credential or its
+                // permissions are what an admin has to fix.
+                let error = match error {
+                    TokenError::NeedsSignIn(m) => TokenError::Configuration(m),
+                    other => other,
+                };
+                tracing::warn!(account = %username, error = %error, "app-only token request failed");
+                Err(error)
+            }
+        }
     }
 
     /// The account's stored tokens: unsealed ones as they are, sealed ones
@@ -825,16 +1074,12 @@ async fn exchange_refresh(
     http: &HttpClient,
     refresh_token: &SecretString,
 ) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
-    let token_url = TokenUrl::new(account.endpoints.token_url.clone()).map_err(|e| Failure {
-        error: TokenError::Configuration(format!("token_url is not a URL: {e}")),
+    let config_failure = |e: super::flows::FlowError| Failure {
+        error: TokenError::Configuration(e.to_string()),
         retry_after: None,
-    })?;
-    let mut client = BasicClient::new(ClientId::new(account.config.client_id.clone()))
-        .set_token_uri(token_url)
-        .set_auth_type(AuthType::RequestBody);
-    if let Some(secret) = &account.config.client_secret {
-        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-    }
+    };
+    let client = super::flows::token_client(&account.config).map_err(config_failure)?;
+    let auth = super::flows::client_auth_params(&account.config).map_err(config_failure)?;
     let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
     let client_http = http.clone();
     let http = move |req| {
@@ -844,6 +1089,9 @@ async fn exchange_refresh(
     let mut request = client.exchange_refresh_token(&refresh);
     for scope in &account.endpoints.scopes {
         request = request.add_scope(oauth2::Scope::new(scope.clone()));
+    }
+    for (name, value) in &auth {
+        request = request.add_extra_param(*name, value.expose_secret().to_owned());
     }
     request
         .request_async(&http)
@@ -999,6 +1247,9 @@ mod tests {
             scopes: Some(vec!["x".into()]),
             password_hash: password_hash.map(|s| SecretString::from(s.to_owned())),
             mailbox: None,
+            cloud: None,
+            client_certificate: None,
+            client_key: None,
         }
     }
 

@@ -55,6 +55,7 @@ pub enum StoreError {
 }
 
 /// An account's tokens as kept between runs.
+#[derive(Default)]
 pub struct StoredTokens {
     pub refresh_token: Option<SecretString>,
     pub access_token: Option<SecretString>,
@@ -256,6 +257,10 @@ pub struct TokenStore {
     write_lock: Mutex<()>,
     counter: AtomicU64,
 }
+
+/// A temporary file this old is a crash's leftover, not a write in progress
+/// (a write takes milliseconds; a minute leaves room for a stalled disk).
+pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl TokenStore {
     pub fn new(state_dir: &Path) -> TokenStore {
@@ -461,6 +466,39 @@ impl TokenStore {
         Ok(())
     }
 
+    /// Removes the temporary files of writes that a crash cut short (the
+    /// token files themselves are always whole: a write is a rename). Only
+    /// files older than [`STALE_TEMP_AGE`] go, so a write in progress in
+    /// another process (`authorize` while the proxy runs) is left alone.
+    /// Returns how many were removed.
+    pub fn sweep_temp_files(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.contains(".tmp.") {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
+            if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                if fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Removes `account`'s tokens; true when there were any.
     pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
         let path = self.path_for(account);
@@ -527,6 +565,28 @@ mod tests {
             access_token: Some(SecretString::from(format!("at-for-{rt}"))),
             expires_at: Some(1_900_000_000),
         }
+    }
+
+    #[test]
+    fn crash_leftovers_are_swept_but_fresh_temp_files_and_tokens_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        assert_eq!(store.sweep_temp_files(), 0, "no directory yet");
+        store.save("a@x.test", &StoredTokens::default()).unwrap();
+        let old = store.dir().join("a@x.test.tmp.999.0");
+        let fresh = store.dir().join("a@x.test.tmp.999.1");
+        fs::write(&old, b"half").unwrap();
+        fs::write(&fresh, b"half").unwrap();
+        let long_ago = std::time::SystemTime::now() - STALE_TEMP_AGE * 2;
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(store.sweep_temp_files(), 1);
+        assert!(!old.exists() && fresh.exists());
+        assert!(store.load("a@x.test").unwrap().is_some());
     }
 
     #[test]

@@ -4,7 +4,15 @@
 //! - `POST /token`: grants `refresh_token` (rotating refresh tokens), device code
 //!   (`urn:ietf:params:oauth:grant-type:device_code`), `client_credentials`, `authorization_code`.
 //! - `POST /devicecode`: starts a device code flow.
-//! - `GET /authorize`: "the user consents at once": redirects to `redirect_uri` with a code.
+//! - `GET /authorize`: "the user consents at once": redirects to `redirect_uri` with a code
+//!   (recording the PKCE challenge, state and hints), or with `error=access_denied` when told
+//!   to ([`TokenState::set_authorize_error`]). The code is redeemed once, with the same
+//!   `redirect_uri` and a `code_verifier` matching the challenge (S256 or plain).
+//! - Client authentication on `/token`: a `client_secret` (checked when
+//!   [`TokenState::set_expected_client_secret`] names one), or a JWT `client_assertion`
+//!   (RS256, verified with a certificate registered by
+//!   [`TokenState::register_client_certificate`]; header `x5t#S256`, `aud` = this URL,
+//!   `iss` = `sub` = client_id, unexpired). Bad credentials get 401 `invalid_client`.
 //! - `POST /introspect` (RFC 7662, `token=…`): `{"active":true,"username":…}` for an access
 //!   token that is issued, unexpired and not revoked, `{"active":false}` otherwise. Dovecot's
 //!   oauth2 passdb validates tokens this way in the interop suite.
@@ -19,11 +27,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::conn::AbortOnDrop;
 
@@ -31,6 +42,7 @@ pub const GRANT_REFRESH: &str = "refresh_token";
 pub const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 pub const DEFAULT_SCOPE: &str = "https://outlook.office.com/IMAP.AccessAsUser.All \
      https://outlook.office.com/POP.AccessAsUser.All https://outlook.office.com/SMTP.Send";
@@ -82,7 +94,21 @@ struct DeviceCode {
 struct AuthCode {
     redirect_uri: String,
     code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
     redeemed: bool,
+}
+
+/// One `GET /authorize` as the server saw it.
+#[derive(Clone, Debug, Default)]
+pub struct AuthorizeRequest {
+    pub query: HashMap<String, String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub state: Option<String>,
+    pub login_hint: Option<String>,
+    pub scope: Option<String>,
+    pub prompt: Option<String>,
 }
 
 struct TokenInner {
@@ -110,6 +136,15 @@ struct TokenInner {
     max_in_flight: usize,
     introspection_username: Option<String>,
     introspections: usize,
+    authorize_log: Vec<AuthorizeRequest>,
+    authorize_error: Option<(String, String)>,
+    expected_client_secret: Option<String>,
+    /// x5t#S256 thumbprint → RSAPublicKey (PKCS#1 DER) of registered certificates.
+    client_certificates: HashMap<String, Vec<u8>>,
+    codes_redeemed: usize,
+    secret_grants: usize,
+    assertion_grants: usize,
+    client_auth_failures: Vec<String>,
 }
 
 impl Default for TokenState {
@@ -146,6 +181,14 @@ impl TokenState {
                 max_in_flight: 0,
                 introspection_username: None,
                 introspections: 0,
+                authorize_log: Vec::new(),
+                authorize_error: None,
+                expected_client_secret: None,
+                client_certificates: HashMap::new(),
+                codes_redeemed: 0,
+                secret_grants: 0,
+                assertion_grants: 0,
+                client_auth_failures: Vec::new(),
             }),
             in_flight: AtomicUsize::new(0),
         }
@@ -273,6 +316,59 @@ impl TokenState {
 
     pub fn authorize_requests(&self) -> usize {
         self.lock().authorize_requests
+    }
+
+    /// Every `GET /authorize`, in order.
+    pub fn authorize_log(&self) -> Vec<AuthorizeRequest> {
+        self.lock().authorize_log.clone()
+    }
+
+    /// With `Some((error, description))`, `/authorize` sends the browser back with that error
+    /// (e.g. `access_denied`) instead of a code.
+    pub fn set_authorize_error(&self, error: Option<(&str, &str)>) {
+        self.lock().authorize_error = error.map(|(e, d)| (e.to_owned(), d.to_owned()));
+    }
+
+    /// Require this `client_secret` when one is sent (others get 401 `invalid_client`); by
+    /// default any secret is accepted.
+    pub fn set_expected_client_secret(&self, secret: Option<&str>) {
+        self.lock().expected_client_secret = secret.map(str::to_owned);
+    }
+
+    /// Accepts client assertions signed with the key of this certificate (PEM), found by its
+    /// `x5t#S256` thumbprint. Returns the thumbprint.
+    pub fn register_client_certificate(&self, pem: &str) -> String {
+        use rustls_pki_types::pem::{PemObject, SectionKind};
+        let (kind, der) =
+            <(SectionKind, Vec<u8>)>::from_pem_slice(pem.as_bytes()).expect("a PEM certificate");
+        assert_eq!(kind, SectionKind::Certificate);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("an X.509 certificate");
+        let key = cert.public_key().subject_public_key.data.to_vec();
+        let thumbprint = B64URL.encode(Sha256::digest(&der));
+        self.lock()
+            .client_certificates
+            .insert(thumbprint.clone(), key);
+        thumbprint
+    }
+
+    /// Authorization codes exchanged for tokens.
+    pub fn codes_redeemed(&self) -> usize {
+        self.lock().codes_redeemed
+    }
+
+    /// Successful `client_credentials` grants authenticated with a client secret.
+    pub fn secret_grants(&self) -> usize {
+        self.lock().secret_grants
+    }
+
+    /// Successful `client_credentials` grants authenticated with a client assertion.
+    pub fn assertion_grants(&self) -> usize {
+        self.lock().assertion_grants
+    }
+
+    /// Why client authentications were refused, in order.
+    pub fn client_auth_failures(&self) -> Vec<String> {
+        self.lock().client_auth_failures.clone()
     }
 
     /// The form of the most recent `/token` or `/devicecode` request.
@@ -514,6 +610,7 @@ async fn transport_failure(mode: &Mode) -> Option<Response> {
 async fn token(
     State(st): State<Arc<TokenState>>,
     uri: Uri,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let _in_flight = st.enter();
@@ -537,6 +634,19 @@ async fn token(
     let mut inner = st.lock();
     if let Some(resp) = check_client_id(&inner, &form) {
         return resp;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if let Err(why) = check_client_auth(&inner, &form, host, uri.path()) {
+        inner.client_auth_failures.push(why.clone());
+        return ms_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            &format!("Invalid client credential: {why}."),
+        );
     }
     if mode == Mode::InvalidGrant {
         return ms_error(
@@ -617,13 +727,18 @@ async fn token(
                     "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
                 );
             }
+            if form.contains_key("client_assertion") {
+                inner.assertion_grants += 1;
+            } else {
+                inner.secret_grants += 1;
+            }
             let body = inner.tokens(scope, false, no_expires_in);
             Json(body).into_response()
         }
         GRANT_AUTHORIZATION_CODE => {
             let code = form.get("code").cloned().unwrap_or_default();
             let redirect_uri = form.get("redirect_uri").cloned().unwrap_or_default();
-            let has_verifier = form.contains_key("code_verifier");
+            let verifier = form.get("code_verifier").cloned();
             let Some(auth) = inner.auth_codes.get_mut(&code) else {
                 return ms_error(
                     StatusCode::BAD_REQUEST,
@@ -648,15 +763,30 @@ async fn token(
                     "The redirect_uri does not match the one used in the authorization request.",
                 );
             }
-            if auth.code_challenge.is_some() && !has_verifier {
-                return ms_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    50148,
-                    "The code_verifier is missing.",
-                );
+            if let Some(challenge) = &auth.code_challenge {
+                let Some(verifier) = verifier else {
+                    return ms_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        50148,
+                        "The code_verifier is missing.",
+                    );
+                };
+                let expected = match auth.code_challenge_method.as_deref() {
+                    Some("S256") => B64URL.encode(Sha256::digest(verifier.as_bytes())),
+                    _ => verifier,
+                };
+                if &expected != challenge {
+                    return ms_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        501481,
+                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                    );
+                }
             }
             auth.redeemed = true;
+            inner.codes_redeemed += 1;
             let body = inner.tokens(scope, true, no_expires_in);
             Json(body).into_response()
         }
@@ -667,6 +797,89 @@ async fn token(
             &format!("The app requested an unsupported grant type '{other}'."),
         ),
     }
+}
+
+/// A `client_secret` (when one is expected) or a `client_assertion` (always verified).
+/// `host` and `path` are where the request came: the assertion's `aud` must name them.
+fn check_client_auth(
+    inner: &TokenInner,
+    form: &HashMap<String, String>,
+    host: &str,
+    path: &str,
+) -> Result<(), String> {
+    if let Some(secret) = form.get("client_secret")
+        && let Some(want) = &inner.expected_client_secret
+        && secret != want
+    {
+        return Err("wrong client_secret".into());
+    }
+    let Some(assertion) = form.get("client_assertion") else {
+        return Ok(());
+    };
+    if form.contains_key("client_secret") {
+        return Err("both client_secret and client_assertion".into());
+    }
+    if form.get("client_assertion_type").map(String::as_str) != Some(CLIENT_ASSERTION_TYPE) {
+        return Err("client_assertion_type is not jwt-bearer".into());
+    }
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err("the assertion is not a JWS".into());
+    };
+    let json = |part: &str| -> Result<Value, String> {
+        let bytes = B64URL
+            .decode(part)
+            .map_err(|_| "bad base64url".to_owned())?;
+        serde_json::from_slice(&bytes).map_err(|_| "bad JSON".to_owned())
+    };
+    let header_json = json(header)?;
+    if header_json["alg"] != "RS256" {
+        return Err("alg is not RS256".into());
+    }
+    let thumbprint = header_json["x5t#S256"].as_str().unwrap_or_default();
+    let Some(key) = inner.client_certificates.get(thumbprint) else {
+        return Err("x5t#S256 names no registered certificate".into());
+    };
+    let signature = B64URL
+        .decode(signature)
+        .map_err(|_| "bad signature encoding".to_owned())?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
+        .verify(format!("{header}.{claims}").as_bytes(), &signature)
+        .map_err(|_| "the signature does not verify".to_owned())?;
+    let claims = json(claims)?;
+    let aud = claims["aud"].as_str().unwrap_or_default();
+    let aud_ok = reqwest::Url::parse(aud).is_ok_and(|u| {
+        let authority = match u.port() {
+            Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
+            None => u.host_str().unwrap_or_default().to_owned(),
+        };
+        authority == host && u.path() == path
+    });
+    if !aud_ok {
+        return Err(format!("aud `{aud}` is not this token endpoint"));
+    }
+    let client_id = form
+        .get("client_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if claims["iss"] != client_id || claims["sub"] != client_id {
+        return Err("iss and sub must be the client_id".into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let exp = claims["exp"].as_u64().unwrap_or(0);
+    if exp <= now {
+        return Err("the assertion has expired".into());
+    }
+    if claims["nbf"].as_u64().is_some_and(|nbf| nbf > now + 60) {
+        return Err("the assertion is not valid yet".into());
+    }
+    if claims["jti"].as_str().is_none_or(str::is_empty) {
+        return Err("jti is missing".into());
+    }
+    Ok(())
 }
 
 fn check_client_id(inner: &TokenInner, form: &HashMap<String, String>) -> Option<Response> {
@@ -755,17 +968,36 @@ async fn authorize(
     if query.get("client_id").is_none_or(|id| id.is_empty()) {
         return (StatusCode::BAD_REQUEST, "client_id missing").into_response();
     }
-    let code = inner.next_code("ac");
-    inner.auth_codes.insert(
-        code.clone(),
-        AuthCode {
-            redirect_uri: redirect_uri.clone(),
-            code_challenge: query.get("code_challenge").cloned(),
-            redeemed: false,
-        },
-    );
+    inner.authorize_log.push(AuthorizeRequest {
+        query: query.clone(),
+        code_challenge: query.get("code_challenge").cloned(),
+        code_challenge_method: query.get("code_challenge_method").cloned(),
+        redirect_uri: Some(redirect_uri.clone()),
+        state: query.get("state").cloned(),
+        login_hint: query.get("login_hint").cloned(),
+        scope: query.get("scope").cloned(),
+        prompt: query.get("prompt").cloned(),
+    });
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-    let mut location = format!("{redirect_uri}{sep}code={}", percent_encode(&code));
+    let mut location = if let Some((error, description)) = &inner.authorize_error {
+        format!(
+            "{redirect_uri}{sep}error={}&error_description={}",
+            percent_encode(error),
+            percent_encode(description)
+        )
+    } else {
+        let code = inner.next_code("ac");
+        inner.auth_codes.insert(
+            code.clone(),
+            AuthCode {
+                redirect_uri: redirect_uri.clone(),
+                code_challenge: query.get("code_challenge").cloned(),
+                code_challenge_method: query.get("code_challenge_method").cloned(),
+                redeemed: false,
+            },
+        );
+        format!("{redirect_uri}{sep}code={}", percent_encode(&code))
+    };
     if let Some(state) = query.get("state") {
         location.push_str("&state=");
         location.push_str(&percent_encode(state));
