@@ -1,6 +1,7 @@
 //! xoauth2-proxy: password logins in front, SASL XOAUTH2 behind.
 //!
 //! Module map (see ARCHITECTURE.md for the path a connection takes):
+//! - [`admin`]: the local page (`admin_listen`): account states, sign-in, listener health.
 //! - [`config`]: the TOML schema, defaults and validation.
 //! - [`doctor`]: `xoauth2-proxy doctor`, the checks of upstreams, token endpoints and tokens.
 //! - [`control`]: reload requests (SIGHUP, `xoauth2-proxy reload`, the Windows service).
@@ -14,6 +15,7 @@
 //! - [`auth`]: accounts, the token store, token refresh and sign-in flows.
 //! - [`tls`]: rustls configurations (ring provider) and the local certificate.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod control;
@@ -49,6 +51,10 @@ pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub context: Arc<session::Context>,
     pub sessions: Arc<drain::Sessions>,
+    /// Where the local page listens (`None`: `admin_listen = "off"`, or it could not bind).
+    pub admin_addr: Option<SocketAddr>,
+    /// The local page; it outlives reloads.
+    admin: Option<admin::Admin>,
     grace: Duration,
     /// The configured listeners, in order.
     configured: Vec<Arc<config::ListenerConfig>>,
@@ -66,6 +72,9 @@ impl Running {
     /// closes the rest, and waits for token refreshes in flight to be
     /// written (a refresh token rotated by the endpoint must reach the disk).
     pub async fn shutdown(mut self) {
+        if let Some(page) = self.admin.take() {
+            page.stop().await;
+        }
         let _ = self.shutdown.send(true);
         while self.listeners.join_next().await.is_some() {}
         while self.tasks.join_next().await.is_some() {}
@@ -115,10 +124,13 @@ impl Running {
             let e = anyhow::anyhow!("{}: no [[listener]] is configured", config.source.display());
             return (self, Err(e));
         }
-        let (context, local_tls) = match build_context(&config) {
+        let (context, local_tls) = match build_context(&config, Some(&self.context)) {
             Ok(built) => built,
             Err(e) => return (self, Err(e)),
         };
+        if let Some(page) = &self.admin {
+            let _ = context.sign_in_page.set(page.page_url().to_owned());
+        }
         // Bind what is new while the old listeners still serve.
         let mut kept = self.configured.clone();
         let mut fresh: Vec<Option<listener::Bound>> = Vec::new();
@@ -168,6 +180,11 @@ impl Running {
         earlier.retain(|(sessions, _)| sessions.open() > 0);
         let mut running = launch(&config, context, local_tls, bound);
         running.earlier = earlier;
+        if let Some(page) = self.admin.take() {
+            page.update(running.admin_view(&config));
+            running.admin_addr = Some(page.addr());
+            running.admin = Some(page);
+        }
         tracing::info!(
             listeners = running.addrs.len(),
             accounts = config.accounts.len(),
@@ -192,17 +209,46 @@ pub fn http_client(config: &Config) -> anyhow::Result<HttpClient> {
 /// Binds every listener and starts serving. Fails before serving anything if
 /// a listener cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let (context, local_tls) = build_context(&config)?;
+    let (context, local_tls) = build_context(&config, None)?;
     let mut bound = Vec::new();
     for l in &config.listeners {
         bound.push(listener::bind(l).await?);
     }
-    Ok(launch(&config, context, local_tls, bound))
+    let page = admin::bind(&config).await;
+    if let Some(addr) = page.as_ref().and_then(|l| l.local_addr().ok()) {
+        let _ = context.sign_in_page.set(admin::page_url(addr));
+    }
+    let mut running = launch(&config, context, local_tls, bound);
+    if let Some(listener) = page {
+        match admin::Admin::start(listener, &config, running.admin_view(&config)) {
+            Ok(page) => {
+                running.admin_addr = Some(page.addr());
+                running.admin = Some(page);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serve the sign-in page"),
+        }
+    }
+    Ok(running)
+}
+
+impl Running {
+    /// What the local page shows of this configuration.
+    fn admin_view(&self, config: &Config) -> admin::View {
+        admin::View::new(
+            config,
+            self.context.clone(),
+            &self.addrs,
+            self.sessions.clone(),
+        )
+    }
 }
 
 /// What sessions share, from the configuration.
+/// With `previous` (a reload), accounts whose settings did not change keep
+/// their unlocked state, verified passwords and cached tokens.
 fn build_context(
     config: &Config,
+    previous: Option<&session::Context>,
 ) -> anyhow::Result<(Arc<session::Context>, Option<LocalTlsSetup>)> {
     let upstream_tls = tls::client_config(config.proxy.ca_file.as_deref())?;
     let http = http_client(config)?;
@@ -212,18 +258,29 @@ fn build_context(
         None
     };
     let store = Arc::new(TokenStore::new(&config.state_dir()));
+    let swept = store.sweep_temp_files();
+    if swept > 0 {
+        tracing::info!(files = swept, dir = %store.dir().display(), "removed temporary token files a crash left behind");
+    }
+    let mut accounts = Accounts::new(&config.accounts);
+    let mut tokens = TokenManager::new(
+        &config.accounts,
+        http,
+        store,
+        Duration::from_secs(config.proxy.refresh_margin_secs),
+    );
+    if let Some(previous) = previous {
+        accounts = accounts.carry_over(&previous.accounts);
+        tokens = tokens.carry_over(&previous.tokens);
+    }
     let context = Arc::new(session::Context {
-        accounts: Accounts::new(&config.accounts),
-        tokens: TokenManager::new(
-            &config.accounts,
-            http,
-            store,
-            Duration::from_secs(config.proxy.refresh_margin_secs),
-        ),
+        accounts,
+        tokens,
         upstream_tls,
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         preauth_timeout: Duration::from_secs(config.proxy.preauth_timeout_secs),
         local_tls: local_tls.as_ref().map(|t| t.acceptor.clone()),
+        sign_in_page: std::sync::OnceLock::new(),
     });
     Ok((context, local_tls))
 }
@@ -264,6 +321,8 @@ fn launch(
         addrs,
         context,
         sessions,
+        admin_addr: None,
+        admin: None,
         grace: Duration::from_secs(config.proxy.shutdown_grace_secs),
         configured: config
             .listeners

@@ -6,49 +6,10 @@
 mod harness;
 mod support;
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use harness::{
-    Listener, PASSWORD, config_text_listeners, imap, pop3, seed_tokens, smtp, start,
-    trust_generated_cert,
-};
+use harness::{Listener, PASSWORD, imap, pop3, setup, smtp, start};
 use support::*;
-
-struct Setup {
-    pki: TestPki,
-    tokens: FakeTokenServer,
-    state_dir: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let pki = TestPki::new();
-    let tokens = FakeTokenServer::start().await;
-    let state_dir = tempfile::tempdir().expect("tempdir");
-    seed_tokens(state_dir.path(), &tokens);
-    Setup {
-        pki,
-        tokens,
-        state_dir,
-    }
-}
-
-impl Setup {
-    fn config(&self, listeners: &[Listener<'_>], proxy_extra: &str) -> String {
-        config_text_listeners(
-            &self.pki,
-            self.state_dir.path(),
-            &self.tokens.url(),
-            listeners,
-            proxy_extra,
-        )
-    }
-
-    fn trust(&self) -> Arc<rustls::ClientConfig> {
-        trust_generated_cert(self.state_dir.path())
-    }
-}
 
 const STARTTLS: &str = "local_tls = \"starttls\"";
 const IMPLICIT: &str = "local_tls = \"implicit\"";

@@ -33,6 +33,10 @@ pub struct Context {
     pub preauth_timeout: Duration,
     /// The TLS acceptor of `local_tls` listeners (none when no listener has TLS).
     pub local_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The local sign-in page's address (`http://localhost:8089/`), once it
+    /// is bound: named in the error a client gets for an account that needs
+    /// a sign-in.
+    pub sign_in_page: std::sync::OnceLock<String>,
 }
 
 impl Context {
@@ -112,7 +116,12 @@ impl Context {
                     TokenError::UnknownAccount(_) | TokenError::WrongPassword(_) => {
                         Failure::BadCredentials(e.to_string())
                     }
-                    TokenError::NeedsSignIn(m) => Failure::SignInNeeded(m),
+                    TokenError::NeedsSignIn(m) => {
+                        Failure::SignInNeeded(match self.sign_in_page.get() {
+                            Some(page) => format!("{m}; or sign in at {page}"),
+                            None => m,
+                        })
+                    }
                     TokenError::Transient(m) => Failure::Unavailable(format!(
                         "cannot get a token from the sign-in service: {m}"
                     )),

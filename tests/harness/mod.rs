@@ -88,8 +88,14 @@ pub fn config_text_listeners(
     listeners: &[Listener<'_>],
     proxy_extra: &str,
 ) -> String {
+    // Many proxies run at once: no local page unless a test asks for one.
+    let admin = if proxy_extra.contains("admin_listen") {
+        ""
+    } else {
+        "admin_listen = \"off\"\n"
+    };
     let mut text = format!(
-        "[proxy]\nstate_dir = {state:?}\nca_file = {ca:?}\nconnect_timeout_secs = 5\n{proxy_extra}\n",
+        "[proxy]\nstate_dir = {state:?}\nca_file = {ca:?}\nconnect_timeout_secs = 5\n{admin}{proxy_extra}\n",
         state = state_dir.display().to_string(),
         ca = pki.ca_file.display().to_string(),
     );
@@ -171,4 +177,42 @@ pub fn trust_generated_cert(state_dir: &Path) -> std::sync::Arc<rustls::ClientCo
         .with_root_certificates(roots)
         .with_no_client_auth();
     std::sync::Arc::new(config)
+}
+
+/// The fakes and a signed-in state directory, for tests that start several
+/// proxies with different listener settings.
+pub struct Setup {
+    pub pki: TestPki,
+    pub tokens: FakeTokenServer,
+    pub state_dir: tempfile::TempDir,
+}
+
+pub async fn setup() -> Setup {
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    Setup {
+        pki,
+        tokens,
+        state_dir,
+    }
+}
+
+impl Setup {
+    /// [`config_text_listeners`] for these fakes and this state directory.
+    pub fn config(&self, listeners: &[Listener<'_>], proxy_extra: &str) -> String {
+        config_text_listeners(
+            &self.pki,
+            self.state_dir.path(),
+            &self.tokens.url(),
+            listeners,
+            proxy_extra,
+        )
+    }
+
+    /// A client TLS configuration trusting the certificate the proxy generated.
+    pub fn trust(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        trust_generated_cert(self.state_dir.path())
+    }
 }

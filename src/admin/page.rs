@@ -1,0 +1,522 @@
+//! The page itself: a pure function from what it shows to HTML, every
+//! dynamic value escaped. No script, no external asset: one document with
+//! inline styles, forms that post back to the page.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::tokens::{AccountState, AccountStatus};
+use crate::config::Flow;
+
+/// Seconds between reloads of the page while a device code waits (a meta
+/// refresh: no script needed).
+pub const DEVICE_REFRESH_SECS: u64 = 5;
+
+/// What the page shows.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// `http://localhost:8089/`.
+    pub address: String,
+    /// The CSRF token every form carries.
+    pub csrf: String,
+    pub accounts: Vec<AccountRow>,
+    pub device: Vec<DevicePanel>,
+    pub listeners: Vec<ListenerRow>,
+    /// Client connections open now (all listeners).
+    pub open_sessions: usize,
+    /// Outcomes of recent sign-ins, newest first.
+    pub notices: Vec<Notice>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub status: AccountStatus,
+    /// The account has an authorize URL: a Sign in button.
+    pub browser_sign_in: bool,
+    /// The account has a device code URL: a device code button.
+    pub device_sign_in: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Asked the provider for a code.
+    Starting,
+    /// The user should open `verification_uri` and enter `user_code`.
+    Waiting {
+        message: String,
+        verification_uri: String,
+        user_code: String,
+    },
+    Done,
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DevicePanel {
+    pub account: String,
+    pub state: DeviceState,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerRow {
+    pub protocol: String,
+    pub listen: SocketAddr,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub account: String,
+    pub ok: bool,
+    pub text: String,
+}
+
+/// `&`, `<`, `>`, `"` and `'` as entities: safe in text and in quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `2 h 5 min`, `59 min`, `45 s`.
+pub fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// A short key (for `data-state`, and styles) and the text of a state.
+pub fn state_text(state: &AccountState) -> (&'static str, String) {
+    match state {
+        AccountState::NeedsSignIn => ("needs-sign-in", "needs sign-in".into()),
+        AccountState::Locked => (
+            "locked",
+            "signed in — locked until the first client login".into(),
+        ),
+        AccountState::Ready => ("ready", "signed in — ready".into()),
+        AccountState::Active {
+            expires_in: Some(d),
+        } => ("active", format!("active — token expires in {}", human(*d))),
+        AccountState::Active { expires_in: None } => ("active", "active".into()),
+        AccountState::AppOnly {
+            expires_in: Some(d),
+        } => (
+            "app-only",
+            format!("app-only access — token expires in {}", human(*d)),
+        ),
+        AccountState::AppOnly { expires_in: None } => {
+            ("app-only", "app-only access (no sign-in needed)".into())
+        }
+        AccountState::CatchAll => (
+            "catch-all",
+            "every address of this domain signs in on its own".into(),
+        ),
+        AccountState::Unreadable(reason) => (
+            "unreadable",
+            format!("the token file cannot be read: {reason}"),
+        ),
+    }
+}
+
+/// The account's configured `flow`, as its row names it.
+fn flow_text(flow: Flow) -> &'static str {
+    match flow {
+        Flow::AuthorizationCode => "flow: authorization code",
+        Flow::DeviceCode => "flow: device code",
+        Flow::ClientCredentials => "flow: client credentials",
+    }
+}
+
+const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:62em;\
+padding:0 1em;color:#1d1d1f}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:2em}\
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.45em .6em;\
+border-bottom:1px solid #ddd;vertical-align:top}th{font-weight:600}\
+.state{font-weight:600}.needs-sign-in,.unreadable,.failed{color:#b00020}\
+.locked,.ready{color:#8a5a00}.active,.app-only,.done{color:#1b7f3b}\
+.error{color:#b00020;font-size:.9em}form{display:inline;margin:0 .3em 0 0}\
+button{font:inherit;padding:.2em .8em}input[type=email]{font:inherit;width:14em}\
+.notice{padding:.5em .8em;margin:.4em 0;border-radius:4px;background:#eef7f0}\
+.notice.bad{background:#fdecee}.code{font:1.3em monospace;letter-spacing:.1em}\
+.muted{color:#666;font-size:.9em}";
+
+/// The whole document.
+pub fn render(page: &Page) -> String {
+    let mut html = String::with_capacity(8192);
+    html.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    if page
+        .device
+        .iter()
+        .any(|d| matches!(d.state, DeviceState::Starting | DeviceState::Waiting { .. }))
+    {
+        let _ = write!(
+            html,
+            "<meta http-equiv=\"refresh\" content=\"{DEVICE_REFRESH_SECS}\">"
+        );
+    }
+    let _ = write!(
+        html,
+        "<title>xoauth2-proxy</title><style>{STYLE}</style></head><body>\
+         <h1>xoauth2-proxy</h1><p class=\"muted\">This page: {}</p>",
+        escape(&page.address)
+    );
+    for n in &page.notices {
+        let _ = write!(
+            html,
+            "<p class=\"notice{}\" data-account=\"{}\">{}: {}</p>",
+            if n.ok { "" } else { " bad" },
+            escape(&n.account),
+            escape(&n.account),
+            escape(&n.text)
+        );
+    }
+    accounts(&mut html, page);
+    device(&mut html, page);
+    listeners(&mut html, page);
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn accounts(html: &mut String, page: &Page) {
+    html.push_str(
+        "<h2>Accounts</h2><table><tr><th>account</th><th>state</th><th>sign-in</th></tr>",
+    );
+    if page.accounts.is_empty() {
+        html.push_str("<tr><td colspan=\"3\">No account is configured.</td></tr>");
+    }
+    for row in &page.accounts {
+        let s = &row.status;
+        let (key, text) = state_text(&s.state);
+        let _ = write!(
+            html,
+            "<tr data-account=\"{user}\" data-state=\"{key}\"><td>{user}<br>\
+             <span class=\"muted\">{flow}</span></td><td><span class=\"state {key}\">{text}</span>",
+            user = escape(&s.username),
+            flow = flow_text(s.flow),
+            text = escape(&text),
+        );
+        if let Some(e) = &s.last_error {
+            let _ = write!(
+                html,
+                "<br><span class=\"error\">last error: {}</span>",
+                escape(e)
+            );
+        }
+        if let Some(wait) = s.retry_in {
+            let _ = write!(
+                html,
+                "<br><span class=\"muted\">next try in {}</span>",
+                human(wait)
+            );
+        }
+        html.push_str("</td><td>");
+        let catch_all = s.state == AccountState::CatchAll;
+        let account_field = if catch_all {
+            let domain = s.username.trim_start_matches('@');
+            format!(
+                "<input type=\"email\" name=\"account\" required placeholder=\"name@{}\" \
+                 aria-label=\"address to sign in\">",
+                escape(domain)
+            )
+        } else {
+            format!(
+                "<input type=\"hidden\" name=\"account\" value=\"{}\">",
+                escape(&s.username)
+            )
+        };
+        if row.browser_sign_in {
+            let _ = write!(
+                html,
+                "<form method=\"post\" action=\"/signin\">{}{account_field}\
+                 <button type=\"submit\">Sign in</button></form>",
+                csrf_field(&page.csrf)
+            );
+        }
+        if row.device_sign_in {
+            let _ = write!(
+                html,
+                "<form method=\"post\" action=\"/device\">{}{account_field}\
+                 <button type=\"submit\">Sign in with a code</button></form>",
+                csrf_field(&page.csrf)
+            );
+        }
+        if !row.browser_sign_in && !row.device_sign_in {
+            html.push_str("<span class=\"muted\">none needed</span>");
+        }
+        html.push_str("</td></tr>");
+    }
+    html.push_str("</table>");
+}
+
+fn csrf_field(csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        escape(csrf)
+    )
+}
+
+fn device(html: &mut String, page: &Page) {
+    if page.device.is_empty() {
+        return;
+    }
+    html.push_str("<h2>Device code sign-in</h2>");
+    for panel in &page.device {
+        let account = escape(&panel.account);
+        let _ = write!(html, "<div class=\"device\" data-account=\"{account}\"><p>");
+        match &panel.state {
+            DeviceState::Starting => {
+                let _ = write!(html, "{account}: asking for a code…");
+            }
+            DeviceState::Waiting {
+                message,
+                verification_uri,
+                user_code,
+            } => {
+                let link = if is_web_url(verification_uri) {
+                    format!(
+                        "<a href=\"{u}\" rel=\"noreferrer\" target=\"_blank\">{u}</a>",
+                        u = escape(verification_uri)
+                    )
+                } else {
+                    escape(verification_uri)
+                };
+                let _ = write!(
+                    html,
+                    "{account}: open {link} and enter the code <span class=\"code\">{}</span>\
+                     <br><span class=\"muted\">{}</span><br><span class=\"muted\">waiting for \
+                     the sign-in; this page reloads itself</span>",
+                    escape(user_code),
+                    escape(message)
+                );
+            }
+            DeviceState::Done => {
+                let _ = write!(
+                    html,
+                    "<span class=\"done\">{account}: signed in with the code.</span>"
+                );
+            }
+            DeviceState::Failed(reason) => {
+                let _ = write!(
+                    html,
+                    "<span class=\"failed\">{account}: the code sign-in failed: {}</span>",
+                    escape(reason)
+                );
+            }
+        }
+        html.push_str("</p></div>");
+    }
+}
+
+/// Only http(s) links become links (a provider's `javascript:` would not).
+fn is_web_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
+fn listeners(html: &mut String, page: &Page) {
+    let _ = write!(
+        html,
+        "<h2>Listeners</h2><p class=\"muted\">{} client connection{} open</p><table>\
+         <tr><th>protocol</th><th>listening on</th><th>upstream</th><th>health</th></tr>",
+        page.open_sessions,
+        if page.open_sessions == 1 { "" } else { "s" }
+    );
+    for l in &page.listeners {
+        let _ = write!(
+            html,
+            "<tr class=\"listener\"><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"active\">listening</td></tr>",
+            escape(&l.protocol),
+            escape(&l.listen.to_string()),
+            escape(&l.upstream)
+        );
+    }
+    html.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "<script>alert(1)</script>\"'&x=\"><img src=x onerror=alert(2)>";
+
+    fn status(username: &str, state: AccountState) -> AccountStatus {
+        AccountStatus {
+            username: username.into(),
+            flow: Flow::DeviceCode,
+            state,
+            last_error: None,
+            retry_in: None,
+        }
+    }
+
+    fn row(status: AccountStatus) -> AccountRow {
+        AccountRow {
+            status,
+            browser_sign_in: true,
+            device_sign_in: true,
+        }
+    }
+
+    /// The page with `v` in every dynamic value.
+    fn page_with(v: &str) -> Page {
+        let mut with_error = status(v, AccountState::Unreadable(v.into()));
+        with_error.last_error = Some(v.into());
+        Page {
+            address: format!("http://localhost:8089/{v}"),
+            csrf: v.into(),
+            accounts: vec![
+                row(with_error),
+                row(status(&format!("@{v}"), AccountState::CatchAll)),
+            ],
+            device: vec![
+                DevicePanel {
+                    account: v.into(),
+                    state: DeviceState::Waiting {
+                        message: v.into(),
+                        verification_uri: format!("javascript:{v}"),
+                        user_code: v.into(),
+                    },
+                },
+                DevicePanel {
+                    account: v.into(),
+                    state: DeviceState::Failed(v.into()),
+                },
+            ],
+            listeners: vec![ListenerRow {
+                protocol: v.into(),
+                listen: "127.0.0.1:1993".parse().unwrap(),
+                upstream: v.into(),
+            }],
+            open_sessions: 1,
+            notices: vec![Notice {
+                account: v.into(),
+                ok: false,
+                text: v.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn escape_covers_html_specials() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(escape("plain é ✓"), "plain é ✓");
+    }
+
+    #[test]
+    fn hostile_values_are_escaped_everywhere() {
+        let html = render(&page_with(HOSTILE));
+        let benign = render(&page_with("x"));
+        // The markup is the same as with a harmless value: no tag, quote or
+        // attribute comes from the data.
+        for c in ['<', '>', '"', '\''] {
+            assert_eq!(
+                html.matches(c).count(),
+                benign.matches(c).count(),
+                "{c} in {html}"
+            );
+        }
+        assert!(!html.contains("<script") && !html.contains("<img"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(
+            !html.contains("href=\"javascript"),
+            "only http(s) links are links"
+        );
+    }
+
+    #[test]
+    fn each_state_reads_as_it_should() {
+        let cases = [
+            (AccountState::NeedsSignIn, "needs-sign-in", "needs sign-in"),
+            (
+                AccountState::Locked,
+                "locked",
+                "signed in — locked until the first client login",
+            ),
+            (AccountState::Ready, "ready", "signed in — ready"),
+            (
+                AccountState::Active {
+                    expires_in: Some(Duration::from_secs(3599)),
+                },
+                "active",
+                "active — token expires in 59 min",
+            ),
+            (
+                AccountState::AppOnly { expires_in: None },
+                "app-only",
+                "app-only access",
+            ),
+            (AccountState::CatchAll, "catch-all", "signs in on its own"),
+        ];
+        for (state, key, text) in cases {
+            let (k, t) = state_text(&state);
+            assert_eq!(k, key);
+            assert!(t.contains(text), "{t}");
+            let html = render(&Page {
+                accounts: vec![row(status("a@b.test", state))],
+                ..Page::default()
+            });
+            assert!(html.contains(&format!("data-state=\"{key}\"")), "{html}");
+        }
+    }
+
+    #[test]
+    fn forms_carry_the_csrf_token_and_the_account() {
+        let html = render(&Page {
+            csrf: "tok".into(),
+            accounts: vec![
+                row(status("a@b.test", AccountState::NeedsSignIn)),
+                row(status("@b.test", AccountState::CatchAll)),
+            ],
+            ..Page::default()
+        });
+        assert_eq!(html.matches("name=\"csrf\" value=\"tok\"").count(), 4);
+        assert!(html.contains("name=\"account\" value=\"a@b.test\""));
+        assert!(
+            html.contains("type=\"email\" name=\"account\" required placeholder=\"name@b.test\"")
+        );
+        assert!(html.contains("action=\"/signin\"") && html.contains("action=\"/device\""));
+        assert!(!html.contains("http-equiv=\"refresh\""));
+        assert!(!html.contains("<script") && !html.contains(" src="));
+    }
+
+    #[test]
+    fn a_waiting_device_code_refreshes_the_page() {
+        let html = render(&Page {
+            device: vec![DevicePanel {
+                account: "a@b.test".into(),
+                state: DeviceState::Waiting {
+                    message: "m".into(),
+                    verification_uri: "https://microsoft.com/devicelogin".into(),
+                    user_code: "FAKE0001".into(),
+                },
+            }],
+            ..Page::default()
+        });
+        assert!(html.contains("http-equiv=\"refresh\""));
+        assert!(html.contains("href=\"https://microsoft.com/devicelogin\""));
+        assert!(html.contains("FAKE0001"));
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human(Duration::from_secs(45)), "45 s");
+        assert_eq!(human(Duration::from_secs(60)), "1 min");
+        assert_eq!(human(Duration::from_secs(3600 + 5 * 60)), "1 h 5 min");
+    }
+}
