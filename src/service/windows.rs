@@ -24,6 +24,8 @@ use crate::config::{Config, DEFAULT_LOG_KEEP};
 const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
 const ERROR_SERVICE_EXISTS: i32 = 1073;
 const ERROR_FAILED_SERVICE_CONTROLLER_CONNECT: i32 = 1063;
+/// A service configuration setting this system does not have.
+const ERROR_INVALID_LEVEL: i32 = 124;
 /// The user-defined control `xoauth2-proxy reload` sends to the service.
 const RELOAD: u32 = 128;
 /// A start reports progress within this long.
@@ -293,9 +295,23 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
                 command: None,
                 actions: Some(vec![restart(5), restart(30), restart(60)]),
             })?;
-            service.set_failure_actions_on_non_crash_failures(true)?;
+            // Restarts after an exit with an error too, not only after a
+            // crash. A system without that setting (wine: no
+            // SERVICE_CONFIG_FAILURE_ACTIONS_FLAG) still gets the service.
+            match service.set_failure_actions_on_non_crash_failures(true) {
+                Ok(()) => {}
+                Err(e) if is(&e, ERROR_INVALID_LEVEL) => tracing::warn!(
+                    "this system restarts the service after a crash only, not after an exit with an error"
+                ),
+                Err(e) => return Err(e.into()),
+            }
             service.start::<&str>(&[])?;
-            wait_for_state(&service, ServiceState::Running, START_WAIT)?;
+            if !wait_for_state(&service, ServiceState::Running, START_WAIT)? {
+                anyhow::bail!(
+                    "installed the service {NAME}, but it did not start; see its log files in {}",
+                    program_data().join("logs").display()
+                );
+            }
             println!(
                 "Installed and started the service {NAME} ({}). Tokens: {}; logs: {}",
                 d.exe.display(),
