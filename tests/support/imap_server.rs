@@ -93,6 +93,23 @@ impl ImapState {
     pub fn mailbox(&self) -> Vec<Vec<u8>> {
         lock(&self.mailbox).clone()
     }
+
+    /// Removes and returns the message of the first APPEND to `mailbox_name` still recorded,
+    /// and takes it out of the mailbox too (the last message equal to it), so a long run
+    /// (`examples/soak.rs`) does not keep every appended message. The initial messages keep
+    /// their numbers as long as nothing equal to them is appended.
+    pub fn take_appended_to(&self, mailbox_name: &str) -> Option<Vec<u8>> {
+        let message = {
+            let mut appended = lock(&self.appended);
+            let i = appended.iter().position(|(name, _)| name == mailbox_name)?;
+            appended.remove(i).1
+        };
+        let mut mailbox = lock(&self.mailbox);
+        if let Some(j) = mailbox.iter().rposition(|m| *m == message) {
+            mailbox.remove(j);
+        }
+        Some(message)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

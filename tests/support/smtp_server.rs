@@ -104,6 +104,16 @@ impl SmtpState {
     pub fn received(&self) -> Vec<ReceivedMail> {
         lock(&self.received).clone()
     }
+
+    /// Removes and returns the first accepted message with `rcpt` among its recipients, so a
+    /// long run (`examples/soak.rs`) does not keep every message.
+    pub fn take_received_to(&self, rcpt: &str) -> Option<ReceivedMail> {
+        let mut received = lock(&self.received);
+        let i = received
+            .iter()
+            .position(|m| m.to.iter().any(|t| t == rcpt))?;
+        Some(received.remove(i))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
