@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod doctor;
 pub mod drain;
+pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod protocol;
@@ -49,6 +50,8 @@ use config::Config;
 /// reload or stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// Open connections per listener, in the same order.
+    listener_stats: Vec<Arc<health::ListenerStats>>,
     pub context: Arc<session::Context>,
     pub sessions: Arc<drain::Sessions>,
     /// Where the local page listens (`None`: `admin_listen = "off"`, or it could not bind).
@@ -166,6 +169,7 @@ impl Running {
                     listener::Bound {
                         listener: b.listener,
                         config: Arc::new(l.clone()),
+                        stats: b.stats,
                     }
                 }
             };
@@ -238,6 +242,7 @@ impl Running {
             config,
             self.context.clone(),
             &self.addrs,
+            &self.listener_stats,
             self.sessions.clone(),
         )
     }
@@ -281,6 +286,9 @@ fn build_context(
         preauth_timeout: Duration::from_secs(config.proxy.preauth_timeout_secs),
         local_tls: local_tls.as_ref().map(|t| t.acceptor.clone()),
         sign_in_page: std::sync::OnceLock::new(),
+        upstream_health: previous
+            .map(|p| p.upstream_health.clone())
+            .unwrap_or_default(),
     });
     Ok((context, local_tls))
 }
@@ -293,6 +301,7 @@ fn launch(
     bound: Vec<listener::Bound>,
 ) -> Running {
     let addrs = bound.iter().map(|b| b.local_addr()).collect();
+    let listener_stats = bound.iter().map(|b| b.stats.clone()).collect();
     let (shutdown, rx) = watch::channel(false);
     let sessions = drain::Sessions::new();
     let mut listeners = JoinSet::new();
@@ -319,6 +328,7 @@ fn launch(
     tasks.spawn(async move { refresher.tokens.keep_fresh(refresher_rx).await });
     Running {
         addrs,
+        listener_stats,
         context,
         sessions,
         admin_addr: None,

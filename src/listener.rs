@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{ListenerConfig, LocalTls, Protocol, is_allowed};
 use crate::drain::Sessions;
+use crate::health::ListenerStats;
 use crate::session::Context;
 use crate::session::client::ClientStream;
 
@@ -26,6 +27,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Bound {
     pub listener: TcpListener,
     pub config: Arc<ListenerConfig>,
+    /// Its open connections (for the sign-in page); kept with the socket.
+    pub stats: Arc<ListenerStats>,
 }
 
 impl Bound {
@@ -45,6 +48,7 @@ pub async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
     Ok(Bound {
         listener,
         config: Arc::new(config.clone()),
+        stats: Arc::default(),
     })
 }
 
@@ -203,9 +207,11 @@ pub async fn serve(
             });
             continue;
         }
+        let open = bound.stats.opened();
         sessions.spawn(async move {
             tracing::debug!(%peer, protocol = %config.protocol, "connection accepted");
             dispatch(ClientStream::Plain(stream), peer, config, ctx).await;
+            drop(open);
             drop(slot);
             drop(permit);
         });

@@ -218,11 +218,17 @@ async fn the_page_shows_accounts_states_and_listeners() {
         "{html}"
     );
     assert!(html.contains(&format!("http://localhost:{}/", page.port())));
+    assert!(
+        html.contains("listening, 0 connections; upstream not contacted yet"),
+        "{html}"
+    );
 
-    // After a client login: active, with the time left.
+    // After a client login: active, with the time left; the upstream answered.
     assert!(page.imap_login().await.starts_with("a OK"));
     assert_eq!(page.state_of(USER).await, "active");
-    assert!(page.html().await.contains("token expires in 59 min"));
+    let html = page.html().await;
+    assert!(html.contains("token expires in 59 min"), "{html}");
+    assert!(html.contains("; upstream answered "), "{html}");
 
     let unseeded = Page::start(false).await;
     assert_eq!(unseeded.state_of(USER).await, "needs-sign-in");
@@ -604,4 +610,25 @@ async fn browser_sign_in() {
     let reply = page.imap_login().await;
     assert!(reply.starts_with("a OK"), "{reply}");
     assert_eq!(page.state_of(USER).await, "active");
+}
+
+#[tokio::test]
+async fn a_listener_line_counts_its_connections_and_names_an_upstream_failure() {
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let dead = harness::dead_addr().await;
+    let running = start(&config(&pki, state_dir.path(), &tokens, dead)).await;
+    let url = format!("http://127.0.0.1:{}/", running.admin_addr.unwrap().port());
+    let mut client = TestClient::connect(running.addrs[0]).await;
+    let greeting = client.read_line_str().await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let html = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("<td class=\"failed\">listening, 1 connection; upstream failed "),
+        "{html}"
+    );
+    assert!(html.contains(&dead.to_string()), "{html}");
+    drop(client);
 }

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::auth::authcode::PendingSignIn;
 use crate::config::{AccountConfig, AdminListen, Config};
 use crate::drain::Sessions;
+use crate::health::ListenerStats;
 use crate::session::Context;
 
 /// The largest request body accepted (the forms are a few hundred bytes).
@@ -38,12 +39,36 @@ pub const MAX_NOTICES: usize = 8;
 /// At shutdown, how long requests in progress may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// One listener as the page sees it: what is configured, and where its
+/// live figures come from.
+pub struct ListenerView {
+    pub protocol: String,
+    pub listen: SocketAddr,
+    pub upstream: String,
+    /// The key of its upstream in `Context::upstream_health` (`host:port`).
+    pub upstream_key: String,
+    pub stats: Arc<ListenerStats>,
+}
+
+impl ListenerView {
+    /// The row to render now.
+    pub fn row(&self, context: &Context) -> page::ListenerRow {
+        page::ListenerRow {
+            protocol: self.protocol.clone(),
+            listen: self.listen,
+            upstream: self.upstream.clone(),
+            open: self.stats.open(),
+            upstream_seen: context.upstream_health.get(&self.upstream_key),
+        }
+    }
+}
+
 /// What the page shows and acts on: the configuration in use.
 pub struct View {
     pub context: Arc<Context>,
     /// The configured accounts (catch-alls included, for their endpoints).
     pub accounts: Vec<AccountConfig>,
-    pub listeners: Vec<page::ListenerRow>,
+    pub listeners: Vec<ListenerView>,
     pub sessions: Arc<Sessions>,
     /// The configured `admin_listen`: a reload that changes it takes effect
     /// at the next start (the page keeps its port).
@@ -57,6 +82,7 @@ impl View {
         config: &Config,
         context: Arc<Context>,
         addrs: &[SocketAddr],
+        stats: &[Arc<ListenerStats>],
         sessions: Arc<Sessions>,
     ) -> View {
         View {
@@ -66,10 +92,16 @@ impl View {
                 .listeners
                 .iter()
                 .zip(addrs)
-                .map(|(l, addr)| page::ListenerRow {
+                .zip(stats)
+                .map(|((l, addr), stats)| ListenerView {
                     protocol: l.protocol.to_string(),
                     listen: *addr,
                     upstream: l.upstream.clone(),
+                    upstream_key: l
+                        .upstream_host_port()
+                        .map(|(host, port)| format!("{host}:{port}"))
+                        .unwrap_or_default(),
+                    stats: stats.clone(),
                 })
                 .collect(),
             sessions,

@@ -4,10 +4,11 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::auth::tokens::{AccountState, AccountStatus};
 use crate::config::Flow;
+use crate::health::Seen;
 
 /// Seconds between reloads of the page while a device code waits (a meta
 /// refresh: no script needed).
@@ -63,6 +64,37 @@ pub struct ListenerRow {
     pub protocol: String,
     pub listen: SocketAddr,
     pub upstream: String,
+    /// Client connections open on it now.
+    pub open: usize,
+    /// How its upstream answered last, if a session reached for it yet.
+    pub upstream_seen: Option<Seen>,
+}
+
+/// A listener's health cell: a style key and the words.
+pub fn listener_health(row: &ListenerRow, now: SystemTime) -> (&'static str, String) {
+    let open = match row.open {
+        1 => "1 connection".to_owned(),
+        n => format!("{n} connections"),
+    };
+    match &row.upstream_seen {
+        None => (
+            "ready",
+            format!("listening, {open}; upstream not contacted yet"),
+        ),
+        Some(seen) => {
+            let ago = human(now.duration_since(seen.at).unwrap_or_default());
+            match &seen.error {
+                None => (
+                    "active",
+                    format!("listening, {open}; upstream answered {ago} ago"),
+                ),
+                Some(e) => (
+                    "failed",
+                    format!("listening, {open}; upstream failed {ago} ago: {e}"),
+                ),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -333,14 +365,17 @@ fn listeners(html: &mut String, page: &Page) {
         page.open_sessions,
         if page.open_sessions == 1 { "" } else { "s" }
     );
+    let now = SystemTime::now();
     for l in &page.listeners {
+        let (class, health) = listener_health(l, now);
         let _ = write!(
             html,
             "<tr class=\"listener\"><td>{}</td><td>{}</td><td>{}</td>\
-             <td class=\"active\">listening</td></tr>",
+             <td class=\"{class}\">{}</td></tr>",
             escape(&l.protocol),
             escape(&l.listen.to_string()),
-            escape(&l.upstream)
+            escape(&l.upstream),
+            escape(&health)
         );
     }
     html.push_str("</table>");
@@ -399,6 +434,11 @@ mod tests {
                 protocol: v.into(),
                 listen: "127.0.0.1:1993".parse().unwrap(),
                 upstream: v.into(),
+                open: 1,
+                upstream_seen: Some(Seen {
+                    at: SystemTime::now(),
+                    error: Some(v.into()),
+                }),
             }],
             open_sessions: 1,
             notices: vec![Notice {
@@ -511,6 +551,50 @@ mod tests {
         assert!(html.contains("http-equiv=\"refresh\""));
         assert!(html.contains("href=\"https://microsoft.com/devicelogin\""));
         assert!(html.contains("FAKE0001"));
+    }
+
+    #[test]
+    fn listener_health_says_connections_and_the_upstream_outcome() {
+        let now = SystemTime::now();
+        let row = |open, seen: Option<(u64, Option<&str>)>| ListenerRow {
+            protocol: "imap".into(),
+            listen: "127.0.0.1:1143".parse().unwrap(),
+            upstream: "outlook.office365.com:993".into(),
+            open,
+            upstream_seen: seen.map(|(ago, e)| Seen {
+                at: now - Duration::from_secs(ago),
+                error: e.map(str::to_owned),
+            }),
+        };
+        let table = [
+            (
+                row(0, None),
+                "ready",
+                "listening, 0 connections; upstream not contacted yet",
+            ),
+            (
+                row(1, Some((5, None))),
+                "active",
+                "listening, 1 connection; upstream answered 5 s ago",
+            ),
+            (
+                row(3, Some((120, Some("connection refused")))),
+                "failed",
+                "listening, 3 connections; upstream failed 2 min ago: connection refused",
+            ),
+        ];
+        for (row, class, text) in table {
+            assert_eq!(listener_health(&row, now), (class, text.to_owned()));
+        }
+        // A clock that went back shows "0 s", not a panic.
+        let future = ListenerRow {
+            upstream_seen: Some(Seen {
+                at: now + Duration::from_secs(60),
+                error: None,
+            }),
+            ..row(0, None)
+        };
+        assert_eq!(listener_health(&future, now).0, "active");
     }
 
     #[test]

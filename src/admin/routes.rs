@@ -141,7 +141,11 @@ async fn show(State(state): State<Arc<AppState>>) -> Response {
         csrf: state.csrf.value().to_owned(),
         accounts: rows,
         device: state.device.snapshot(),
-        listeners: view.listeners.clone(),
+        listeners: view
+            .listeners
+            .iter()
+            .map(|l| l.row(&view.context))
+            .collect(),
         open_sessions: view.sessions.open(),
         notices: state
             .notices

@@ -37,6 +37,7 @@ pub async fn serve(
         accept_implicit_tls(&mut client, &listener, &ctx, peer, deadline),
         connect(&target, listener.upstream_tls)
     );
+    ctx.note_upstream(&target, &connected);
     if !handshake {
         return;
     }

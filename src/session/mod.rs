@@ -37,6 +37,9 @@ pub struct Context {
     /// is bound: named in the error a client gets for an account that needs
     /// a sign-in.
     pub sign_in_page: std::sync::OnceLock<String>,
+    /// How each upstream answered last (for the sign-in page); shared
+    /// across reloads.
+    pub upstream_health: Arc<crate::health::UpstreamHealth>,
 }
 
 impl Context {
@@ -50,6 +53,15 @@ impl Context {
             tls: self.upstream_tls.clone(),
             timeout: self.connect_timeout,
         }
+    }
+
+    /// Remembers how `target` answered (a connection, or an exchange on one).
+    pub fn note_upstream<T>(&self, target: &Target, outcome: &Result<T, UpstreamError>) {
+        let outcome = match outcome {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e as &dyn std::fmt::Display),
+        };
+        self.upstream_health.record(&target.addr(), outcome);
     }
 
     /// Local checks, then a valid access token. The `user=` to send upstream

@@ -95,7 +95,10 @@ pub async fn authenticate<U: UpstreamLogin>(
         let fresh = upstream.is_none();
         let up = match upstream {
             Some(up) => up,
-            None => match U::open(target, tls, hello).await {
+            None => match U::open(target, tls, hello).await.inspect_err(|e| {
+                ctx.upstream_health
+                    .record(&target.addr(), Err(e as &dyn std::fmt::Display))
+            }) {
                 Ok(u) => upstream.insert(u),
                 Err(e) => {
                     tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
@@ -106,7 +109,9 @@ pub async fn authenticate<U: UpstreamLogin>(
                 }
             },
         };
-        match up.xoauth2(tag, user, token).await {
+        let outcome = up.xoauth2(tag, user, token).await;
+        ctx.note_upstream(target, &outcome);
+        match outcome {
             Ok(Outcome::Accepted(reply)) => {
                 tracing::info!(%peer, account = %user, "logged in upstream");
                 return Ok(reply);
