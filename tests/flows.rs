@@ -602,3 +602,30 @@ async fn authorize_checks_an_app_only_account() {
     let (status, _) = wait_exit(child).await;
     assert!(!status.success());
 }
+
+#[tokio::test]
+async fn authorize_signs_in_an_address_under_a_catch_all() {
+    let fake = FakeTokenServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let domain = USER.split_once('@').unwrap().1;
+    let account = browser_account(&fake).replace(
+        &format!("username = \"{USER}\""),
+        &format!("username = \"@{domain}\""),
+    );
+    let (child, lines) = spawn_authorize(dir.path(), &account, &["--no-open"]);
+    let url = printed_url(&lines, &fake);
+    let hint = format!("login_hint={}", USER.replace('@', "%40"));
+    assert!(url.contains(&hint), "the address is the hint: {url}");
+    let (location, _) = visit(&url).await;
+    let callback = location.replacen("http://localhost:", "http://127.0.0.1:", 1);
+    let page = browser().get(&callback).send().await.expect("the callback");
+    assert!(page.status().is_success());
+    let (status, stderr) = wait_exit(child).await;
+    assert!(status.success(), "{stderr}");
+    let store = TokenStore::new(&dir.path().join("state"));
+    assert!(
+        store.load(USER).unwrap().is_some(),
+        "saved under the address"
+    );
+    assert!(store.load(&format!("@{domain}")).unwrap().is_none());
+}
