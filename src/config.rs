@@ -579,9 +579,7 @@ impl Config {
                 ));
             }
             if let Some(mailbox) = &a.mailbox
-                && (!mailbox.contains('@')
-                    || mailbox.trim() != mailbox
-                    || mailbox.contains(['<', '>', ' ', '\r', '\n']))
+                && !valid_address(mailbox)
             {
                 return Err(self.invalid(
                     key("mailbox"),

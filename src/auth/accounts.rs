@@ -4,12 +4,13 @@
 //! accounts' passwords are checked by opening their sealed tokens, in
 //! `tokens`.)
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::by_address::ByAddress;
+pub use super::by_address::MAX_CATCH_ALL_ADDRESSES;
 use super::password::{PasswordDigest, Tag, verify_phc};
 use super::throttle::Throttle;
 use crate::config::AccountConfig;
@@ -46,17 +47,8 @@ impl Account {
     }
 }
 
-/// How many addresses the catch-all accounts hold in memory. Each address
-/// a client tries costs an entry; this bounds what probing random addresses
-/// can take (an entry is a few hundred bytes).
-pub const MAX_CATCH_ALL_ADDRESSES: usize = 10_000;
-
 pub struct Accounts {
-    by_name: HashMap<String, Arc<Account>>,
-    /// `@domain` accounts, in configuration order.
-    catch_all: Vec<AccountConfig>,
-    /// The addresses of catch-all accounts seen so far, lowercase.
-    seen: RwLock<HashMap<String, Arc<Account>>>,
+    by_name: ByAddress<Account>,
     digest: PasswordDigest,
     kdf_runs: AtomicU64,
     /// Failed logins per source address.
@@ -66,17 +58,7 @@ pub struct Accounts {
 impl Accounts {
     pub fn new(accounts: &[AccountConfig]) -> Accounts {
         Accounts {
-            by_name: accounts
-                .iter()
-                .filter(|a| !a.is_catch_all())
-                .map(|a| (a.username.to_lowercase(), Account::new(a.clone())))
-                .collect(),
-            catch_all: accounts
-                .iter()
-                .filter(|a| a.is_catch_all())
-                .cloned()
-                .collect(),
-            seen: RwLock::new(HashMap::new()),
+            by_name: ByAddress::new(accounts, Account::new),
             digest: PasswordDigest::new(),
             kdf_runs: AtomicU64::new(0),
             throttle: Throttle::new(),
@@ -87,24 +69,7 @@ impl Accounts {
     /// settings did not change (see `TokenManager::carry_over`).
     pub fn carry_over(mut self, old: &Accounts) -> Accounts {
         self.digest = old.digest.clone();
-        for (name, account) in self.by_name.iter_mut() {
-            if let Some(before) = old.by_name.get(name)
-                && before.config.same_as(&account.config)
-            {
-                *account = before.clone();
-            }
-        }
-        let old_seen = old.seen.read().unwrap_or_else(|p| p.into_inner());
-        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
-        for (name, before) in old_seen.iter() {
-            if !self.by_name.contains_key(name)
-                && let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(name))
-                && catch_all.for_address(name).same_as(&before.config)
-            {
-                seen.insert(name.clone(), before.clone());
-            }
-        }
-        drop(seen);
+        self.by_name.carry_over(&old.by_name, |a| &a.config);
         self
     }
 
@@ -120,42 +85,13 @@ impl Accounts {
 
     fn find(&self, credentials: &Credentials) -> Result<Arc<Account>, LoginError> {
         let account = self
-            .named(&credentials.username)
+            .by_name
+            .get(&credentials.username, Account::new)
             .ok_or_else(|| LoginError::UnknownAccount(credentials.username.clone()))?;
         if credentials.password.expose_secret().is_empty() {
             return Err(LoginError::EmptyPassword);
         }
         Ok(account)
-    }
-
-    /// An account of its own, else the address under its domain's catch-all.
-    fn named(&self, username: &str) -> Option<Arc<Account>> {
-        let key = username.to_lowercase();
-        if let Some(account) = self.by_name.get(&key) {
-            return Some(account.clone());
-        }
-        let catch_all = self.catch_all.iter().find(|a| a.covers(username))?;
-        if let Some(account) = self
-            .seen
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Some(account.clone());
-        }
-        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_CATCH_ALL_ADDRESSES && !seen.contains_key(&key) {
-            tracing::warn!(
-                limit = MAX_CATCH_ALL_ADDRESSES,
-                "catch-all address table full; new addresses refused"
-            );
-            return None;
-        }
-        Some(
-            seen.entry(key.clone())
-                .or_insert_with(|| Account::new(catch_all.for_address(&key)))
-                .clone(),
-        )
     }
 
     /// [`Accounts::lookup`], then, for an account with `password_hash`, the
@@ -268,7 +204,12 @@ mod tests {
         let accounts = Accounts::new(&[AccountConfig {
             password_hash: Some(SecretString::from(cheap_phc("domain-pw"))),
             username: "@contoso.com".into(),
-            ..(*with_hash("x").by_name["scanner@contoso.com"].config).clone()
+            ..(*with_hash("x")
+                .by_name
+                .exact("scanner@contoso.com")
+                .unwrap()
+                .config)
+                .clone()
         }]);
         let a = accounts
             .verify(&creds("A@Contoso.com", "domain-pw"))
@@ -374,7 +315,12 @@ mod tests {
     async fn accounts_without_password_hash_pass_to_the_vault() {
         let accounts = Accounts::new(&[AccountConfig {
             password_hash: None,
-            ..(*with_hash("x").by_name["scanner@contoso.com"].config).clone()
+            ..(*with_hash("x")
+                .by_name
+                .exact("scanner@contoso.com")
+                .unwrap()
+                .config)
+                .clone()
         }]);
         accounts
             .verify(&creds("scanner@contoso.com", "any"))

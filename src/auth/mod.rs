@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod assertion;
 pub mod authcode;
+pub mod by_address;
 pub mod flows;
 pub mod http;
 pub mod loopback;

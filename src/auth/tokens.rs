@@ -10,7 +10,6 @@
 //! from `authorize`; it keeps the key, to re-seal rotated refresh tokens, and
 //! a keyed digest of the password, so every later login is one HMAC.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +19,7 @@ use oauth2::{RefreshToken, RequestTokenError, TokenResponse};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::accounts::MAX_CATCH_ALL_ADDRESSES;
+use super::by_address::ByAddress;
 use super::http::{HttpClient, HttpError};
 use super::password::{KdfParams, PasswordDigest, SealKey, Tag, random_salt};
 use super::provider::{Endpoints, endpoints};
@@ -266,13 +265,8 @@ impl AccountTokens {
 }
 
 pub struct TokenManager {
-    /// Accounts of their own, by lowercase address.
-    accounts: HashMap<String, Arc<AccountTokens>>,
-    /// `@domain` accounts, in configuration order.
-    catch_all: Vec<AccountConfig>,
-    /// Addresses of catch-all accounts used so far, lowercase: each has its
-    /// own tokens, seal and refresh state.
-    seen: RwLock<HashMap<String, Arc<AccountTokens>>>,
+    /// Per account (and catch-all address) state.
+    accounts: ByAddress<AccountTokens>,
     http: HttpClient,
     store: Arc<TokenStore>,
     margin: Duration,
@@ -326,20 +320,8 @@ impl TokenManager {
         margin: Duration,
         kdf: KdfParams,
     ) -> TokenManager {
-        let catch_all = accounts
-            .iter()
-            .filter(|a| a.is_catch_all())
-            .cloned()
-            .collect();
-        let accounts = accounts
-            .iter()
-            .filter(|a| !a.is_catch_all())
-            .map(|a| (a.username.to_lowercase(), AccountTokens::new(a.clone())))
-            .collect();
         TokenManager {
-            accounts,
-            catch_all,
-            seen: RwLock::new(HashMap::new()),
+            accounts: ByAddress::new(accounts, AccountTokens::new),
             http,
             store,
             margin,
@@ -356,26 +338,7 @@ impl TokenManager {
     /// of unchanged accounts log in without a KDF run or a token request.
     pub fn carry_over(mut self, old: &TokenManager) -> TokenManager {
         self.digest = old.digest.clone();
-        for (name, account) in self.accounts.iter_mut() {
-            if let Some(before) = old.accounts.get(name)
-                && before.config.same_as(&account.config)
-            {
-                *account = before.clone();
-            }
-        }
-        let old_seen = old.seen.read().unwrap_or_else(|p| p.into_inner());
-        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
-        for (name, before) in old_seen.iter() {
-            if self.accounts.contains_key(name) {
-                continue;
-            }
-            if let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(name))
-                && catch_all.for_address(name).same_as(&before.config)
-            {
-                seen.insert(name.clone(), before.clone());
-            }
-        }
-        drop(seen);
+        self.accounts.carry_over(&old.accounts, |a| &a.config);
         self
     }
 
@@ -492,39 +455,17 @@ impl TokenManager {
     /// The account of `username`: its own, or the entry of the address under
     /// its domain's catch-all (made on first use).
     fn account(&self, username: &str) -> Result<Arc<AccountTokens>, TokenError> {
-        let key = username.to_lowercase();
-        if let Some(account) = self.accounts.get(&key) {
-            return Ok(account.clone());
-        }
-        let unknown = || TokenError::UnknownAccount(username.to_owned());
-        let catch_all = self
-            .catch_all
-            .iter()
-            .find(|a| a.covers(username))
-            .ok_or_else(unknown)?;
-        if let Some(account) = self
-            .seen
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(account.clone());
-        }
-        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_CATCH_ALL_ADDRESSES && !seen.contains_key(&key) {
-            return Err(unknown());
-        }
-        Ok(seen
-            .entry(key.clone())
-            .or_insert_with(|| AccountTokens::new(catch_all.for_address(&key)))
-            .clone())
+        self.accounts
+            .get(username, AccountTokens::new)
+            .ok_or_else(|| TokenError::UnknownAccount(username.to_owned()))
     }
 
     /// What the local page shows: every account (catch-alls as one row, plus
     /// each of their addresses used in this process), by address.
     pub async fn status(&self) -> Vec<AccountStatus> {
         let mut rows: Vec<AccountStatus> = self
-            .catch_all
+            .accounts
+            .catch_alls()
             .iter()
             .map(|a| AccountStatus {
                 username: a.username.clone(),
@@ -617,12 +558,7 @@ impl TokenManager {
 
     /// Every account with an entry: configured ones and catch-all addresses seen.
     fn all(&self) -> Vec<Arc<AccountTokens>> {
-        let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
-        self.accounts
-            .values()
-            .chain(seen.values())
-            .cloned()
-            .collect()
+        self.accounts.all()
     }
 
     /// A client login: for a delegated account the password must open (or,
