@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use auth::accounts::Accounts;
+use auth::gate::Gate;
 use auth::http::HttpClient;
 use auth::tokens::TokenManager;
 use auth::vault::TokenStore;
@@ -109,7 +110,7 @@ impl Running {
         for (_, context) in &self.earlier {
             // A refresh request is bounded by the connect timeout; its write by the disk.
             let limit = context.connect_timeout + Duration::from_secs(5);
-            if !context.tokens.wait_idle(limit).await {
+            if !context.gate.tokens().wait_idle(limit).await {
                 tracing::warn!("a token refresh was still running at exit; its result may be lost");
             }
         }
@@ -267,20 +268,20 @@ fn build_context(
     if swept > 0 {
         tracing::info!(files = swept, dir = %store.dir().display(), "removed temporary token files a crash left behind");
     }
-    let mut accounts = Accounts::new(&config.accounts);
-    let mut tokens = TokenManager::new(
-        &config.accounts,
-        http,
-        store,
-        Duration::from_secs(config.proxy.refresh_margin_secs),
+    let mut gate = Gate::new(
+        Accounts::new(&config.accounts),
+        TokenManager::new(
+            &config.accounts,
+            http,
+            store,
+            Duration::from_secs(config.proxy.refresh_margin_secs),
+        ),
     );
     if let Some(previous) = previous {
-        accounts = accounts.carry_over(&previous.accounts);
-        tokens = tokens.carry_over(&previous.tokens);
+        gate = gate.carry_over(&previous.gate);
     }
     let context = Arc::new(session::Context {
-        accounts,
-        tokens,
+        gate,
         upstream_tls,
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
         preauth_timeout: Duration::from_secs(config.proxy.preauth_timeout_secs),
@@ -325,7 +326,7 @@ fn launch(
     // Renews unlocked accounts' access tokens before they expire.
     let refresher = context.clone();
     let refresher_rx = rx.clone();
-    tasks.spawn(async move { refresher.tokens.keep_fresh(refresher_rx).await });
+    tasks.spawn(async move { refresher.gate.tokens().keep_fresh(refresher_rx).await });
     Running {
         addrs,
         listener_stats,

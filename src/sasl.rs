@@ -6,7 +6,21 @@ use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::protocol::Credentials;
+/// What a client presented to log in. The password never leaves this type
+/// except to be checked.
+pub struct Credentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
 
 /// The standard LOGIN challenges, base64 of `Username:` and `Password:`.
 /// Outlook and some scanners compare them byte for byte.

@@ -285,7 +285,7 @@ async fn token_mode_fault(mode: Mode) -> String {
     let baseline = rig.warm_up().await;
     let file_before = rig.token_file();
     rig.token_state.set_mode(mode);
-    rig.running.context.tokens.discard_access_token(USER);
+    rig.running.context.gate.tokens().discard_access_token(USER);
 
     let (mut c, line) = imap_login(rig.addr(0), "t1").await;
     // Logged in or refused, the connection stays usable.
@@ -318,7 +318,7 @@ async fn token_endpoint_429_is_unavailable_and_its_retry_after_is_kept() {
     rig.token_state.set_mode(Mode::TooManyRequests {
         retry_after_secs: 2,
     });
-    rig.running.context.tokens.discard_access_token(USER);
+    rig.running.context.gate.tokens().discard_access_token(USER);
     let asked = rig.token_state.requests(GRANT_REFRESH);
     let (mut c, line) = imap_login(rig.addr(0), "t1").await;
     unavailable(&line, "t1");
@@ -343,7 +343,7 @@ async fn token_endpoint_invalid_grant_asks_for_a_sign_in() {
     let rig = rig(RigOptions::default()).await;
     let baseline = rig.warm_up().await;
     rig.token_state.set_mode(Mode::InvalidGrant);
-    rig.running.context.tokens.discard_access_token(USER);
+    rig.running.context.gate.tokens().discard_access_token(USER);
     let (mut c, line) = imap_login(rig.addr(0), "t1").await;
     assert!(
         line.starts_with("t1 NO [AUTHENTICATIONFAILED] ") && line.contains("authorize"),
@@ -782,7 +782,7 @@ async fn clients_that_vanish_during_authentication_lose_nothing() {
     drop(c);
 
     // Gone while the proxy refreshes the token for its LOGIN.
-    rig.running.context.tokens.discard_access_token(USER);
+    rig.running.context.gate.tokens().discard_access_token(USER);
     rig.token_state.set_delay(Duration::from_millis(500));
     let refreshes = rig.token_state.requests(GRANT_REFRESH);
     let mut c = imap_client(rig.addr(0)).await;
@@ -798,7 +798,8 @@ async fn clients_that_vanish_during_authentication_lose_nothing() {
     assert!(
         rig.running
             .context
-            .tokens
+            .gate
+            .tokens()
             .wait_idle(Duration::from_secs(10))
             .await
     );
@@ -1010,7 +1011,7 @@ async fn a_read_only_state_dir_is_reported_and_the_old_tokens_stay_usable() {
     // the tokens on disk stay the ones that open with the password.
     {
         let _read_only = ReadOnly::new(&tokens_dir).expect("read-only worked before");
-        rig.running.context.tokens.discard_access_token(USER);
+        rig.running.context.gate.tokens().discard_access_token(USER);
         rig.next_client_logs_in().await;
         assert_eq!(rig.token_file(), sealed);
     }

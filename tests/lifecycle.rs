@@ -7,14 +7,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use harness::{PASSWORD, Proxy, config_text, imap, seed_tokens, start};
+use harness::{GateLogin, PASSWORD, Proxy, config_text, imap, seed_tokens, start};
 use secrecy::{ExposeSecret, SecretString};
 use support::token_server::{GRANT_REFRESH, Mode};
 use support::*;
 use xoauth2_proxy::auth::password::SealKey;
 use xoauth2_proxy::auth::tokens::{BACKOFF_BASE, BACKOFF_JITTER};
 use xoauth2_proxy::auth::vault::{Entry, TokenStore};
-use xoauth2_proxy::protocol::{Credentials, Failure};
+use xoauth2_proxy::protocol::Failure;
+use xoauth2_proxy::sasl::Credentials;
 
 async fn proxy(proxy_extra: &str) -> (Proxy, FakeImapServer) {
     proxy_with(proxy_extra, ImapOpts::default(), "").await
@@ -98,7 +99,7 @@ async fn logins_during_a_backoff_do_not_reach_the_token_endpoint() {
     }
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
     assert_eq!(server.state.auth_attempts(), 0);
-    let wait = ctx.tokens.retry_in(USER).await.expect("backing off");
+    let wait = ctx.gate.tokens().retry_in(USER).await.expect("backing off");
     assert!(
         wait <= BACKOFF_BASE.mul_f64(1.0 + BACKOFF_JITTER),
         "{wait:?}"
@@ -108,7 +109,7 @@ async fn logins_during_a_backoff_do_not_reach_the_token_endpoint() {
     tokio::time::sleep(wait).await;
     ctx.token_for(&creds()).await.unwrap();
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 2);
-    assert!(ctx.tokens.retry_in(USER).await.is_none());
+    assert!(ctx.gate.tokens().retry_in(USER).await.is_none());
     assert_eq!(
         sealed_refresh_token(proxy.state_dir.path()),
         proxy.tokens.state.latest_refresh_token().unwrap(),
@@ -127,7 +128,7 @@ async fn an_unlocked_account_is_refreshed_before_expiry_without_a_login() {
     // What the background refresh gets lives long: it is the last one.
     proxy.tokens.state.set_access_token_lifetime(3600);
     wait_for_refreshes(&proxy, 2, Duration::from_secs(10)).await;
-    assert!(ctx.tokens.wait_idle(Duration::from_secs(5)).await);
+    assert!(ctx.gate.tokens().wait_idle(Duration::from_secs(5)).await);
     assert_eq!(
         sealed_refresh_token(proxy.state_dir.path()),
         proxy.tokens.state.latest_refresh_token().unwrap(),
@@ -137,14 +138,15 @@ async fn an_unlocked_account_is_refreshed_before_expiry_without_a_login() {
     let (_, at) = ctx.token_for(&creds()).await.unwrap();
     assert!(proxy.tokens.state.is_valid_access_token(at.expose_secret()));
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 2);
-    assert_eq!(ctx.tokens.kdf_runs(), 1);
+    assert_eq!(ctx.gate.tokens().kdf_runs(), 1);
 
     // The machine sleeps for two hours: the wall clock jumps past the expiry.
     // The first thing that happens after is a refresh, not a failed login.
-    ctx.tokens
+    ctx.gate
+        .tokens()
         .age_access_token(USER, Duration::from_secs(2 * 3600));
     wait_for_refreshes(&proxy, 3, Duration::from_secs(10)).await;
-    assert!(ctx.tokens.wait_idle(Duration::from_secs(5)).await);
+    assert!(ctx.gate.tokens().wait_idle(Duration::from_secs(5)).await);
     let (_, at) = ctx.token_for(&creds()).await.unwrap();
     assert!(proxy.tokens.state.is_valid_access_token(at.expose_secret()));
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 3);
@@ -201,9 +203,17 @@ async fn a_shared_mailbox_is_opened_with_the_owners_token() {
             .path_for(SHARED)
             .exists()
     );
-    // A refusal of the token sent for the mailbox drops the owner's cached token.
+    // A refusal of the token sent for the mailbox drops the owner's cached
+    // token: tokens are dropped by account, not by the upstream user name.
     let refreshes = proxy.tokens.state.requests(GRANT_REFRESH);
-    ctx.tokens.discard_access_token(SHARED);
+    ctx.gate.tokens().discard_access_token(SHARED);
+    ctx.token_for(&creds()).await.unwrap();
+    assert_eq!(
+        proxy.tokens.state.requests(GRANT_REFRESH),
+        refreshes,
+        "the mailbox is not an account: nothing of the owner's is dropped"
+    );
+    ctx.gate.tokens().discard_access_token(USER);
     ctx.token_for(&creds()).await.unwrap();
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), refreshes + 1);
 

@@ -131,7 +131,7 @@ async fn secrets_never_reach_the_log() {
     let fetched = c.read_until_tagged("f").await.concat();
     assert!(String::from_utf8_lossy(&fetched).contains(IMAP_BODY));
     // AUTHENTICATE PLAIN (initial response) after a forced refresh.
-    running.context.tokens.discard_access_token(USER);
+    running.context.gate.tokens().discard_access_token(USER);
     let mut c = TestClient::connect(imap_addr).await;
     c.read_line().await;
     c.send(format!("b AUTHENTICATE PLAIN {plain}\r\n").as_bytes())
@@ -235,7 +235,7 @@ async fn secrets_never_reach_the_log() {
     let config = Config::parse(&text, Path::new("test.toml")).unwrap();
     let shown = format!("{config:?}");
     assert!(!shown.contains(CLIENT_SECRET), "{shown}");
-    let credentials = xoauth2_proxy::protocol::Credentials {
+    let credentials = xoauth2_proxy::sasl::Credentials {
         username: USER.to_owned(),
         password: SecretString::from(PASSWORD.to_owned()),
     };

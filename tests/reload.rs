@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use harness::{PASSWORD, config_text, imap, pop3, seed_tokens, start};
+use harness::{GateLogin, PASSWORD, config_text, imap, pop3, seed_tokens, start};
 use support::*;
 use xoauth2_proxy::config::Config;
 
@@ -238,7 +238,7 @@ async fn the_binary_reloads_on_request_and_on_sighup_and_stops_on_sigterm() {
 #[tokio::test]
 async fn a_reload_keeps_unchanged_accounts_unlocked_and_relocks_changed_ones() {
     use secrecy::SecretString;
-    use xoauth2_proxy::protocol::Credentials;
+    use xoauth2_proxy::sasl::Credentials;
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;
     let imap_server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
@@ -261,7 +261,7 @@ async fn a_reload_keeps_unchanged_accounts_unlocked_and_relocks_changed_ones() {
         .token_for(&creds)
         .await
         .expect("first login");
-    assert_eq!(running.context.tokens.kdf_runs(), 1);
+    assert_eq!(running.context.gate.tokens().kdf_runs(), 1);
     let refreshes = tokens.state.total_requests();
 
     // The same account (the file re-read, a listener setting changed).
@@ -278,7 +278,7 @@ async fn a_reload_keeps_unchanged_accounts_unlocked_and_relocks_changed_ones() {
         .await
         .expect("login after reload");
     assert_eq!(
-        running.context.tokens.kdf_runs(),
+        running.context.gate.tokens().kdf_runs(),
         0,
         "no KDF run: the unlock was kept"
     );
@@ -303,6 +303,6 @@ async fn a_reload_keeps_unchanged_accounts_unlocked_and_relocks_changed_ones() {
         .await;
     outcome.expect("reload");
     running.context.token_for(&creds).await.expect("login");
-    assert_eq!(running.context.tokens.kdf_runs(), 1);
+    assert_eq!(running.context.gate.tokens().kdf_runs(), 1);
     running.shutdown().await;
 }

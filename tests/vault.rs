@@ -9,14 +9,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{PASSWORD, Proxy, config_text, imap, seed_tokens, start};
+use harness::{GateLogin, PASSWORD, Proxy, config_text, imap, seed_tokens, start};
 use secrecy::{ExposeSecret, SecretString};
 use support::token_server::GRANT_REFRESH;
 use support::*;
 use xoauth2_proxy::auth::password::SealKey;
 use xoauth2_proxy::auth::throttle::{LOCKOUT, LOCKOUT_FAILURES};
 use xoauth2_proxy::auth::vault::{Entry, TokenStore};
-use xoauth2_proxy::protocol::{Credentials, Failure};
+use xoauth2_proxy::protocol::Failure;
+use xoauth2_proxy::sasl::Credentials;
 
 async fn proxy_with_extra(account_extra: &str) -> (Proxy, FakeImapServer) {
     let pki = TestPki::new();
@@ -168,7 +169,7 @@ async fn an_unlocked_account_logs_in_without_a_kdf_run() {
             Err(Failure::BadCredentials(_))
         ));
     }
-    assert_eq!(ctx.tokens.kdf_runs(), 1);
+    assert_eq!(ctx.gate.tokens().kdf_runs(), 1);
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
 }
 
@@ -190,7 +191,11 @@ async fn a_refresh_reseals_the_rotated_token_before_use() {
         );
     }
     assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 4);
-    assert_eq!(ctx.tokens.kdf_runs(), 1, "re-sealing needs no password");
+    assert_eq!(
+        ctx.gate.tokens().kdf_runs(),
+        1,
+        "re-sealing needs no password"
+    );
 }
 
 #[tokio::test]
@@ -297,11 +302,11 @@ async fn password_hash_accounts_check_the_hash_and_keep_tokens_unsealed() {
     assert!(imap_login(&proxy, "scanner-pw").await.starts_with("a1 OK"));
     let ctx = &proxy.running.context;
     assert_eq!(
-        ctx.accounts.kdf_runs(),
+        ctx.gate.accounts().kdf_runs(),
         2,
         "one failed try, then one success"
     );
-    assert_eq!(ctx.tokens.kdf_runs(), 0);
+    assert_eq!(ctx.gate.tokens().kdf_runs(), 0);
     let stored = TokenStore::new(proxy.state_dir.path())
         .load(USER)
         .expect("unsealed")
@@ -498,7 +503,7 @@ async fn a_catch_all_account_gives_each_address_its_own_tokens_and_password() {
         Entry::Unsealed(_) => panic!("not sealed"),
     }
     // The page's view: the catch-all row and each address in use.
-    let rows = ctx.tokens.status().await;
+    let rows = ctx.gate.tokens().status().await;
     let names: Vec<&str> = rows.iter().map(|r| r.username.as_str()).collect();
     assert_eq!(
         names,
@@ -540,7 +545,7 @@ async fn an_app_only_account_logs_in_with_its_hash_and_a_client_credentials_toke
         !store.path_for(USER).exists(),
         "app-only tokens stay in memory"
     );
-    let rows = proxy.running.context.tokens.status().await;
+    let rows = proxy.running.context.gate.tokens().status().await;
     assert!(
         matches!(
             rows[0].state,
@@ -560,7 +565,8 @@ async fn an_app_only_account_logs_in_with_its_hash_and_a_client_credentials_toke
     proxy
         .running
         .context
-        .tokens
+        .gate
+        .tokens()
         .age_access_token(USER, Duration::from_secs(24 * 3600));
     let line = imap_login(&proxy, "relay-pw").await;
     assert!(line.starts_with("a1 NO [UNAVAILABLE] "), "{line}");

@@ -113,14 +113,15 @@ fn config_for(view: &View, username: &str) -> Option<AccountConfig> {
             .find(|a| a.username.eq_ignore_ascii_case(username))
             .cloned();
     }
-    view.context.tokens.account_config(username)
+    view.context.gate.tokens().account_config(username)
 }
 
 async fn show(State(state): State<Arc<AppState>>) -> Response {
     let view = state.current();
     let rows = view
         .context
-        .tokens
+        .gate
+        .tokens()
         .status()
         .await
         .into_iter()
@@ -259,7 +260,7 @@ async fn callback(
     };
     let code = params.get("code").map(String::as_str).unwrap_or("");
     let sent_state = params.get("state").map(String::as_str).unwrap_or("");
-    let http = view.context.tokens.http().clone();
+    let http = view.context.gate.tokens().http().clone();
     match finish_sign_in(pending, &config, &http, sent_state, code).await {
         Ok(tokens) => {
             store(&state, &config.username, tokens).await;
@@ -277,12 +278,12 @@ async fn callback(
 /// `false`: they could not be saved (said on the page).
 async fn store(state: &AppState, username: &str, tokens: StoredTokens) -> bool {
     let view = state.current();
-    let store = view.context.tokens.store().clone();
+    let store = view.context.gate.tokens().store().clone();
     let name = username.to_owned();
     let saved = tokio::task::spawn_blocking(move || store.save(&name, &tokens)).await;
     match saved {
         Ok(Ok(())) => {
-            view.context.tokens.signed_in(username).await;
+            view.context.gate.tokens().signed_in(username).await;
             tracing::info!(account = %username, "signed in from the local page");
             state.notify(
                 username,
@@ -316,7 +317,7 @@ async fn device(State(state): State<Arc<AppState>>, Form(form): Form<AccountForm
     if !state.device.begin(&config.username) {
         return back_to_page();
     }
-    let http = view.context.tokens.http().clone();
+    let http = view.context.gate.tokens().http().clone();
     let task_state = state.clone();
     let mut tasks = state.tasks.lock().unwrap_or_else(|p| p.into_inner());
     while tasks.try_join_next().is_some() {}

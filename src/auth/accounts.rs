@@ -14,7 +14,7 @@ pub use super::by_address::MAX_CATCH_ALL_ADDRESSES;
 use super::password::{PasswordDigest, Tag, verify_phc};
 use super::throttle::Throttle;
 use crate::config::AccountConfig;
-use crate::protocol::Credentials;
+use crate::sasl::Credentials;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {

@@ -5,6 +5,7 @@ pub mod assertion;
 pub mod authcode;
 pub mod by_address;
 pub mod flows;
+pub mod gate;
 pub mod http;
 pub mod loopback;
 pub mod password;

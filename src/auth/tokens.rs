@@ -409,17 +409,13 @@ impl TokenManager {
         self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The mail server refused the access token sent for `user` (an
-    /// account's address or its `mailbox`; revoked, or its sessions
-    /// invalidated): drop it, so the next login refreshes instead of
-    /// presenting it again. The refresh token and the unlock are kept.
-    pub fn discard_access_token(&self, user: &str) {
-        for account in self.all() {
-            if account.config.upstream_user().eq_ignore_ascii_case(user)
-                || account.config.username.eq_ignore_ascii_case(user)
-            {
-                *account.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
-            }
+    /// The mail server refused the access token of `username` (revoked, or
+    /// its sessions invalidated): drop it, so the next login refreshes
+    /// instead of presenting it again. The refresh token and the unlock are
+    /// kept, and other accounts (even ones sharing its mailbox) are untouched.
+    pub fn discard_access_token(&self, username: &str) {
+        if let Some(account) = self.accounts.exact(username) {
+            *account.cached.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 

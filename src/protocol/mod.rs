@@ -9,23 +9,7 @@ pub mod imap;
 pub mod pop3;
 pub mod smtp;
 
-use secrecy::SecretString;
-
-/// What a client presented to log in. The password never leaves this type
-/// except to be checked.
-pub struct Credentials {
-    pub username: String,
-    pub password: SecretString,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
+pub use crate::sasl::Credentials;
 
 /// Why a login was refused before (or instead of) the upstream's own answer.
 /// Each front end renders it in its protocol's words (see DESIGN.md's table).

@@ -8,26 +8,25 @@ pub mod pop3;
 pub mod smtp;
 pub mod upstream_auth;
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::auth::accounts::{Accounts, LoginError};
-use crate::auth::tokens::{TokenError, TokenManager};
+use crate::auth::gate::{Gate, Grant, LoginError};
 use crate::config::{ListenerConfig, LocalTls};
-use crate::protocol::{Credentials, Failure};
+use crate::protocol::Failure;
+use crate::sasl::Credentials;
 use crate::upstream::{Target, UpstreamError};
 use client::ClientStream;
 
 /// Everything sessions share.
 pub struct Context {
-    pub accounts: Accounts,
-    pub tokens: TokenManager,
+    /// Accounts, passwords and tokens: every login passes here.
+    pub gate: Gate,
     pub upstream_tls: Arc<ClientConfig>,
     pub connect_timeout: Duration,
     pub preauth_timeout: Duration,
@@ -64,85 +63,30 @@ impl Context {
         self.upstream_health.record(&target.addr(), outcome);
     }
 
-    /// Local checks, then a valid access token. The `user=` to send upstream
-    /// is returned: the account's `mailbox` if it has one (a shared mailbox),
-    /// else its configured address. Not throttled:
-    /// the drivers should call [`Context::token_for_peer`].
-    pub async fn token_for(
+    /// A client login through the gate, its refusal in the words of
+    /// DESIGN.md's table (a sign-in hint names the local page).
+    pub async fn login(
         &self,
         credentials: &Credentials,
-    ) -> Result<(String, SecretString), Failure> {
-        self.login(credentials).await
-    }
-
-    /// [`Context::token_for`] with repeated failures from `peer` slowed
-    /// down and then refused for a while (`auth::throttle`).
-    pub async fn token_for_peer(
-        &self,
-        peer: IpAddr,
-        credentials: &Credentials,
-    ) -> Result<(String, SecretString), Failure> {
-        let throttle = &self.accounts.throttle;
-        if let Err(wait) = throttle.admit(peer).await {
-            tracing::warn!(%peer, user = %credentials.username, "login refused: too many failures from this address");
-            return Err(Failure::Unavailable(format!(
-                "too many failed logins from this address; try again in {} s",
-                wait.as_secs().max(1)
-            )));
-        }
-        let result = self.login(credentials).await;
-        match &result {
-            Ok(_) => throttle.succeeded(peer),
-            Err(Failure::BadCredentials(_)) => throttle.failed(peer),
-            Err(_) => {}
-        }
-        result
-    }
-
-    async fn login(&self, credentials: &Credentials) -> Result<(String, SecretString), Failure> {
-        let refused = |reason: &dyn std::fmt::Display| {
-            tracing::warn!(user = %credentials.username, %reason, "login refused locally");
-        };
-        let account = self.accounts.verify(credentials).await.map_err(|e| {
-            refused(&e);
-            match e {
-                LoginError::UnknownAccount(_)
-                | LoginError::EmptyPassword
-                | LoginError::WrongPassword(_) => Failure::BadCredentials(e.to_string()),
-                LoginError::Unverifiable(_) => Failure::Unavailable(e.to_string()),
-            }
-        })?;
-        let username = account.username.clone();
-        let upstream_user = account.upstream_user().to_owned();
-        let token = self
-            .tokens
-            .login(&username, &credentials.password)
+        peer: SocketAddr,
+    ) -> Result<Grant, Failure> {
+        self.gate
+            .login(credentials, peer)
             .await
-            .map_err(|e| {
-                if let TokenError::WrongPassword(_) = e {
-                    refused(&e);
-                } else {
-                    tracing::warn!(account = %username, reason = %e, "no access token");
-                }
-                match e {
-                    TokenError::UnknownAccount(_) | TokenError::WrongPassword(_) => {
-                        Failure::BadCredentials(e.to_string())
-                    }
-                    TokenError::NeedsSignIn(m) => {
-                        Failure::SignInNeeded(match self.sign_in_page.get() {
-                            Some(page) => format!("{m}; or sign in at {page}"),
-                            None => m,
-                        })
-                    }
-                    TokenError::Transient(m) => Failure::Unavailable(format!(
-                        "cannot get a token from the sign-in service: {m}"
-                    )),
-                    TokenError::Configuration(m) => {
-                        Failure::Unavailable(format!("proxy configuration problem: {m}"))
-                    }
-                }
-            })?;
-        Ok((upstream_user, token))
+            .map_err(|e| self.failure(e))
+    }
+
+    /// The protocol-neutral reply for a refusal of the gate.
+    pub fn failure(&self, e: LoginError) -> Failure {
+        match e {
+            LoginError::Refused(m) => Failure::BadCredentials(m),
+            LoginError::SignInNeeded(m) => Failure::SignInNeeded(match self.sign_in_page.get() {
+                Some(page) => format!("{m}; or sign in at {page}"),
+                None => m,
+            }),
+            e @ LoginError::Throttled(_) => Failure::Unavailable(e.to_string()),
+            LoginError::Unavailable(m) => Failure::Unavailable(m),
+        }
     }
 }
 

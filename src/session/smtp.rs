@@ -254,14 +254,12 @@ impl FixedRelay<'_> {
             )
             .into_bytes());
         }
-        let token = self.ctx.tokens.access_token(self.account).await.map_err(|e| {
-            tracing::warn!(%peer, account = %self.account, reason = %e, "no access token for the fixed account");
+        let grant = self.ctx.gate.unattended(self.account).await.map_err(|e| {
             failure_reply(&Failure::Unavailable(format!(
                 "the relay cannot sign in as {}: {e}",
                 self.account
             )))
         })?;
-        let user = self.ctx.tokens.upstream_user(self.account);
         let signed_in = authenticate(
             self.ctx,
             self.target,
@@ -269,8 +267,7 @@ impl FixedRelay<'_> {
             ehlo_name,
             upstream,
             "",
-            &user,
-            &token,
+            &grant,
             peer,
         )
         .await;

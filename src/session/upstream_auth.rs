@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use secrecy::SecretString;
 
 use super::{Context, unavailable};
+use crate::auth::gate::Grant;
 use crate::config::UpstreamTls;
-use crate::protocol::{Credentials, Failure};
+use crate::protocol::Failure;
+use crate::sasl::Credentials;
 use crate::sasl::ErrorChallenge;
 use crate::upstream::{Target, UpstreamError, imap, pop3, smtp};
 
@@ -52,9 +54,8 @@ pub trait UpstreamLogin: Sized {
     const FRESH_AFTER_REFUSAL: bool = false;
 }
 
-/// A client login: the local checks and a token ([`Context::token_for_peer`]),
-/// then [`authenticate`]. `Ok` carries the account's upstream user and the
-/// server's success reply.
+/// A client login: the gate ([`Context::login`]), then [`authenticate`].
+/// `Ok` carries the account's address and the server's success reply.
 #[allow(clippy::too_many_arguments)]
 pub async fn login<U: UpstreamLogin>(
     ctx: &Context,
@@ -66,15 +67,15 @@ pub async fn login<U: UpstreamLogin>(
     credentials: &Credentials,
     peer: SocketAddr,
 ) -> Result<(String, Vec<u8>), Vec<u8>> {
-    let (user, token) = ctx
-        .token_for_peer(peer.ip(), credentials)
+    let grant = ctx
+        .login(credentials, peer)
         .await
         .map_err(|f| U::failure(tag, &f))?;
-    let reply = authenticate(ctx, target, tls, hello, upstream, tag, &user, &token, peer).await?;
-    Ok((user, reply))
+    let reply = authenticate(ctx, target, tls, hello, upstream, tag, &grant, peer).await?;
+    Ok((grant.address().to_owned(), reply))
 }
 
-/// XOAUTH2 upstream as `user` with `token`, reconnecting once when the
+/// XOAUTH2 upstream with `grant`'s user and token, reconnecting once when the
 /// connection held since the greeting turns out dead (the server may drop
 /// an idle pre-login connection while the user types). `Ok`: the server's
 /// success reply; `Err`: the reply for the client, after which the session
@@ -87,10 +88,10 @@ pub async fn authenticate<U: UpstreamLogin>(
     hello: &str,
     upstream: &mut Option<U>,
     tag: &str,
-    user: &str,
-    token: &SecretString,
+    grant: &Grant,
     peer: SocketAddr,
 ) -> Result<Vec<u8>, Vec<u8>> {
+    let user = grant.upstream_user();
     loop {
         let fresh = upstream.is_none();
         let up = match upstream {
@@ -109,7 +110,7 @@ pub async fn authenticate<U: UpstreamLogin>(
                 }
             },
         };
-        let outcome = up.xoauth2(tag, user, token).await;
+        let outcome = up.xoauth2(tag, user, &grant.token).await;
         ctx.note_upstream(target, &outcome);
         match outcome {
             Ok(Outcome::Accepted(reply)) => {
@@ -124,7 +125,7 @@ pub async fn authenticate<U: UpstreamLogin>(
                 tracing::warn!(%peer, account = %user, server = %String::from_utf8_lossy(&reply).trim_end(),
                     challenge = ?challenge, "upstream refused the token");
                 if token_refused {
-                    ctx.tokens.discard_access_token(user);
+                    ctx.gate.token_refused(grant);
                 }
                 if U::FRESH_AFTER_REFUSAL {
                     *upstream = None;

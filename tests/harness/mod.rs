@@ -216,3 +216,44 @@ impl Setup {
         trust_generated_cert(self.state_dir.path())
     }
 }
+
+/// A login through the gate as the drivers make it, returning the `user=`
+/// for the upstream and the token.
+pub trait GateLogin {
+    /// From a source address of its own at each call, so the throttle
+    /// (tested on its own) never delays these checks.
+    async fn token_for(
+        &self,
+        credentials: &xoauth2_proxy::sasl::Credentials,
+    ) -> Result<(String, SecretString), xoauth2_proxy::protocol::Failure>;
+
+    /// From `peer`, throttled as a client from there would be.
+    async fn token_for_peer(
+        &self,
+        peer: std::net::IpAddr,
+        credentials: &xoauth2_proxy::sasl::Credentials,
+    ) -> Result<(String, SecretString), xoauth2_proxy::protocol::Failure>;
+}
+
+impl GateLogin for xoauth2_proxy::session::Context {
+    async fn token_for(
+        &self,
+        credentials: &xoauth2_proxy::sasl::Credentials,
+    ) -> Result<(String, SecretString), xoauth2_proxy::protocol::Failure> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let source = std::net::Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff));
+        self.token_for_peer(source.into(), credentials).await
+    }
+
+    async fn token_for_peer(
+        &self,
+        peer: std::net::IpAddr,
+        credentials: &xoauth2_proxy::sasl::Credentials,
+    ) -> Result<(String, SecretString), xoauth2_proxy::protocol::Failure> {
+        self.login(credentials, SocketAddr::new(peer, 0))
+            .await
+            .map(|g| (g.upstream_user().to_owned(), g.token))
+    }
+}
