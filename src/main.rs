@@ -375,10 +375,8 @@ async fn authorize(
                     account.username
                 );
                 println!("{url}");
-                if open {
-                    if let Err(e) = loopback::open_browser(url) {
-                        println!("(could not open a browser: {e}; open the address yourself)");
-                    }
+                if open && let Err(e) = loopback::open_browser(url) {
+                    println!("(could not open a browser: {e}; open the address yourself)");
                 }
                 println!(
                     "(waiting up to {} minutes for the sign-in…)",
