@@ -2,6 +2,7 @@
 //! (`--log-dir` or `log_dir`, which the service definitions set) daily
 //! files `xoauth2-proxy.YYYY-MM-DD.log`, the oldest removed beyond a count.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::rolling::{Builder, RollingFileAppender, Rotation};
@@ -18,10 +19,13 @@ pub fn filter(default: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Log lines to stderr.
+/// Log lines to stderr, coloured only on a terminal: redirected to a file,
+/// a pipe or a service manager's journal, escape codes are noise in every
+/// line (and break `grep` on the level).
 pub fn to_stderr(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
