@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::tokens::{AccountState, AccountStatus};
 use crate::config::Flow;
+use crate::escape::escape;
 use crate::health::Seen;
 
 /// Seconds between reloads of the page while a device code waits (a meta
@@ -102,22 +103,6 @@ pub struct Notice {
     pub account: String,
     pub ok: bool,
     pub text: String,
-}
-
-/// `&`, `<`, `>`, `"` and `'` as entities: safe in text and in quoted attributes.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `2 h 5 min`, `59 min`, `45 s`.
@@ -447,15 +432,6 @@ mod tests {
                 text: v.into(),
             }],
         }
-    }
-
-    #[test]
-    fn escape_covers_html_specials() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-        assert_eq!(escape("plain é ✓"), "plain é ✓");
     }
 
     #[test]

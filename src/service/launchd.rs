@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 #[cfg(target_os = "macos")]
 use super::Action;
 use super::{Definition, LABEL};
+use crate::escape::escape;
 
 /// The agent's files under the user's home directory.
 pub struct Paths {
@@ -25,21 +26,6 @@ impl Paths {
             logs: home.join("Library/Logs/xoauth2-proxy"),
         }
     }
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The program and its arguments, as the agent runs them.
