@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 
-use crate::auth::authcode::constant_time_eq;
 use crate::auth::password::fill_random;
+use subtle::ConstantTimeEq;
 
 /// Random bytes of the CSRF token (made once per process).
 const CSRF_BYTES: usize = 32;
@@ -178,7 +178,7 @@ impl CsrfToken {
     /// Compared in constant time.
     pub fn check(&self, sent: Option<&str>) -> Result<(), Refusal> {
         match sent {
-            Some(s) if constant_time_eq(s.as_bytes(), self.0.as_bytes()) => Ok(()),
+            Some(s) if bool::from(s.as_bytes().ct_eq(self.0.as_bytes())) => Ok(()),
             _ => Err(Refusal::BadCsrf),
         }
     }
