@@ -2,7 +2,7 @@
 //! task (it polls for up to ~15 minutes) and leaves its progress in a panel
 //! the page shows.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use super::page::{DevicePanel, DeviceState};
 
@@ -17,8 +17,8 @@ pub struct Panels {
 }
 
 impl Panels {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DevicePanel>> {
-        self.panels.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<DevicePanel>> {
+        self.panels.lock()
     }
 
     /// Starts a panel for `account`. `false`: one is already running for it,

@@ -19,9 +19,10 @@ mod routes;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -130,7 +131,7 @@ impl AppState {
     }
 
     fn notify(&self, account: &str, ok: bool, text: impl Into<String>) {
-        let mut notices = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut notices = self.notices.lock();
         notices.retain(|n| !n.account.eq_ignore_ascii_case(account));
         notices.push_front(page::Notice {
             account: account.to_owned(),
@@ -254,21 +255,13 @@ impl Admin {
         {
             self.task.abort();
         }
-        self.state
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        self.state.tasks.lock().abort_all();
     }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
         self.task.abort();
-        self.state
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        self.state.tasks.lock().abort_all();
     }
 }
