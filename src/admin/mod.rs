@@ -97,11 +97,9 @@ impl View {
                 .map(|((l, addr), stats)| ListenerView {
                     protocol: l.protocol.to_string(),
                     listen: *addr,
-                    upstream: l.upstream.clone(),
-                    upstream_key: l
-                        .upstream_host_port()
-                        .map(|(host, port)| format!("{host}:{port}"))
-                        .unwrap_or_default(),
+                    upstream: l.upstream.to_string(),
+                    // The key the sessions record under (`Target`'s host and port).
+                    upstream_key: format!("{}:{}", l.upstream.host(), l.upstream.port()),
                     stats: stats.clone(),
                 })
                 .collect(),
