@@ -41,7 +41,7 @@ impl Reloads {
 }
 
 /// The control socket of the proxy that uses `state_dir`.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
+pub(crate) fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }
 

@@ -9,8 +9,8 @@ use tracing_appender::rolling::{Builder, RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
 
 /// The name of the daily log files: `<prefix>.<date>.<suffix>`.
-pub const FILE_PREFIX: &str = "xoauth2-proxy";
-pub const FILE_SUFFIX: &str = "log";
+pub(crate) const FILE_PREFIX: &str = "xoauth2-proxy";
+pub(crate) const FILE_SUFFIX: &str = "log";
 
 /// `RUST_LOG` when set, else `default` (a level or a directive).
 pub fn filter(default: &str) -> EnvFilter {
@@ -31,7 +31,7 @@ pub fn to_stderr(default: &str) {
 }
 
 /// Daily-rotated files in `dir` (created if missing), keeping `keep` files.
-pub fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFileAppender> {
+pub(crate) fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFileAppender> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", dir.display()))?;
     Builder::new()

@@ -8,11 +8,11 @@ use super::page::{DevicePanel, DeviceState};
 
 /// At most this many panels are kept (running or finished); a finished one
 /// gives way first.
-pub const MAX_DEVICE_PANELS: usize = 8;
+pub(crate) const MAX_DEVICE_PANELS: usize = 8;
 
 /// The panels, newest first.
 #[derive(Default)]
-pub struct Panels {
+pub(crate) struct Panels {
     panels: Mutex<Vec<DevicePanel>>,
 }
 
@@ -23,7 +23,7 @@ impl Panels {
 
     /// Starts a panel for `account`. `false`: one is already running for it,
     /// or every panel is taken by a running sign-in.
-    pub fn begin(&self, account: &str) -> bool {
+    pub(crate) fn begin(&self, account: &str) -> bool {
         let mut panels = self.lock();
         if panels
             .iter()

@@ -34,15 +34,15 @@ use crate::health::ListenerStats;
 use crate::session::Context;
 
 /// The largest request body accepted (the forms are a few hundred bytes).
-pub const MAX_BODY_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024;
 /// Sign-in outcomes kept for the page, newest first.
-pub const MAX_NOTICES: usize = 8;
+pub(crate) const MAX_NOTICES: usize = 8;
 /// At shutdown, how long requests in progress may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// One listener as the page sees it: what is configured, and where its
 /// live figures come from.
-pub struct ListenerView {
+pub(crate) struct ListenerView {
     pub protocol: String,
     pub listen: SocketAddr,
     pub upstream: String,
@@ -65,7 +65,7 @@ impl ListenerView {
 }
 
 /// What the page shows and acts on: the configuration in use.
-pub struct View {
+pub(crate) struct View {
     pub context: Arc<Context>,
     /// The configured accounts (catch-alls included, for their endpoints).
     pub accounts: Vec<AccountConfig>,
@@ -151,7 +151,7 @@ impl AppState {
 /// The page's address as a browser should open it: `localhost` for a
 /// loopback or wildcard address (the redirect URI providers accept over
 /// plain HTTP), else the address itself.
-pub fn page_url(bound: SocketAddr) -> String {
+pub(crate) fn page_url(bound: SocketAddr) -> String {
     if bound.ip().is_loopback() || bound.ip().is_unspecified() {
         format!("http://localhost:{}/", bound.port())
     } else {
@@ -177,7 +177,7 @@ pub async fn bind(config: &Config) -> Option<TcpListener> {
 
 /// The running page: owned by `Running`, stopped at its shutdown (or
 /// aborted when dropped).
-pub struct Admin {
+pub(crate) struct Admin {
     addr: SocketAddr,
     page_url: String,
     view: watch::Sender<Arc<View>>,
@@ -230,12 +230,12 @@ impl Admin {
     }
 
     /// `http://localhost:PORT/`.
-    pub fn page_url(&self) -> &str {
+    pub(crate) fn page_url(&self) -> &str {
         &self.page_url
     }
 
     /// A reload: the page shows and acts on the new configuration.
-    pub fn update(&self, view: View) {
+    pub(crate) fn update(&self, view: View) {
         if view.admin_listen != self.view.borrow().admin_listen {
             tracing::warn!(listen = %self.addr,
                 "proxy.admin_listen changed: the page stays where it is until the next start");

@@ -13,7 +13,7 @@ use crate::health::Seen;
 
 /// Seconds between reloads of the page while a device code waits (a meta
 /// refresh: no script needed).
-pub const DEVICE_REFRESH_SECS: u64 = 5;
+pub(crate) const DEVICE_REFRESH_SECS: u64 = 5;
 
 /// What the page shows.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +72,7 @@ pub struct ListenerRow {
 }
 
 /// A listener's health cell: a style key and the words.
-pub fn listener_health(row: &ListenerRow, now: SystemTime) -> (&'static str, String) {
+pub(crate) fn listener_health(row: &ListenerRow, now: SystemTime) -> (&'static str, String) {
     let open = match row.open {
         1 => "1 connection".to_owned(),
         n => format!("{n} connections"),
@@ -106,7 +106,7 @@ pub struct Notice {
 }
 
 /// `2 h 5 min`, `59 min`, `45 s`.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0..60 => format!("{secs} s"),
@@ -116,7 +116,7 @@ pub fn human(d: Duration) -> String {
 }
 
 /// A short key (for `data-state`, and styles) and the text of a state.
-pub fn state_text(state: &AccountState) -> (&'static str, String) {
+pub(crate) fn state_text(state: &AccountState) -> (&'static str, String) {
     match state {
         AccountState::NeedsSignIn => ("needs-sign-in", "needs sign-in".into()),
         AccountState::Locked => (
@@ -170,7 +170,7 @@ button{font:inherit;padding:.2em .8em}input[type=email]{font:inherit;width:14em}
 .muted{color:#666;font-size:.9em}";
 
 /// The whole document.
-pub fn render(page: &Page) -> String {
+pub(crate) fn render(page: &Page) -> String {
     let mut html = String::with_capacity(8192);
     html.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     if page

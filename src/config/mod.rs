@@ -16,34 +16,35 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-pub use values::{HostPort, MailAddress, Network, is_allowed, parse_network};
+pub(crate) use values::is_allowed;
+pub use values::{HostPort, MailAddress, Network};
 
 /// How long a client may take from connecting to finishing its login. Long
 /// enough for a person typing a password into a prompt, short enough that
 /// idle half-open connections do not pile up.
-pub const DEFAULT_PREAUTH_TIMEOUT_SECS: u64 = 60;
+pub(crate) const DEFAULT_PREAUTH_TIMEOUT_SECS: u64 = 60;
 /// Concurrent client connections per listener. Office 365 allows few sessions
 /// per mailbox; more than this from one machine is a runaway client.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Refresh an access token when less than this is left (a login must never
 /// carry a token that expires while the server checks it).
-pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
+pub(crate) const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
 /// TCP + TLS set-up to the upstream, and each HTTP request to a token endpoint.
-pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 20;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 20;
 /// Concurrent connections from one source address per listener reachable
 /// from the network (on a loopback-only listener every client is the same
 /// source, and `max_connections` is the limit). A mail
 /// client opens a handful (Thunderbird up to 5 per account, Outlook a few
 /// more); a burst beyond this from one address is a loop or an attack, and
 /// it must not starve the other machines on a shared listener.
-pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 /// At shutdown, how long sessions get to finish on their own before the rest
 /// are closed. Below the stop timeouts of service managers (Windows gives a
 /// service about 20 s at system shutdown, launchd 20 s, systemd 90 s), so the
 /// proxy closes its sessions itself instead of being killed mid-write.
-pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+pub(crate) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Daily log files kept in `log_dir` (two weeks).
-pub const DEFAULT_LOG_KEEP: usize = 14;
+pub(crate) const DEFAULT_LOG_KEEP: usize = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -121,7 +122,7 @@ pub struct ProxySection {
 }
 
 /// The page's default address: loopback only, a port unlikely to be taken.
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8089);
 
 /// Where the local page listens, if anywhere.
@@ -258,7 +259,7 @@ pub struct ListenerConfig {
 
 impl ListenerConfig {
     /// The `allow_from` networks.
-    pub fn allowed_networks(&self) -> Vec<IpNet> {
+    pub(crate) fn allowed_networks(&self) -> Vec<IpNet> {
         self.allow_from.iter().map(Network::net).collect()
     }
 
@@ -266,20 +267,20 @@ impl ListenerConfig {
     /// non-loopback address, or any `allow_from` (a loopback listener with
     /// one is reached through a port forward or a container bridge). Such a
     /// listener refuses passwords without TLS unless `allow_plaintext`.
-    pub fn is_exposed(&self) -> bool {
+    pub(crate) fn is_exposed(&self) -> bool {
         !self.listen.ip().is_loopback() || !self.allow_from.is_empty()
     }
 
     /// Whether a password may be taken on a connection, given whether the
     /// connection has TLS by now.
-    pub fn accepts_password(&self, tls: bool) -> bool {
+    pub(crate) fn accepts_password(&self, tls: bool) -> bool {
         tls || self.allow_plaintext || !self.is_exposed()
     }
 
     /// The upstream's host name (for SNI and certificate checks) and port;
     /// always there (`upstream` is a [`HostPort`]), an `Option` for the
     /// callers written when it was a string.
-    pub fn upstream_host_port(&self) -> Option<(&str, u16)> {
+    pub(crate) fn upstream_host_port(&self) -> Option<(&str, u16)> {
         Some((self.upstream.host(), self.upstream.port()))
     }
 }
@@ -368,7 +369,7 @@ impl AccountConfig {
     /// Whether `other` is this account with nothing changed that matters to
     /// its tokens or its password, so a reload may keep what it unlocked.
     /// (Every field is named: a new one must be decided on here.)
-    pub fn same_as(&self, other: &AccountConfig) -> bool {
+    pub(crate) fn same_as(&self, other: &AccountConfig) -> bool {
         let AccountConfig {
             username,
             provider,
@@ -410,12 +411,12 @@ impl AccountConfig {
 
     /// `username = "@contoso.com"`: every address at the domain, each with
     /// its own tokens and its own sign-in.
-    pub fn is_catch_all(&self) -> bool {
+    pub(crate) fn is_catch_all(&self) -> bool {
         self.username.starts_with('@')
     }
 
     /// Whether this catch-all covers `address` (case-insensitive).
-    pub fn covers(&self, address: &str) -> bool {
+    pub(crate) fn covers(&self, address: &str) -> bool {
         self.is_catch_all()
             && address.len() > self.username.len()
             && values::valid_address(address)
@@ -425,7 +426,7 @@ impl AccountConfig {
     }
 
     /// This catch-all's settings for one of its addresses.
-    pub fn for_address(&self, address: &str) -> AccountConfig {
+    pub(crate) fn for_address(&self, address: &str) -> AccountConfig {
         AccountConfig {
             username: address.to_owned(),
             ..self.clone()
@@ -501,7 +502,7 @@ impl Config {
     }
 
     /// Whether any listener serves TLS to its clients.
-    pub fn uses_local_tls(&self) -> bool {
+    pub(crate) fn uses_local_tls(&self) -> bool {
         self.listeners.iter().any(|l| l.local_tls != LocalTls::None)
     }
 
@@ -524,7 +525,7 @@ impl Config {
 
 /// [`Config::account`] over a list of accounts: an exact address wins over
 /// its domain's catch-all.
-pub fn resolve_account<'a>(
+pub(crate) fn resolve_account<'a>(
     accounts: &'a [AccountConfig],
     username: &str,
 ) -> Option<Cow<'a, AccountConfig>> {

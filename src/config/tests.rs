@@ -1,5 +1,6 @@
 //! Table tests of the schema, the typed values and the rules per section.
 
+use super::values::parse_network;
 use super::*;
 
 const GOOD: &str = r#"

@@ -20,7 +20,7 @@ impl Config {
     }
 
     /// Checks what serde cannot: cross-field rules and value ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_proxy()?;
         self.validate_local_certificate()?;
         for (i, listener) in self.listeners.iter().enumerate() {

@@ -203,7 +203,7 @@ fn valid_domain(domain: &str) -> bool {
 
 /// `192.168.1.0/24`, `fd00::/8`, or a single address (a /32 or /128).
 /// Host bits must be zero, so a typo cannot silently widen the network.
-pub fn parse_network(text: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
@@ -222,7 +222,7 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
 
 /// Whether `peer` is inside one of `networks` (an IPv4 peer on a dual-stack
 /// socket arrives as `::ffff:a.b.c.d` and is compared as IPv4).
-pub fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
+pub(crate) fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
     let peer = peer.to_canonical();
     networks.iter().any(|n| n.contains(&peer))
 }
