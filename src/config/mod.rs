@@ -463,9 +463,10 @@ impl Config {
             if key.is_empty() || key == "." {
                 return parse_error(e);
             }
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map(|span| {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                before.iter().filter(|&&b| b == b'\n').count() + 1
+            });
             ConfigError::Invalid {
                 path: path.to_owned(),
                 key,
