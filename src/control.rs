@@ -4,7 +4,9 @@
 //! prints the outcome; on Windows a user-defined control of the service
 //! (`service::windows`).
 
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,8 +42,10 @@ impl Reloads {
     }
 }
 
-/// The control socket of the proxy that uses `state_dir`.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
+/// The control socket of the proxy that uses `state_dir` (Unix only: a
+/// Windows service is reloaded through the Service Control Manager).
+#[cfg(unix)]
+pub(crate) fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }
 

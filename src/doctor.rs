@@ -52,9 +52,7 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
     };
     let timeout = Duration::from_secs(config.proxy.connect_timeout_secs);
     for (i, l) in config.listeners.iter().enumerate() {
-        let Some((host, port)) = l.upstream_host_port() else {
-            continue;
-        };
+        let (host, port) = (l.upstream.host(), l.upstream.port());
         let what = format!(
             "listener[{i}] ({} on {}) → {}",
             l.protocol, l.listen, l.upstream

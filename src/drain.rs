@@ -26,7 +26,7 @@ impl Drop for Open {
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
+pub(crate) struct Drained {
     /// Connections open when the drain began.
     pub open_at_start: usize,
     /// Connections still open at the end of the grace time, closed by the proxy.
@@ -66,7 +66,7 @@ impl Sessions {
 
     /// Waits up to `grace` for the open connections to end, then closes the
     /// rest and waits for their tasks to be gone.
-    pub async fn drain(&self, grace: Duration) -> Drained {
+    pub(crate) async fn drain(&self, grace: Duration) -> Drained {
         let open_at_start = self.open();
         let mut open = self.open.subscribe();
         let ended = tokio::time::timeout(grace, open.wait_for(|n| *n == 0))

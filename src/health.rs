@@ -3,10 +3,11 @@
 //! reached for it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 /// Open client connections of one listener (kept across reloads with its socket).
 #[derive(Debug, Default)]
 pub struct ListenerStats {
@@ -55,18 +56,11 @@ impl UpstreamHealth {
             at: SystemTime::now(),
             error: outcome.err().map(|e| e.to_string()),
         };
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(upstream.to_owned(), seen);
+        self.seen.lock().insert(upstream.to_owned(), seen);
     }
 
     pub fn get(&self, upstream: &str) -> Option<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(upstream)
-            .cloned()
+        self.seen.lock().get(upstream).cloned()
     }
 }
 

@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod doctor;
 pub mod drain;
+pub(crate) mod escape;
 pub mod health;
 pub mod listener;
 pub mod logging;

@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -113,7 +114,7 @@ struct SourceSlot {
 
 impl SourceCounts {
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.lock();
         let n = counts.entry(ip).or_insert(0);
         if *n >= self.max {
             return None;
@@ -128,7 +129,7 @@ impl SourceCounts {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.counts.lock();
         if let Some(n) = counts.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

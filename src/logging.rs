@@ -2,14 +2,15 @@
 //! (`--log-dir` or `log_dir`, which the service definitions set) daily
 //! files `xoauth2-proxy.YYYY-MM-DD.log`, the oldest removed beyond a count.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::rolling::{Builder, RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
 
 /// The name of the daily log files: `<prefix>.<date>.<suffix>`.
-pub const FILE_PREFIX: &str = "xoauth2-proxy";
-pub const FILE_SUFFIX: &str = "log";
+pub(crate) const FILE_PREFIX: &str = "xoauth2-proxy";
+pub(crate) const FILE_SUFFIX: &str = "log";
 
 /// `RUST_LOG` when set, else `default` (a level or a directive).
 pub fn filter(default: &str) -> EnvFilter {
@@ -18,16 +19,19 @@ pub fn filter(default: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Log lines to stderr.
+/// Log lines to stderr, coloured only on a terminal: redirected to a file,
+/// a pipe or a service manager's journal, escape codes are noise in every
+/// line (and break `grep` on the level).
 pub fn to_stderr(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 /// Daily-rotated files in `dir` (created if missing), keeping `keep` files.
-pub fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFileAppender> {
+pub(crate) fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFileAppender> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", dir.display()))?;
     Builder::new()

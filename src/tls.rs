@@ -28,7 +28,7 @@ pub enum TlsSetupError {
 }
 
 /// Reads every certificate in a PEM file.
-pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+pub(crate) fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let err = |reason: String| TlsSetupError::CaFile {
         path: path.display().to_string(),
         reason,

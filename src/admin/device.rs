@@ -2,28 +2,28 @@
 //! task (it polls for up to ~15 minutes) and leaves its progress in a panel
 //! the page shows.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use super::page::{DevicePanel, DeviceState};
 
 /// At most this many panels are kept (running or finished); a finished one
 /// gives way first.
-pub const MAX_DEVICE_PANELS: usize = 8;
+pub(crate) const MAX_DEVICE_PANELS: usize = 8;
 
 /// The panels, newest first.
 #[derive(Default)]
-pub struct Panels {
+pub(crate) struct Panels {
     panels: Mutex<Vec<DevicePanel>>,
 }
 
 impl Panels {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DevicePanel>> {
-        self.panels.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<DevicePanel>> {
+        self.panels.lock()
     }
 
     /// Starts a panel for `account`. `false`: one is already running for it,
     /// or every panel is taken by a running sign-in.
-    pub fn begin(&self, account: &str) -> bool {
+    pub(crate) fn begin(&self, account: &str) -> bool {
         let mut panels = self.lock();
         if panels
             .iter()

@@ -8,15 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 
-use crate::auth::authcode::constant_time_eq;
 use crate::auth::password::fill_random;
+use subtle::ConstantTimeEq;
 
 /// Random bytes of the CSRF token (made once per process).
 const CSRF_BYTES: usize = 32;
 
 /// The hosts (`name:port`) the page answers to.
 #[derive(Debug, Clone)]
-pub struct Hosts {
+pub(crate) struct Hosts {
     port: u16,
     /// The configured address, when other machines may use it.
     remote: Option<SocketAddr>,
@@ -35,7 +35,7 @@ impl Hosts {
     }
 
     /// Whether `host` (a `Host` header value, or the host of an origin) is one of ours.
-    pub fn allows(&self, host: &str) -> bool {
+    pub(crate) fn allows(&self, host: &str) -> bool {
         let Some((name, port)) = split_host_port(host) else {
             return false;
         };
@@ -59,14 +59,14 @@ impl Hosts {
     }
 
     /// Whether `origin` (an `Origin` header: `http://host:port`) is one of ours.
-    pub fn allows_origin(&self, origin: &str) -> bool {
+    pub(crate) fn allows_origin(&self, origin: &str) -> bool {
         origin
             .strip_prefix("http://")
             .is_some_and(|host| !host.contains('/') && self.allows(host))
     }
 
     /// Whether `referer` is a page of ours (`http://host:port/…`).
-    pub fn allows_referer(&self, referer: &str) -> bool {
+    pub(crate) fn allows_referer(&self, referer: &str) -> bool {
         let Some(rest) = referer.strip_prefix("http://") else {
             return false;
         };
@@ -102,7 +102,7 @@ fn parse_ip(name: &str) -> Option<IpAddr> {
 
 /// Why a request was refused (the short text the answer carries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The `Host` is not this page's: another site's name resolving here.
     ForeignHost,
     /// A POST from another origin, or with neither `Origin` nor `Referer`.
@@ -126,7 +126,7 @@ impl Refusal {
 }
 
 /// Every request: its `Host` must be ours.
-pub fn check_host(hosts: &Hosts, host: Option<&str>) -> Result<(), Refusal> {
+pub(crate) fn check_host(hosts: &Hosts, host: Option<&str>) -> Result<(), Refusal> {
     match host {
         Some(h) if hosts.allows(h) => Ok(()),
         _ => Err(Refusal::ForeignHost),
@@ -135,7 +135,7 @@ pub fn check_host(hosts: &Hosts, host: Option<&str>) -> Result<(), Refusal> {
 
 /// A state-changing request: it must come from one of our pages. `Origin`
 /// decides when present (`null` is foreign); without it, `Referer`.
-pub fn check_origin(
+pub(crate) fn check_origin(
     hosts: &Hosts,
     origin: Option<&str>,
     referer: Option<&str>,
@@ -155,7 +155,7 @@ pub fn check_origin(
 /// The token every form of the page carries; random per process. Only a
 /// page read from our own origin can know it.
 #[derive(Clone)]
-pub struct CsrfToken(String);
+pub(crate) struct CsrfToken(String);
 
 impl std::fmt::Debug for CsrfToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +178,7 @@ impl CsrfToken {
     /// Compared in constant time.
     pub fn check(&self, sent: Option<&str>) -> Result<(), Refusal> {
         match sent {
-            Some(s) if constant_time_eq(s.as_bytes(), self.0.as_bytes()) => Ok(()),
+            Some(s) if bool::from(s.as_bytes().ct_eq(self.0.as_bytes())) => Ok(()),
             _ => Err(Refusal::BadCsrf),
         }
     }
@@ -188,7 +188,7 @@ impl CsrfToken {
 /// anywhere (inline styles only), no frame may hold the page, and forms post
 /// only to the page itself or, through the sign-in's redirect, to the
 /// providers' authorize pages (`form_targets`: their origins).
-pub fn content_security_policy(form_targets: &[String]) -> String {
+pub(crate) fn content_security_policy(form_targets: &[String]) -> String {
     let mut form_action = String::from("'self'");
     for target in form_targets {
         form_action.push(' ');
@@ -203,7 +203,7 @@ pub fn content_security_policy(form_targets: &[String]) -> String {
 /// The origin (`scheme://host[:port]`) of an authorize URL, for
 /// `form-action`; `None` for anything that is not a plain http(s) URL (a
 /// value that could smuggle another directive into the policy).
-pub fn url_origin(url: &str) -> Option<String> {
+pub(crate) fn url_origin(url: &str) -> Option<String> {
     let parsed = reqwest::Url::parse(url).ok()?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return None;

@@ -19,9 +19,10 @@ mod routes;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,15 +34,15 @@ use crate::health::ListenerStats;
 use crate::session::Context;
 
 /// The largest request body accepted (the forms are a few hundred bytes).
-pub const MAX_BODY_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024;
 /// Sign-in outcomes kept for the page, newest first.
-pub const MAX_NOTICES: usize = 8;
+pub(crate) const MAX_NOTICES: usize = 8;
 /// At shutdown, how long requests in progress may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// One listener as the page sees it: what is configured, and where its
 /// live figures come from.
-pub struct ListenerView {
+pub(crate) struct ListenerView {
     pub protocol: String,
     pub listen: SocketAddr,
     pub upstream: String,
@@ -64,7 +65,7 @@ impl ListenerView {
 }
 
 /// What the page shows and acts on: the configuration in use.
-pub struct View {
+pub(crate) struct View {
     pub context: Arc<Context>,
     /// The configured accounts (catch-alls included, for their endpoints).
     pub accounts: Vec<AccountConfig>,
@@ -96,11 +97,9 @@ impl View {
                 .map(|((l, addr), stats)| ListenerView {
                     protocol: l.protocol.to_string(),
                     listen: *addr,
-                    upstream: l.upstream.clone(),
-                    upstream_key: l
-                        .upstream_host_port()
-                        .map(|(host, port)| format!("{host}:{port}"))
-                        .unwrap_or_default(),
+                    upstream: l.upstream.to_string(),
+                    // The key the sessions record under (`Target`'s host and port).
+                    upstream_key: format!("{}:{}", l.upstream.host(), l.upstream.port()),
                     stats: stats.clone(),
                 })
                 .collect(),
@@ -130,7 +129,7 @@ impl AppState {
     }
 
     fn notify(&self, account: &str, ok: bool, text: impl Into<String>) {
-        let mut notices = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut notices = self.notices.lock();
         notices.retain(|n| !n.account.eq_ignore_ascii_case(account));
         notices.push_front(page::Notice {
             account: account.to_owned(),
@@ -152,7 +151,7 @@ impl AppState {
 /// The page's address as a browser should open it: `localhost` for a
 /// loopback or wildcard address (the redirect URI providers accept over
 /// plain HTTP), else the address itself.
-pub fn page_url(bound: SocketAddr) -> String {
+pub(crate) fn page_url(bound: SocketAddr) -> String {
     if bound.ip().is_loopback() || bound.ip().is_unspecified() {
         format!("http://localhost:{}/", bound.port())
     } else {
@@ -178,7 +177,7 @@ pub async fn bind(config: &Config) -> Option<TcpListener> {
 
 /// The running page: owned by `Running`, stopped at its shutdown (or
 /// aborted when dropped).
-pub struct Admin {
+pub(crate) struct Admin {
     addr: SocketAddr,
     page_url: String,
     view: watch::Sender<Arc<View>>,
@@ -231,12 +230,12 @@ impl Admin {
     }
 
     /// `http://localhost:PORT/`.
-    pub fn page_url(&self) -> &str {
+    pub(crate) fn page_url(&self) -> &str {
         &self.page_url
     }
 
     /// A reload: the page shows and acts on the new configuration.
-    pub fn update(&self, view: View) {
+    pub(crate) fn update(&self, view: View) {
         if view.admin_listen != self.view.borrow().admin_listen {
             tracing::warn!(listen = %self.addr,
                 "proxy.admin_listen changed: the page stays where it is until the next start");
@@ -254,21 +253,13 @@ impl Admin {
         {
             self.task.abort();
         }
-        self.state
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        self.state.tasks.lock().abort_all();
     }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
         self.task.abort();
-        self.state
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        self.state.tasks.lock().abort_all();
     }
 }

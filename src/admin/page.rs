@@ -8,11 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::tokens::{AccountState, AccountStatus};
 use crate::config::Flow;
+use crate::escape::escape;
 use crate::health::Seen;
 
 /// Seconds between reloads of the page while a device code waits (a meta
 /// refresh: no script needed).
-pub const DEVICE_REFRESH_SECS: u64 = 5;
+pub(crate) const DEVICE_REFRESH_SECS: u64 = 5;
 
 /// What the page shows.
 #[derive(Debug, Clone, Default)]
@@ -71,7 +72,7 @@ pub struct ListenerRow {
 }
 
 /// A listener's health cell: a style key and the words.
-pub fn listener_health(row: &ListenerRow, now: SystemTime) -> (&'static str, String) {
+pub(crate) fn listener_health(row: &ListenerRow, now: SystemTime) -> (&'static str, String) {
     let open = match row.open {
         1 => "1 connection".to_owned(),
         n => format!("{n} connections"),
@@ -104,24 +105,8 @@ pub struct Notice {
     pub text: String,
 }
 
-/// `&`, `<`, `>`, `"` and `'` as entities: safe in text and in quoted attributes.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// `2 h 5 min`, `59 min`, `45 s`.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0..60 => format!("{secs} s"),
@@ -131,7 +116,7 @@ pub fn human(d: Duration) -> String {
 }
 
 /// A short key (for `data-state`, and styles) and the text of a state.
-pub fn state_text(state: &AccountState) -> (&'static str, String) {
+pub(crate) fn state_text(state: &AccountState) -> (&'static str, String) {
     match state {
         AccountState::NeedsSignIn => ("needs-sign-in", "needs sign-in".into()),
         AccountState::Locked => (
@@ -185,7 +170,7 @@ button{font:inherit;padding:.2em .8em}input[type=email]{font:inherit;width:14em}
 .muted{color:#666;font-size:.9em}";
 
 /// The whole document.
-pub fn render(page: &Page) -> String {
+pub(crate) fn render(page: &Page) -> String {
     let mut html = String::with_capacity(8192);
     html.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     if page
@@ -447,15 +432,6 @@ mod tests {
                 text: v.into(),
             }],
         }
-    }
-
-    #[test]
-    fn escape_covers_html_specials() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-        assert_eq!(escape("plain é ✓"), "plain é ✓");
     }
 
     #[test]

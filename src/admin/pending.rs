@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// At most this many browser sign-ins wait at once; the oldest gives way.
-pub const MAX_PENDING: usize = 16;
+pub(crate) const MAX_PENDING: usize = 16;
 /// A sign-in not back within this is forgotten (the provider's codes live
 /// about ten minutes; a person needs a few).
-pub const PENDING_EXPIRY: Duration = Duration::from_secs(15 * 60);
+pub(crate) const PENDING_EXPIRY: Duration = Duration::from_secs(15 * 60);
 
 /// Items by their `state`, with when they were started.
-pub struct PendingMap<T> {
+pub(crate) struct PendingMap<T> {
     items: HashMap<String, (Instant, T)>,
 }
 
@@ -48,11 +48,13 @@ impl<T> PendingMap<T> {
         self.items.remove(state).map(|(_, item)| item)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 

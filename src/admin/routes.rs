@@ -148,13 +148,7 @@ async fn show(State(state): State<Arc<AppState>>) -> Response {
             .map(|l| l.row(&view.context))
             .collect(),
         open_sessions: view.sessions.open(),
-        notices: state
-            .notices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect(),
+        notices: state.notices.lock().iter().cloned().collect(),
     };
     Html(page::render(&page)).into_response()
 }
@@ -211,11 +205,7 @@ async fn sign_in(State(state): State<Arc<AppState>>, Form(form): Form<AccountFor
     match PendingSignIn::start(&config, &state.redirect_uri()) {
         Ok((url, pending)) => {
             let key = pending.state().to_owned();
-            state
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, pending, Instant::now());
+            state.pending.lock().insert(key, pending, Instant::now());
             tracing::info!(account = %config.username, "sign-in started from the local page");
             see_other(&url)
         }
@@ -230,13 +220,9 @@ async fn callback(
     State(state): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let pending = params.get("state").and_then(|s| {
-        state
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(s, Instant::now())
-    });
+    let pending = params
+        .get("state")
+        .and_then(|s| state.pending.lock().take(s, Instant::now()));
     let Some(pending) = pending else {
         return (
             StatusCode::BAD_REQUEST,
@@ -319,7 +305,7 @@ async fn device(State(state): State<Arc<AppState>>, Form(form): Form<AccountForm
     }
     let http = view.context.gate.tokens().http().clone();
     let task_state = state.clone();
-    let mut tasks = state.tasks.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tasks = state.tasks.lock();
     while tasks.try_join_next().is_some() {}
     tasks.spawn(async move {
         let state = task_state;

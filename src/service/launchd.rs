@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 #[cfg(target_os = "macos")]
 use super::Action;
 use super::{Definition, LABEL};
+use crate::escape::escape;
 
 /// The agent's files under the user's home directory.
-pub struct Paths {
+pub(crate) struct Paths {
     pub plist: PathBuf,
     pub logs: PathBuf,
 }
@@ -27,23 +28,8 @@ impl Paths {
     }
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The program and its arguments, as the agent runs them.
-pub fn program_arguments(d: &Definition, logs: &Path) -> Vec<String> {
+pub(crate) fn program_arguments(d: &Definition, logs: &Path) -> Vec<String> {
     let mut args = vec![
         d.exe.to_string_lossy().into_owned(),
         "run".to_owned(),
@@ -60,7 +46,7 @@ pub fn program_arguments(d: &Definition, logs: &Path) -> Vec<String> {
 }
 
 /// The agent's property list (XML).
-pub fn plist_text(d: &Definition, paths: &Paths) -> String {
+pub(crate) fn plist_text(d: &Definition, paths: &Paths) -> String {
     let mut p = String::new();
     p.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     p.push_str("<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n");

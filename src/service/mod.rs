@@ -19,15 +19,15 @@ use crate::config::Config;
 
 /// The service's name: the systemd unit `xoauth2-proxy.service`, the
 /// Windows service `xoauth2-proxy`.
-pub const NAME: &str = "xoauth2-proxy";
+pub(crate) const NAME: &str = "xoauth2-proxy";
 /// The launchd label (and the plist's file name without `.plist`).
-pub const LABEL: &str = "io.github.xoauth2-proxy";
+pub(crate) const LABEL: &str = "io.github.xoauth2-proxy";
 /// What service managers show next to the name.
-pub const DESCRIPTION: &str =
+pub(crate) const DESCRIPTION: &str =
     "xoauth2-proxy: password logins for Office 365 IMAP, POP3 and SMTP through OAuth 2.0";
 /// A stop gets this long beyond the configured drain before the service
 /// manager kills the process.
-pub const STOP_MARGIN_SECS: u64 = 10;
+pub(crate) const STOP_MARGIN_SECS: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use super::{Action, DESCRIPTION, Definition, NAME};
 
 /// `xoauth2-proxy.service`.
-pub fn unit_name() -> String {
+pub(crate) fn unit_name() -> String {
     format!("{NAME}.service")
 }
 
 /// Where the unit file goes.
-pub fn unit_path(system: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn unit_path(system: bool) -> anyhow::Result<PathBuf> {
     if system {
         return Ok(PathBuf::from("/etc/systemd/system").join(unit_name()));
     }
@@ -26,7 +26,7 @@ pub fn unit_path(system: bool) -> anyhow::Result<PathBuf> {
 
 /// One word of a command line or a path list in a unit file: quoted, with
 /// systemd's specifier (`%`) and variable (`$`) characters escaped.
-pub fn quote(word: &str) -> String {
+pub(crate) fn quote(word: &str) -> String {
     let mut out = String::with_capacity(word.len() + 2);
     out.push('"');
     for c in word.chars() {
@@ -47,7 +47,7 @@ fn path_word(p: &Path) -> String {
 }
 
 /// The unit file for `d`.
-pub fn unit_text(d: &Definition) -> String {
+pub(crate) fn unit_text(d: &Definition) -> String {
     let mut exec = format!(
         "{} run --config {}",
         path_word(&d.exe),

@@ -32,7 +32,7 @@ const RELOAD: u32 = 128;
 const START_WAIT: Duration = Duration::from_secs(30);
 
 /// `%ProgramData%\xoauth2-proxy`.
-pub fn program_data() -> PathBuf {
+pub(crate) fn program_data() -> PathBuf {
     std::env::var_os("ProgramData")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))

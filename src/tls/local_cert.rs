@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::RwLock;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -24,17 +25,17 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 
 /// File names under `state_dir/certs/`.
-pub const CERT_FILE_NAME: &str = "local-cert.pem";
-pub const KEY_FILE_NAME: &str = "local-key.pem";
+pub(crate) const CERT_FILE_NAME: &str = "local-cert.pem";
+pub(crate) const KEY_FILE_NAME: &str = "local-key.pem";
 /// Apple's platforms refuse TLS server certificates valid for more than 825
 /// days, whoever issued them; stay just under.
 const VALIDITY: Duration = Duration::from_secs(820 * 86_400);
 /// A generated certificate is replaced when less than this is left, so a
 /// client never meets an expired one.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+pub(crate) const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// How often a running proxy looks whether its certificate needs renewing
 /// (or, for `cert_file`, whether the files were replaced).
-pub const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -111,7 +112,7 @@ impl CertSource {
     }
 
     /// The PEM file clients are told to trust.
-    pub fn cert_path(&self) -> PathBuf {
+    pub(crate) fn cert_path(&self) -> PathBuf {
         match &self.configured {
             Some((cert, _)) => cert.clone(),
             None => self.dir.join(CERT_FILE_NAME),
@@ -128,10 +129,6 @@ impl CertSource {
     /// The names a generated certificate carries.
     pub fn names(&self) -> &[String] {
         &self.names
-    }
-
-    pub fn is_generated(&self) -> bool {
-        self.configured.is_none()
     }
 
     /// The configured certificate, or the generated one if it is still good
@@ -307,7 +304,7 @@ impl CertInfo {
     }
 
     /// Still valid `margin` from `now`.
-    pub fn good_until(&self, now: SystemTime, margin: Duration) -> bool {
+    pub(crate) fn good_until(&self, now: SystemTime, margin: Duration) -> bool {
         let limit = now + margin;
         let limit = limit
             .duration_since(UNIX_EPOCH)
@@ -332,7 +329,7 @@ pub fn fingerprint(der: &CertificateDer<'_>) -> String {
 }
 
 /// This machine's host name, when it is a usable DNS name.
-pub fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     let name = raw_host_name()?;
     let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
     let valid = matches!(
@@ -375,14 +372,11 @@ impl ReloadableCert {
     }
 
     pub fn replace(&self, certified: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = certified;
+        *self.current.write() = certified;
     }
 
     pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 }
 

@@ -1,0 +1,546 @@
+//! The TOML configuration: schema and defaults (here), typed values checked
+//! while the file is read (`values.rs`), the rules that span several keys,
+//! one function per section (`validate.rs`).
+//!
+//! Key names are an interface (users' files and other tools rely on them).
+//! Every error names the key and says what is wrong.
+
+mod validate;
+mod values;
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+pub(crate) use values::is_allowed;
+pub use values::{HostPort, MailAddress, Network};
+
+/// How long a client may take from connecting to finishing its login. Long
+/// enough for a person typing a password into a prompt, short enough that
+/// idle half-open connections do not pile up.
+pub(crate) const DEFAULT_PREAUTH_TIMEOUT_SECS: u64 = 60;
+/// Concurrent client connections per listener. Office 365 allows few sessions
+/// per mailbox; more than this from one machine is a runaway client.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Refresh an access token when less than this is left (a login must never
+/// carry a token that expires while the server checks it).
+pub(crate) const DEFAULT_REFRESH_MARGIN_SECS: u64 = 300;
+/// TCP + TLS set-up to the upstream, and each HTTP request to a token endpoint.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 20;
+/// Concurrent connections from one source address per listener reachable
+/// from the network (on a loopback-only listener every client is the same
+/// source, and `max_connections` is the limit). A mail
+/// client opens a handful (Thunderbird up to 5 per account, Outlook a few
+/// more); a burst beyond this from one address is a loop or an attack, and
+/// it must not starve the other machines on a shared listener.
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+/// At shutdown, how long sessions get to finish on their own before the rest
+/// are closed. Below the stop timeouts of service managers (Windows gives a
+/// service about 20 s at system shutdown, launchd 20 s, systemd 90 s), so the
+/// proxy closes its sessions itself instead of being killed mid-write.
+pub(crate) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Daily log files kept in `log_dir` (two weeks).
+pub(crate) const DEFAULT_LOG_KEEP: usize = 14;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxySection,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<AccountConfig>,
+    /// Where the file was read from, for messages; empty for in-memory configs.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Tokens and runtime state. Default: the platform's data directory.
+    pub state_dir: Option<PathBuf>,
+    /// Extra PEM roots trusted for upstream servers and token endpoints.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_preauth_timeout")]
+    pub preauth_timeout_secs: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_refresh_margin")]
+    pub refresh_margin_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// The local TLS certificate chain (PEM) for every listener with
+    /// `local_tls`; with `key_file`. Without both, one is generated under
+    /// `state_dir/certs/`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Extra names (DNS names or IP addresses) for the generated certificate.
+    #[serde(default)]
+    pub cert_names: Vec<String>,
+    /// Seconds sessions get to finish at shutdown before the rest are closed.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Log to daily files in this directory instead of stderr (set by the
+    /// service definitions; `--log-dir` overrides it).
+    pub log_dir: Option<PathBuf>,
+    /// How many daily log files `log_dir` keeps.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: usize,
+    /// The local sign-in and status page: an address, or `"off"`.
+    #[serde(default)]
+    pub admin_listen: AdminListen,
+    /// Lets `admin_listen` be a non-loopback address. The page signs
+    /// accounts in: only for a machine whose network is trusted.
+    #[serde(default)]
+    pub admin_allow_remote: bool,
+}
+
+/// The page's default address: loopback only, a port unlikely to be taken.
+pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8089);
+
+/// Where the local page listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AdminListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl Default for AdminListen {
+    fn default() -> Self {
+        AdminListen::At(DEFAULT_ADMIN_LISTEN)
+    }
+}
+
+impl TryFrom<String> for AdminListen {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(AdminListen::Off);
+        }
+        value.parse().map(AdminListen::At).map_err(|_| {
+            format!("`{value}` is neither an address with a port (127.0.0.1:8089) nor \"off\"")
+        })
+    }
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            state_dir: None,
+            ca_file: None,
+            preauth_timeout_secs: DEFAULT_PREAUTH_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            refresh_margin_secs: DEFAULT_REFRESH_MARGIN_SECS,
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            cert_file: None,
+            key_file: None,
+            cert_names: Vec::new(),
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            log_dir: None,
+            log_keep: DEFAULT_LOG_KEEP,
+            admin_listen: AdminListen::default(),
+            admin_allow_remote: false,
+        }
+    }
+}
+
+fn default_preauth_timeout() -> u64 {
+    DEFAULT_PREAUTH_TIMEOUT_SECS
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_refresh_margin() -> u64 {
+    DEFAULT_REFRESH_MARGIN_SECS
+}
+fn default_connect_timeout() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_SECS
+}
+fn default_max_connections_per_source() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+}
+fn default_shutdown_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_SECS
+}
+fn default_log_keep() -> usize {
+    DEFAULT_LOG_KEEP
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Imap,
+    Pop3,
+    Smtp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Smtp => "smtp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    Implicit,
+    Starttls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalTls {
+    #[default]
+    None,
+    Implicit,
+    Starttls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub protocol: Protocol,
+    pub listen: SocketAddr,
+    /// `host:port` of the real server.
+    pub upstream: HostPort,
+    pub upstream_tls: UpstreamTls,
+    #[serde(default)]
+    pub local_tls: LocalTls,
+    /// Networks (`192.168.1.0/24`, or single addresses) that may connect.
+    /// Required when `listen` is not a loopback address; empty means any
+    /// (only allowed on loopback).
+    #[serde(default)]
+    pub allow_from: Vec<Network>,
+    /// Accept passwords without TLS on a listener exposed to the network
+    /// (devices that cannot do TLS 1.2, on a protected segment).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// SMTP only: relay every message as this account, without a client
+    /// login (scanners that cannot authenticate). Needs `allow_from` and
+    /// `allowed_senders`.
+    pub fixed_account: Option<MailAddress>,
+    /// With `fixed_account`: the only `MAIL FROM` addresses accepted.
+    #[serde(default)]
+    pub allowed_senders: Vec<MailAddress>,
+}
+
+impl ListenerConfig {
+    /// The `allow_from` networks.
+    pub(crate) fn allowed_networks(&self) -> Vec<IpNet> {
+        self.allow_from.iter().map(Network::net).collect()
+    }
+
+    /// Whether other machines are meant to reach this listener: a
+    /// non-loopback address, or any `allow_from` (a loopback listener with
+    /// one is reached through a port forward or a container bridge). Such a
+    /// listener refuses passwords without TLS unless `allow_plaintext`.
+    pub(crate) fn is_exposed(&self) -> bool {
+        !self.listen.ip().is_loopback() || !self.allow_from.is_empty()
+    }
+
+    /// Whether a password may be taken on a connection, given whether the
+    /// connection has TLS by now.
+    pub(crate) fn accepts_password(&self, tls: bool) -> bool {
+        tls || self.allow_plaintext || !self.is_exposed()
+    }
+
+    /// The upstream's host name (for SNI and certificate checks) and port;
+    /// always there (`upstream` is a [`HostPort`]), an `Option` for the
+    /// callers written when it was a string.
+    pub(crate) fn upstream_host_port(&self) -> Option<(&str, u16)> {
+        Some((self.upstream.host(), self.upstream.port()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Microsoft 365 / Exchange Online (in the cloud chosen by `cloud`).
+    Office365,
+    /// Google Workspace and Gmail.
+    Gmail,
+    /// Any other provider: `token_url` and `scopes` (and the URLs of the flow) are given.
+    Custom,
+}
+
+/// The Microsoft cloud of an office365 account: its login and Exchange hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// login.microsoftonline.com, outlook.office365.com.
+    #[default]
+    Global,
+    /// Microsoft 365 GCC High / DoD: login.microsoftonline.us, outlook.office365.us.
+    Usgov,
+    /// Operated by 21Vianet: login.chinacloudapi.cn, partner.outlook.cn.
+    China,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    AuthorizationCode,
+    DeviceCode,
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The mailbox address; also the user name the mail client logs in with.
+    /// Or `@domain`: a catch-all.
+    #[serde(deserialize_with = "values::account_name")]
+    pub username: String,
+    pub provider: ProviderKind,
+    pub tenant: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    #[serde(default = "default_flow")]
+    pub flow: Flow,
+    #[serde(default, deserialize_with = "values::optional_web_url")]
+    pub authorize_url: Option<String>,
+    #[serde(default, deserialize_with = "values::optional_web_url")]
+    pub token_url: Option<String>,
+    #[serde(default, deserialize_with = "values::optional_web_url")]
+    pub device_code_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// An Argon2 PHC string (`xoauth2-proxy hash-password`). When set, the
+    /// local password is checked against it and the tokens are not sealed
+    /// with it (unattended accounts: scanners, fixed-account relays).
+    pub password_hash: Option<SecretString>,
+    /// A shared mailbox the signed-in user may open: sent as the `user=` of
+    /// XOAUTH2 instead of `username` (which stays the login name, the
+    /// account that signs in, and the name of its tokens).
+    #[serde(default, deserialize_with = "values::optional_address")]
+    pub mailbox: Option<String>,
+    /// office365 only: `global` (the default), `usgov` or `china`.
+    pub cloud: Option<Cloud>,
+    /// A certificate credential instead of `client_secret`: the app's
+    /// certificate (PEM), as uploaded to its registration, with `client_key`.
+    pub client_certificate: Option<PathBuf>,
+    /// The RSA private key (PEM: PKCS#8 or PKCS#1, unencrypted) of `client_certificate`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl AccountConfig {
+    /// The `user=` sent upstream: `mailbox` if set, else `username`.
+    pub fn upstream_user(&self) -> &str {
+        self.mailbox.as_deref().unwrap_or(&self.username)
+    }
+
+    /// The Microsoft cloud (`cloud`, default global).
+    pub fn cloud(&self) -> Cloud {
+        self.cloud.unwrap_or_default()
+    }
+
+    /// Whether `other` is this account with nothing changed that matters to
+    /// its tokens or its password, so a reload may keep what it unlocked.
+    /// (Every field is named: a new one must be decided on here.)
+    pub(crate) fn same_as(&self, other: &AccountConfig) -> bool {
+        let AccountConfig {
+            username,
+            provider,
+            tenant,
+            client_id,
+            client_secret,
+            flow,
+            authorize_url,
+            token_url,
+            device_code_url,
+            scopes,
+            password_hash,
+            mailbox,
+            cloud,
+            client_certificate,
+            client_key,
+        } = self;
+        let secret_eq = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        };
+        username.eq_ignore_ascii_case(&other.username)
+            && *provider == other.provider
+            && *tenant == other.tenant
+            && *client_id == other.client_id
+            && secret_eq(client_secret, &other.client_secret)
+            && *flow == other.flow
+            && *authorize_url == other.authorize_url
+            && *token_url == other.token_url
+            && *device_code_url == other.device_code_url
+            && *scopes == other.scopes
+            && secret_eq(password_hash, &other.password_hash)
+            && *mailbox == other.mailbox
+            && *cloud == other.cloud
+            && *client_certificate == other.client_certificate
+            && *client_key == other.client_key
+    }
+
+    /// `username = "@contoso.com"`: every address at the domain, each with
+    /// its own tokens and its own sign-in.
+    pub(crate) fn is_catch_all(&self) -> bool {
+        self.username.starts_with('@')
+    }
+
+    /// Whether this catch-all covers `address` (case-insensitive).
+    pub(crate) fn covers(&self, address: &str) -> bool {
+        self.is_catch_all()
+            && address.len() > self.username.len()
+            && values::valid_address(address)
+            && address
+                .get(address.len() - self.username.len()..)
+                .is_some_and(|d| d.eq_ignore_ascii_case(&self.username))
+    }
+
+    /// This catch-all's settings for one of its addresses.
+    pub(crate) fn for_address(&self, address: &str) -> AccountConfig {
+        AccountConfig {
+            username: address.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+fn default_flow() -> Flow {
+    Flow::DeviceCode
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Reads `text` (the contents of `path`): a value of the wrong shape
+    /// is refused here, naming its key (`listener[0].upstream`) and line;
+    /// then relative file names are taken from `path`'s folder and the
+    /// rules across keys are checked ([`Config::validate`]).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        let document = toml::Deserializer::parse(text).map_err(parse_error)?;
+        let mut config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
+            let key = e.path().to_string();
+            let e = e.into_inner();
+            if key.is_empty() || key == "." {
+                return parse_error(e);
+            }
+            let line = e.span().map(|span| {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                before.iter().filter(|&&b| b == b'\n').count() + 1
+            });
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message: match line {
+                    Some(line) => format!("{} (line {line})", e.message().trim_end()),
+                    None => e.message().trim_end().to_owned(),
+                },
+            }
+        })?;
+        config.source = path.to_owned();
+        config.resolve_relative_paths(path.parent().unwrap_or(Path::new("")));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// File names in the configuration are relative to its folder, so the
+    /// same file works whatever the working directory (a service manager's
+    /// is `/` or `C:\Windows\System32`).
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let resolve = |file: &mut Option<PathBuf>| {
+            if let Some(file) = file
+                && file.is_relative()
+            {
+                *file = base.join(&*file);
+            }
+        };
+        resolve(&mut self.proxy.ca_file);
+        resolve(&mut self.proxy.cert_file);
+        resolve(&mut self.proxy.key_file);
+        for account in &mut self.accounts {
+            resolve(&mut account.client_certificate);
+            resolve(&mut account.client_key);
+        }
+    }
+
+    /// Whether any listener serves TLS to its clients.
+    pub(crate) fn uses_local_tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.local_tls != LocalTls::None)
+    }
+
+    /// The directory for tokens and runtime state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.proxy.state_dir.clone().unwrap_or_else(|| {
+            dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("xoauth2-proxy")
+        })
+    }
+
+    /// The account a client (or `authorize`, `forget`) means by `username`:
+    /// its own `[[account]]`, or the catch-all of its domain with the
+    /// address filled in.
+    pub fn account(&self, username: &str) -> Option<Cow<'_, AccountConfig>> {
+        resolve_account(&self.accounts, username)
+    }
+}
+
+/// [`Config::account`] over a list of accounts: an exact address wins over
+/// its domain's catch-all.
+pub(crate) fn resolve_account<'a>(
+    accounts: &'a [AccountConfig],
+    username: &str,
+) -> Option<Cow<'a, AccountConfig>> {
+    if let Some(exact) = accounts
+        .iter()
+        .find(|a| !a.is_catch_all() && a.username.eq_ignore_ascii_case(username))
+    {
+        return Some(Cow::Borrowed(exact));
+    }
+    accounts
+        .iter()
+        .find(|a| a.covers(username))
+        .map(|a| Cow::Owned(a.for_address(username)))
+}
+
+#[cfg(test)]
+mod tests;

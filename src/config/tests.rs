@@ -1,0 +1,440 @@
+//! Table tests of the schema, the typed values and the rules per section.
+
+use super::values::parse_network;
+use super::*;
+
+const GOOD: &str = r#"
+[proxy]
+state_dir = "/tmp/x"
+
+[[listener]]
+protocol = "imap"
+listen = "127.0.0.1:1143"
+upstream = "outlook.office365.com:993"
+upstream_tls = "implicit"
+
+[[account]]
+username = "alice@contoso.com"
+provider = "office365"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000000"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("proxy.toml"))
+}
+
+#[test]
+fn networks_parse_strictly_and_match_mapped_addresses() {
+    let lan = parse_network("192.168.1.0/24").unwrap();
+    let one = parse_network(" 10.0.0.7 ").unwrap();
+    let v6 = parse_network("fd00::/8").unwrap();
+    assert_eq!(one.to_string(), "10.0.0.7/32");
+    assert!(
+        parse_network("192.168.1.1/24")
+            .unwrap_err()
+            .contains("192.168.1.0/24")
+    );
+    assert!(parse_network("192.168.1.0/33").is_err());
+    assert!(parse_network("lan").is_err());
+    let nets = [lan, one, v6];
+    for (peer, allowed) in [
+        ("192.168.1.77", true),
+        ("::ffff:192.168.1.77", true),
+        ("192.168.2.1", false),
+        ("10.0.0.7", true),
+        ("10.0.0.8", false),
+        ("fd12::1", true),
+        ("fe80::1", false),
+    ] {
+        let ip: IpAddr = peer.parse().unwrap();
+        assert_eq!(is_allowed(&nets, ip), allowed, "{peer}");
+    }
+}
+
+#[test]
+fn exposure_follows_the_address_and_allow_from() {
+    let lan = GOOD.replace("127.0.0.1:1143", "192.168.1.10:1143").replace(
+        "upstream_tls = \"implicit\"",
+        "upstream_tls = \"implicit\"\nallow_from = [\"192.168.1.0/24\"]\nlocal_tls = \"starttls\"",
+    );
+    let l = &parse(&lan).unwrap().listeners[0];
+    assert!(l.is_exposed());
+    assert!(!l.accepts_password(false));
+    assert!(l.accepts_password(true));
+    let local = &parse(GOOD).unwrap().listeners[0];
+    assert!(!local.is_exposed());
+    assert!(local.accepts_password(false));
+    let c = parse(GOOD).unwrap();
+    assert_eq!(
+        c.proxy.max_connections_per_source,
+        DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    );
+    assert!(!c.uses_local_tls());
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listeners[0].protocol, Protocol::Imap);
+    assert_eq!(c.listeners[0].local_tls, LocalTls::None);
+    assert_eq!(
+        c.listeners[0].upstream_host_port(),
+        Some(("outlook.office365.com", 993))
+    );
+    assert_eq!(c.accounts[0].flow, Flow::DeviceCode);
+    assert_eq!(c.proxy.preauth_timeout_secs, DEFAULT_PREAUTH_TIMEOUT_SECS);
+    assert!(c.account("ALICE@contoso.com").is_some());
+    assert_eq!(c.accounts[0].upstream_user(), "alice@contoso.com");
+    let shared = GOOD.replace("tenant =", "mailbox = \"info@contoso.com\"\ntenant =");
+    let c = parse(&shared).unwrap();
+    assert_eq!(c.accounts[0].upstream_user(), "info@contoso.com");
+    assert_eq!(c.accounts[0].username, "alice@contoso.com");
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("protocol = \"imap\"", "protocol = \"imapx\"", "imapx"),
+        (
+            "upstream = \"outlook.office365.com:993\"",
+            "upstream = \"outlook.office365.com\"",
+            "listener[0].upstream",
+        ),
+        (
+            "listen = \"127.0.0.1:1143\"",
+            "listen = \"localhost:1143\"",
+            "listen",
+        ),
+        (
+            "upstream_tls = \"implicit\"",
+            "upstream_tls = \"ssl\"",
+            "upstream_tls",
+        ),
+        (
+            "username = \"alice@contoso.com\"",
+            "username = \"alice\"",
+            "account[0].username",
+        ),
+        (
+            "client_id = \"00000000-0000-0000-0000-000000000000\"",
+            "client_id = \" \"",
+            "account[0].client_id",
+        ),
+        (
+            "provider = \"office365\"",
+            "provider = \"custom\"",
+            "account[0].token_url",
+        ),
+        ("[proxy]", "[proxy]\nbogus = 1", "bogus"),
+        (
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "tenant = 5",
+            "tenant",
+        ),
+        (
+            "state_dir = \"/tmp/x\"",
+            "state_dir = \"/tmp/x\"\npreauth_timeout_secs = 0",
+            "preauth_timeout_secs",
+        ),
+        (
+            "state_dir = \"/tmp/x\"",
+            "ca_file = \"/nonexistent/ca.pem\"",
+            "proxy.ca_file",
+        ),
+        (
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "password_hash = \"hunter2\"",
+            "account[0].password_hash",
+        ),
+        (
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "mailbox = \"shared mailbox\"",
+            "account[0].mailbox",
+        ),
+        (
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "mailbox = \"<info@contoso.com>\"",
+            "account[0].mailbox",
+        ),
+        (
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "password_hash = \"$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\"",
+            "account[0].password_hash",
+        ),
+    ];
+    for (from, to, needle) in cases {
+        let text = GOOD.replace(from, to);
+        assert_ne!(text, GOOD, "case {to} did not apply");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(needle),
+            "`{to}`: message `{err}` does not name `{needle}`"
+        );
+        assert!(err.starts_with("proxy.toml"), "{err}");
+    }
+}
+
+#[test]
+fn catch_all_accounts_cover_their_domain_only() {
+    let text = format!(
+        "{GOOD}\n[[account]]\nusername = \"@Contoso.com\"\nprovider = \"office365\"\nclient_id = \"y\"\n"
+    );
+    let c = parse(&text).unwrap();
+    // An account of its own wins over the catch-all.
+    let alice = c.account("ALICE@contoso.com").unwrap();
+    assert!(matches!(alice, Cow::Borrowed(_)));
+    assert_eq!(alice.client_id, "00000000-0000-0000-0000-000000000000");
+    let table: &[(&str, Option<&str>)] = &[
+        ("bob@contoso.com", Some("bob@contoso.com")),
+        ("Bob@CONTOSO.COM", Some("Bob@CONTOSO.COM")),
+        ("bob@contoso.co", None),
+        ("bob@contoso.com.evil.example", None),
+        ("bob@sub.contoso.com", None),
+        ("bob@evilcontoso.com", None),
+        ("@contoso.com", None),
+        ("contoso.com", None),
+        ("a@b@contoso.com", None),
+        ("bob <x>@contoso.com", None),
+        ("", None),
+    ];
+    for (address, want) in table {
+        let got = c.account(address);
+        assert_eq!(
+            got.as_ref().map(|a| a.username.as_str()),
+            *want,
+            "{address}"
+        );
+        if let Some(a) = got {
+            assert_eq!(a.client_id, "y", "{address}");
+        }
+    }
+}
+
+#[test]
+fn bad_catch_alls_and_admin_addresses_name_the_key() {
+    let catch_all = |user: &str, extra: &str| {
+        format!(
+            "{GOOD}\n[[account]]\nusername = \"{user}\"\nprovider = \"office365\"\nclient_id = \"y\"\n{extra}"
+        )
+    };
+    for (text, want) in [
+        (catch_all("@", ""), "account[1].username"),
+        (catch_all("@ contoso.com", ""), "account[1].username"),
+        (catch_all("@a@contoso.com", ""), "account[1].username"),
+        (
+            catch_all("@contoso.com", "mailbox = \"shared@contoso.com\"\n"),
+            "account[1].mailbox",
+        ),
+        (
+            GOOD.replace("state_dir", "admin_listen = \"0.0.0.0:8089\"\nstate_dir"),
+            "proxy.admin_listen",
+        ),
+    ] {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let err = parse(&GOOD.replace("state_dir", "admin_listen = \"8089\"\nstate_dir"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("admin_listen") && err.contains("off"), "{err}");
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.proxy.admin_listen, AdminListen::At(DEFAULT_ADMIN_LISTEN));
+    let c = parse(&GOOD.replace("state_dir", "admin_listen = \"off\"\nstate_dir")).unwrap();
+    assert_eq!(c.proxy.admin_listen, AdminListen::Off);
+    let c = parse(&GOOD.replace(
+        "state_dir",
+        "admin_listen = \"192.168.1.5:8089\"\nadmin_allow_remote = true\nstate_dir",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.proxy.admin_listen,
+        AdminListen::At("192.168.1.5:8089".parse().unwrap())
+    );
+}
+
+#[test]
+fn duplicate_accounts_and_listeners_are_refused() {
+    let twice = format!(
+        "{GOOD}\n[[account]]\nusername = \"Alice@contoso.com\"\nprovider = \"office365\"\nclient_id = \"x\"\n"
+    );
+    assert!(
+        parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("already configured")
+    );
+    let l = "\n[[listener]]\nprotocol = \"imap\"\nlisten = \"127.0.0.1:1143\"\nupstream = \"a:1\"\nupstream_tls = \"implicit\"\n";
+    let twice = format!("{GOOD}{l}");
+    assert!(
+        parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("already used")
+    );
+}
+
+#[test]
+fn password_hash_is_checked_and_never_echoed() {
+    let phc = crate::auth::password::hash_password(b"pw").unwrap();
+    let text = GOOD.replace("tenant =", &format!("password_hash = \"{phc}\"\ntenant ="));
+    let c = parse(&text).unwrap();
+    assert!(c.accounts[0].password_hash.is_some());
+    assert!(!format!("{c:?}").contains(&phc));
+    let bad = GOOD.replace("tenant =", "password_hash = \"hunter2\"\ntenant =");
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("hash-password") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_secret_is_not_printed_by_debug() {
+    let text = GOOD.replace("tenant =", "client_secret = \"s3cr3t-value\"\ntenant =");
+    let c = parse(&text).unwrap();
+    assert!(!format!("{c:?}").contains("s3cr3t-value"));
+}
+
+#[test]
+fn upstreams_are_host_and_port_when_read() {
+    let table: &[(&str, Option<(&str, u16)>)] = &[
+        (
+            "outlook.office365.com:993",
+            Some(("outlook.office365.com", 993)),
+        ),
+        ("127.0.0.1:1143", Some(("127.0.0.1", 1143))),
+        ("[2001:db8::1]:993", Some(("2001:db8::1", 993))),
+        ("outlook.office365.com", None),
+        (":993", None),
+        ("host:", None),
+        ("host:99999", None),
+        ("host:0", None),
+        ("out look.example:993", None),
+        ("host/x:993", None),
+    ];
+    for (text, want) in table {
+        let got = HostPort::try_from(text.to_string());
+        assert_eq!(
+            got.as_ref().ok().map(|h| (h.host(), h.port())),
+            *want,
+            "{text}: {got:?}"
+        );
+        if let Ok(h) = got {
+            assert_eq!(h.to_string(), *text);
+        }
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_shape_names_its_key_path_and_line() {
+    let text = GOOD.replace(
+        "upstream = \"outlook.office365.com:993\"",
+        "upstream = \"outlook.office365.com\"",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "proxy.toml: listener[0].upstream: `outlook.office365.com` is not host:port"
+        ),
+        "{err}"
+    );
+    assert!(err.ends_with("(line 8)"), "{err}");
+    for (from, to, needle) in [
+        (
+            "client_id =",
+            "token_url = \"ftp://idp.example/token\"\nclient_id =",
+            "account[0].token_url: `ftp://idp.example/token` is a ftp: URL",
+        ),
+        (
+            "client_id =",
+            "authorize_url = \"not a url\"\nclient_id =",
+            "account[0].authorize_url: `not a url` is not a URL",
+        ),
+        (
+            "upstream_tls = \"implicit\"",
+            "upstream_tls = \"implicit\"\nallow_from = [\"10.0.0.0/8\", \"lan\"]",
+            "listener[0].allow_from[1]: `lan` is not a network",
+        ),
+    ] {
+        let err = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
+        assert!(err.contains(needle), "{to}: {err}");
+    }
+}
+
+#[test]
+fn fixed_account_senders_are_mail_addresses() {
+    let phc = crate::auth::password::hash_password(b"pw").unwrap();
+    let relay = |senders: &str| {
+        format!(
+            "{}\n[[listener]]\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:1587\"\n\
+             upstream = \"smtp.office365.com:587\"\nupstream_tls = \"starttls\"\n\
+             allow_from = [\"127.0.0.1\"]\nfixed_account = \"alice@contoso.com\"\n\
+             allowed_senders = {senders}\n",
+            GOOD.replace("tenant =", &format!("password_hash = \"{phc}\"\ntenant ="))
+        )
+    };
+    let c = parse(&relay("[\"scanner@contoso.com\"]")).unwrap();
+    let l = &c.listeners[1];
+    assert_eq!(l.fixed_account.as_deref(), Some("alice@contoso.com"));
+    assert!(l.allowed_senders[0].eq_ignore_ascii_case("SCANNER@contoso.com"));
+    for bad in ["\"<scanner@contoso.com>\"", "\"scanner\"", "\" a@b.c\""] {
+        let err = parse(&relay(&format!("[{bad}]"))).unwrap_err().to_string();
+        assert!(
+            err.contains("listener[1].allowed_senders[0]") && err.contains("not a mail address"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn relative_files_are_found_beside_the_configuration() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    for name in ["client_cert.pem", "client_key.pem"] {
+        std::fs::copy(fixtures.join(name), creds.join(name)).unwrap();
+    }
+    let absolute_ca = creds.join("client_cert.pem");
+    let text = GOOD
+        .replace(
+            "state_dir = \"/tmp/x\"",
+            &format!(
+                "state_dir = \"/tmp/x\"\ncert_file = \"creds/client_cert.pem\"\n\
+                 key_file = \"creds/client_key.pem\"\nca_file = {:?}",
+                absolute_ca.display().to_string()
+            ),
+        )
+        .replace(
+            "tenant =",
+            "client_certificate = \"creds/client_cert.pem\"\n\
+             client_key = \"./creds/client_key.pem\"\ntenant =",
+        );
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(&file, text).unwrap();
+    // The test's working directory is the crate, not `dir`: only a path
+    // taken from the configuration's folder exists.
+    assert!(!Path::new("creds/client_cert.pem").exists());
+    let c = Config::load(&file).unwrap();
+    assert_eq!(
+        c.proxy.cert_file.as_deref(),
+        Some(dir.path().join("creds/client_cert.pem").as_path())
+    );
+    assert_eq!(
+        c.proxy.key_file.as_deref(),
+        Some(dir.path().join("creds/client_key.pem").as_path())
+    );
+    assert_eq!(c.proxy.ca_file.as_deref(), Some(absolute_ca.as_path()));
+    assert_eq!(
+        c.accounts[0].client_certificate.as_deref(),
+        Some(dir.path().join("creds/client_cert.pem").as_path())
+    );
+    assert!(c.accounts[0].client_key.as_ref().unwrap().is_file());
+    // Parsed from elsewhere, the same text finds nothing.
+    std::fs::rename(&file, creds.join("proxy.toml")).unwrap();
+    let err = Config::load(&creds.join("proxy.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("proxy.cert_file"), "{err}");
+}

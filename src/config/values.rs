@@ -1,0 +1,228 @@
+//! Typed configuration values, checked while the file is read: a value that
+//! deserialises is well-formed, and serde's error (with the key's path, see
+//! [`super::Config::parse`]) says what is wrong with one that is not.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Deref;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// `host:port` of a real server (`upstream`): the host for DNS, SNI and the
+/// certificate check, so it must be a DNS name or an IP address (an IPv6
+/// address in brackets, `[2001:db8::1]:993`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+impl HostPort {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let not_host_port =
+            || format!("`{text}` is not host:port (for example outlook.office365.com:993)");
+        let (host, port) = text.rsplit_once(':').ok_or_else(not_host_port)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| not_host_port())?;
+        if host.is_empty() {
+            return Err(not_host_port());
+        }
+        if port == 0 {
+            return Err(format!("`{text}`: the port must be between 1 and 65535"));
+        }
+        if rustls_pki_types::ServerName::try_from(host).is_err() {
+            return Err(format!(
+                "`{text}`: `{host}` is neither a DNS name nor an IP address"
+            ));
+        }
+        Ok(HostPort {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A network of `allow_from` (see [`parse_network`]).
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Network(IpNet);
+
+impl Network {
+    pub fn net(&self) -> IpNet {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Network {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_network(&text).map(Network)
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// As written in the file (the log line of a listener prints the list).
+impl fmt::Debug for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A mail address (see [`valid_address`]): a `fixed_account`, an entry of
+/// `allowed_senders`. Reads as the `str` it was written as.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MailAddress(String);
+
+impl TryFrom<String> for MailAddress {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if valid_address(&text) {
+            Ok(MailAddress(text))
+        } else {
+            Err(format!("`{text}` is not a mail address"))
+        }
+    }
+}
+
+impl Deref for MailAddress {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for MailAddress {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// The account fields below stay `String`s (other modules and their tests
+// build `AccountConfig` values by hand); these functions give them the same
+// check at deserialisation that the types above give theirs.
+
+/// `username`: a mail address, or a catch-all (`@` and a domain).
+pub(super) fn account_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    match name.strip_prefix('@') {
+        Some(domain) if !valid_domain(domain) => Err(serde::de::Error::custom(format!(
+            "`{name}` is not a catch-all (`@` and a domain, like `@contoso.com`)"
+        ))),
+        None if !valid_address(&name) => Err(serde::de::Error::custom(format!(
+            "`{name}` is not a mail address"
+        ))),
+        _ => Ok(name),
+    }
+}
+
+/// `mailbox`: the address of the shared mailbox to open.
+pub(super) fn optional_address<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let address = String::deserialize(d)?;
+    if valid_address(&address) {
+        Ok(Some(address))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "`{address}` is not a mail address (the shared mailbox to open)"
+        )))
+    }
+}
+
+/// `authorize_url`, `token_url`, `device_code_url`: absolute http(s) URLs
+/// (the HTTP client and the browser can use no other scheme; http stays
+/// allowed for a provider on this machine or in a test).
+pub(super) fn optional_web_url<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    match reqwest::Url::parse(&text) {
+        Ok(url) if matches!(url.scheme(), "https" | "http") => Ok(Some(text)),
+        Ok(url) => Err(serde::de::Error::custom(format!(
+            "`{text}` is a {}: URL; endpoints are https:// (or http://) URLs",
+            url.scheme()
+        ))),
+        Err(_) => Err(serde::de::Error::custom(format!("`{text}` is not a URL"))),
+    }
+}
+
+/// A plain check of a mail address: one `@`, something on each side, no
+/// spaces or angle brackets (it ends up in XOAUTH2 and in file names).
+pub(super) fn valid_address(address: &str) -> bool {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && valid_domain(domain)
+                && !address.contains(['<', '>', ' ', '\t', '\r', '\n'])
+                && address.trim() == address
+        }
+        None => false,
+    }
+}
+
+fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && !domain.contains(['@', '<', '>', ' ', '\t', '\r', '\n', '/', '\\'])
+        && domain.trim() == domain
+}
+
+/// `192.168.1.0/24`, `fd00::/8`, or a single address (a /32 or /128).
+/// Host bits must be zero, so a typo cannot silently widen the network.
+pub(crate) fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a network (like 192.168.1.0/24) or an address"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Whether `peer` is inside one of `networks` (an IPv4 peer on a dual-stack
+/// socket arrives as `::ffff:a.b.c.d` and is compared as IPv4).
+pub(crate) fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    networks.iter().any(|n| n.contains(&peer))
+}
