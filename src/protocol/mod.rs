@@ -6,7 +6,9 @@
 //! parser is table-tested and fuzzed on bytes alone. Every buffer is capped.
 
 pub mod imap;
+pub(crate) mod line;
 pub mod pop3;
+pub(crate) mod sasl_dialogue;
 pub mod smtp;
 
 pub use crate::sasl::Credentials;
@@ -30,6 +32,16 @@ impl Failure {
     pub fn text(&self) -> &str {
         match self {
             Failure::BadCredentials(t) | Failure::SignInNeeded(t) | Failure::Unavailable(t) => t,
+        }
+    }
+
+    /// The text for a one-line reply, trimmed; `default` when there is none,
+    /// so a reply never ends in a bare status code.
+    pub(crate) fn reply_text(&self, default: &str) -> String {
+        let text = one_line(self.text());
+        match text.trim() {
+            "" => default.to_owned(),
+            trimmed => trimmed.to_owned(),
         }
     }
 }
