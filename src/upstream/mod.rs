@@ -6,16 +6,22 @@ pub mod imap;
 pub mod pop3;
 pub mod smtp;
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use zeroize::Zeroizing;
+
+use crate::config::UpstreamTls;
+use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 
 /// The longest server line the proxy reads before authentication. Greetings,
 /// capability lists and EHLO lines are far shorter; an error challenge is a
@@ -127,18 +133,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         Ok(())
     }
 
-    /// Reads exactly `n` more bytes, for the few places a server sends a
-    /// counted block before authentication.
-    pub async fn read_exact_bytes(&mut self, n: usize) -> Result<Vec<u8>, UpstreamError> {
-        while self.buf.len() < n {
-            if n > MAX_SERVER_LINE {
-                return Err(UpstreamError::LineTooLong);
-            }
-            self.fill().await?;
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         tokio::time::timeout(self.timeout, async {
             self.stream.write_all(bytes).await?;
@@ -162,4 +156,118 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     pub fn into_parts(self) -> (S, Vec<u8>) {
         (self.stream, self.buf)
     }
+}
+
+/// How the upstream answered the proxy's XOAUTH2, in every dialect.
+pub enum AuthOutcome {
+    /// Everything the server sent up to and including its success reply, for
+    /// the client (IMAP: already under the client's tag).
+    Accepted { reply: Vec<u8> },
+    /// The server's refusal as received, its reply code where the protocol
+    /// has one (SMTP), and its error challenge if it sent one.
+    Refused {
+        reply: Vec<u8>,
+        code: Option<u16>,
+        challenge: Option<ErrorChallenge>,
+    },
+}
+
+/// The steps of connecting that differ between the dialects; the order
+/// (TCP, TLS now or after the dialect's STARTTLS, greeting) is
+/// [`connect_tls`]'s.
+pub(crate) trait Dialect {
+    /// Reads the server's greeting and refuses one that is not a welcome.
+    /// `Ok`: the greeting as received.
+    fn read_greeting<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        conn: &mut LineConn<S>,
+    ) -> impl Future<Output = Result<Vec<u8>, UpstreamError>> + Send;
+
+    /// Asks a plaintext connection, past its greeting, for TLS; `Ok` once
+    /// the server said to go ahead.
+    fn start_tls(
+        conn: &mut LineConn<TcpStream>,
+    ) -> impl Future<Output = Result<(), UpstreamError>> + Send;
+}
+
+/// A TLS connection to `target` past the server's greeting (checked by
+/// `D`), and that greeting as received (the plaintext one after STARTTLS,
+/// since the server does not greet again).
+pub(crate) async fn connect_tls<D: Dialect>(
+    target: &Target,
+    mode: UpstreamTls,
+) -> Result<(LineConn<TlsStream<TcpStream>>, Vec<u8>), UpstreamError> {
+    let tcp = target.tcp().await?;
+    match mode {
+        UpstreamTls::Implicit => {
+            let mut conn = LineConn::new(target.tls(tcp).await?, target.timeout);
+            let greeting = D::read_greeting(&mut conn).await?;
+            Ok((conn, greeting))
+        }
+        UpstreamTls::Starttls => {
+            let mut plain = LineConn::new(tcp, target.timeout);
+            let greeting = D::read_greeting(&mut plain).await?;
+            D::start_tls(&mut plain).await?;
+            plain.discard_buffered();
+            let (tcp, _) = plain.into_parts();
+            let conn = LineConn::new(target.tls(tcp).await?, target.timeout);
+            Ok((conn, greeting))
+        }
+    }
+}
+
+/// The proxy's side of an XOAUTH2 exchange after the AUTH command: the first
+/// continuation asks for the response (unless it went with the command), a
+/// later one is an error challenge, answered with an empty line so the
+/// server ends the exchange with its refusal.
+pub(crate) struct Xoauth2 {
+    response: Zeroizing<String>,
+    sent: bool,
+    /// The error challenge, once the server sent one.
+    pub(crate) challenge: Option<ErrorChallenge>,
+}
+
+impl Xoauth2 {
+    /// `sent`: the response goes on the command line (an initial response).
+    pub(crate) fn new(user: &str, token: &SecretString, sent: bool) -> Self {
+        Xoauth2 {
+            response: xoauth2_response(user, token),
+            sent,
+            challenge: None,
+        }
+    }
+
+    /// The base64 response, for an initial response on the command line.
+    pub(crate) fn response(&self) -> &str {
+        self.response.as_str()
+    }
+
+    /// Answers one continuation carrying `data`.
+    pub(crate) async fn on_continuation<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut LineConn<S>,
+        data: &[u8],
+    ) -> Result<(), UpstreamError> {
+        if self.sent {
+            self.challenge = decode_error_challenge(data).or(Some(ErrorChallenge::default()));
+            conn.write_all(b"\r\n").await
+        } else {
+            let line = Zeroizing::new(format!("{}\r\n", self.response.as_str()));
+            self.sent = true;
+            conn.write_all(line.as_bytes()).await
+        }
+    }
+
+    /// The outcome for a refusal `reply`, with the challenge seen before it.
+    pub(crate) fn refused(self, reply: Vec<u8>, code: Option<u16>) -> AuthOutcome {
+        AuthOutcome::Refused {
+            reply,
+            code,
+            challenge: self.challenge,
+        }
+    }
+}
+
+/// A server line for an error message or a log line.
+pub(crate) fn printable(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).trim_end().to_owned()
 }

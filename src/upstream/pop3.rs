@@ -5,17 +5,16 @@
 //! POP3 has no capability that promises initial responses, and RFC 2449
 //! limits command lines to 255 octets, which a bearer token exceeds.
 
-use std::time::Instant;
-
 use secrecy::SecretString;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use zeroize::Zeroizing;
 
-use super::{LineConn, Target, UpstreamError};
+use super::{
+    AuthOutcome, Dialect, LineConn, Target, UpstreamError, Xoauth2, connect_tls, printable,
+};
 use crate::config::UpstreamTls;
 use crate::protocol::pop3::{Reply, parse_reply};
-use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 
 /// A CAPA answer longer than this many lines is not a real server's.
 const MAX_CAPA_LINES: usize = 64;
@@ -26,21 +25,6 @@ pub struct Pop3Upstream {
     pub greeting_text: Vec<u8>,
     /// The server's CAPA lines (without the terminating `.`), after TLS.
     pub capa: Vec<String>,
-    pub connected_at: Instant,
-}
-
-pub enum AuthOutcome {
-    /// The server's `+OK` line, for the client.
-    Accepted { reply: Vec<u8> },
-    /// The server's `-ERR` line, and its error challenge if it sent one.
-    Refused {
-        reply: Vec<u8>,
-        challenge: Option<ErrorChallenge>,
-    },
-}
-
-fn printable(line: &[u8]) -> String {
-    String::from_utf8_lossy(line).trim_end().to_owned()
 }
 
 fn greeting_text(line: &[u8]) -> Result<Vec<u8>, UpstreamError> {
@@ -50,41 +34,36 @@ fn greeting_text(line: &[u8]) -> Result<Vec<u8>, UpstreamError> {
     }
 }
 
+impl Dialect for Pop3Upstream {
+    async fn read_greeting<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        conn: &mut LineConn<S>,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let greeting = conn.read_line().await?;
+        greeting_text(&greeting)?;
+        Ok(greeting)
+    }
+
+    async fn start_tls(plain: &mut LineConn<TcpStream>) -> Result<(), UpstreamError> {
+        plain.write_all(b"STLS\r\n").await?;
+        let answer = plain.read_line().await?;
+        if !matches!(parse_reply(&answer), Some(Reply::Ok(_))) {
+            return Err(UpstreamError::Protocol(format!(
+                "STLS refused: {}",
+                printable(&answer)
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<Pop3Upstream, UpstreamError> {
-    let tcp = target.tcp().await?;
-    let (mut conn, greeting) = match mode {
-        UpstreamTls::Implicit => {
-            let mut conn = LineConn::new(target.tls(tcp).await?, target.timeout);
-            let greeting = conn.read_line().await?;
-            (conn, greeting)
-        }
-        UpstreamTls::Starttls => {
-            let mut plain = LineConn::new(tcp, target.timeout);
-            let greeting = plain.read_line().await?;
-            greeting_text(&greeting)?;
-            plain.write_all(b"STLS\r\n").await?;
-            let answer = plain.read_line().await?;
-            if !matches!(parse_reply(&answer), Some(Reply::Ok(_))) {
-                return Err(UpstreamError::Protocol(format!(
-                    "STLS refused: {}",
-                    printable(&answer)
-                )));
-            }
-            plain.discard_buffered();
-            let (tcp, _) = plain.into_parts();
-            (
-                LineConn::new(target.tls(tcp).await?, target.timeout),
-                greeting,
-            )
-        }
-    };
+    let (mut conn, greeting) = connect_tls::<Pop3Upstream>(target, mode).await?;
     let greeting_text = greeting_text(&greeting)?;
     let capa = ask_capa(&mut conn).await?;
     Ok(Pop3Upstream {
         conn,
         greeting_text,
         capa,
-        connected_at: Instant::now(),
     })
 }
 
@@ -117,31 +96,16 @@ impl Pop3Upstream {
         user: &str,
         token: &SecretString,
     ) -> Result<AuthOutcome, UpstreamError> {
-        let response = xoauth2_response(user, token);
+        let mut exchange = Xoauth2::new(user, token, false);
         self.conn.write_all(b"AUTH XOAUTH2\r\n").await?;
-        let mut sent_response = false;
-        let mut challenge = None;
         loop {
             let line = self.conn.read_line().await?;
             match parse_reply(&line) {
                 Some(Reply::Continuation(data)) => {
-                    if sent_response {
-                        challenge =
-                            decode_error_challenge(data).or(Some(ErrorChallenge::default()));
-                        self.conn.write_all(b"\r\n").await?;
-                    } else {
-                        let line = Zeroizing::new(format!("{}\r\n", response.as_str()));
-                        self.conn.write_all(line.as_bytes()).await?;
-                        sent_response = true;
-                    }
+                    exchange.on_continuation(&mut self.conn, data).await?;
                 }
                 Some(Reply::Ok(_)) => return Ok(AuthOutcome::Accepted { reply: line }),
-                Some(Reply::Err(_)) => {
-                    return Ok(AuthOutcome::Refused {
-                        reply: line,
-                        challenge,
-                    });
-                }
+                Some(Reply::Err(_)) => return Ok(exchange.refused(line, None)),
                 None => return Err(UpstreamError::Protocol(printable(&line))),
             }
         }
