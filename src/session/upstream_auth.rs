@@ -13,7 +13,7 @@ use crate::config::UpstreamTls;
 use crate::protocol::Failure;
 use crate::sasl::Credentials;
 use crate::sasl::ErrorChallenge;
-use crate::upstream::{AuthOutcome, Target, UpstreamError, imap, pop3, smtp};
+use crate::upstream::{self, AuthOutcome, Target, UpstreamError, imap, pop3, smtp};
 
 /// How an XOAUTH2 exchange ended, protocol-neutral.
 pub enum Outcome {
@@ -163,7 +163,8 @@ impl UpstreamLogin for imap::ImapUpstream {
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        Ok(match self.authenticate(tag, user, token).await? {
+        let outcome = upstream::authenticate(self, tag, user, token).await?;
+        Ok(match outcome {
             AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
             AuthOutcome::Refused {
                 reply, challenge, ..
@@ -193,11 +194,12 @@ impl UpstreamLogin for pop3::Pop3Upstream {
 
     async fn xoauth2(
         &mut self,
-        _tag: &str,
+        tag: &str,
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        Ok(match self.authenticate(user, token).await? {
+        let outcome = upstream::authenticate(self, tag, user, token).await?;
+        Ok(match outcome {
             AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
             AuthOutcome::Refused {
                 reply, challenge, ..
@@ -223,11 +225,12 @@ impl UpstreamLogin for smtp::SmtpUpstream {
 
     async fn xoauth2(
         &mut self,
-        _tag: &str,
+        tag: &str,
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        Ok(match self.authenticate(user, token).await? {
+        let outcome = upstream::authenticate(self, tag, user, token).await?;
+        Ok(match outcome {
             AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
             AuthOutcome::Refused {
                 reply,

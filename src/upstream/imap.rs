@@ -1,14 +1,13 @@
 //! The upstream side of an IMAP session: greeting, STARTTLS, capabilities,
 //! and `AUTHENTICATE XOAUTH2` under the client's own tag.
 
-use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
 use super::{
-    AuthOutcome, Dialect, LineConn, Target, UpstreamError, Xoauth2, connect_tls, printable,
+    Answer, Dialect, LineConn, Target, UpstreamError, connect_tls, printable, tls_refused,
 };
 use crate::config::UpstreamTls;
 use crate::protocol::imap::{ServerLine, Status, capabilities_in, parse_server_line};
@@ -38,14 +37,16 @@ fn starts_with_word(rest: &[u8], word: &[u8]) -> bool {
 }
 
 impl Dialect for ImapUpstream {
-    async fn read_greeting<S: AsyncRead + AsyncWrite + Unpin + Send>(
-        conn: &mut LineConn<S>,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        let greeting = conn.read_line().await?;
-        if !is_ok_greeting(&greeting) {
-            return Err(UpstreamError::Protocol(printable(&greeting)));
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>> {
+        &mut self.conn
+    }
+
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError> {
+        if is_ok_greeting(raw) {
+            Ok(true)
+        } else {
+            Err(UpstreamError::Protocol(printable(raw)))
         }
-        Ok(greeting)
     }
 
     async fn start_tls(plain: &mut LineConn<TcpStream>) -> Result<(), UpstreamError> {
@@ -53,19 +54,38 @@ impl Dialect for ImapUpstream {
             .write_all(format!("{STARTTLS_TAG} STARTTLS\r\n").as_bytes())
             .await?;
         let answer = read_tagged(plain, STARTTLS_TAG).await?;
-        if !matches!(
-            parse_server_line(&answer),
+        match parse_server_line(&answer) {
             Some(ServerLine::Tagged {
-                status: Status::Ok,
-                ..
-            })
-        ) {
-            return Err(UpstreamError::Protocol(format!(
-                "STARTTLS refused: {}",
-                printable(&answer)
-            )));
+                status: Status::Ok, ..
+            }) => Ok(()),
+            _ => Err(tls_refused("STARTTLS", &answer)),
         }
-        Ok(())
+    }
+
+    /// `TAG AUTHENTICATE XOAUTH2`, with the initial response on the same
+    /// line when the server has SASL-IR.
+    fn auth_command(&self, tag: &str, response: &str) -> (Zeroizing<String>, bool) {
+        if self.supports("SASL-IR") {
+            let line = format!("{tag} AUTHENTICATE XOAUTH2 {response}\r\n");
+            (Zeroizing::new(line), true)
+        } else {
+            let line = format!("{tag} AUTHENTICATE XOAUTH2\r\n");
+            (Zeroizing::new(line), false)
+        }
+    }
+
+    fn judge_answer(raw: &[u8], tag: &str) -> Result<Option<Answer>, UpstreamError> {
+        Ok(Some(match parse_server_line(raw) {
+            Some(ServerLine::Continuation(data)) => Answer::Continuation(data.to_vec()),
+            Some(ServerLine::Untagged(_)) => Answer::Data,
+            Some(ServerLine::Tagged { tag: t, status, .. }) if t == tag.as_bytes() => {
+                match status {
+                    Status::Ok => Answer::Accepted,
+                    _ => Answer::Refused(None),
+                }
+            }
+            _ => return Err(UpstreamError::Protocol(printable(raw))),
+        }))
     }
 }
 
@@ -131,47 +151,6 @@ impl ImapUpstream {
         self.capabilities
             .iter()
             .any(|c| c.eq_ignore_ascii_case(capability))
-    }
-
-    /// `TAG AUTHENTICATE XOAUTH2`, with the initial response on the same line
-    /// when the server has SASL-IR, after its continuation otherwise. An error
-    /// challenge is answered with an empty line so the server ends the
-    /// exchange with its tagged NO.
-    pub async fn authenticate(
-        &mut self,
-        tag: &str,
-        user: &str,
-        token: &SecretString,
-    ) -> Result<AuthOutcome, UpstreamError> {
-        let initial = self.supports("SASL-IR");
-        let mut exchange = Xoauth2::new(user, token, initial);
-        let command = if initial {
-            Zeroizing::new(format!(
-                "{tag} AUTHENTICATE XOAUTH2 {}\r\n",
-                exchange.response()
-            ))
-        } else {
-            Zeroizing::new(format!("{tag} AUTHENTICATE XOAUTH2\r\n"))
-        };
-        self.conn.write_all(command.as_bytes()).await?;
-        let mut reply = Vec::new();
-        loop {
-            let line = self.conn.read_line().await?;
-            match parse_server_line(&line) {
-                Some(ServerLine::Continuation(data)) => {
-                    exchange.on_continuation(&mut self.conn, data).await?;
-                }
-                Some(ServerLine::Untagged(_)) => reply.extend_from_slice(&line),
-                Some(ServerLine::Tagged { tag: t, status, .. }) if t == tag.as_bytes() => {
-                    reply.extend_from_slice(&line);
-                    return Ok(match status {
-                        Status::Ok => AuthOutcome::Accepted { reply },
-                        _ => exchange.refused(line, None),
-                    });
-                }
-                _ => return Err(UpstreamError::Protocol(printable(&line))),
-            }
-        }
     }
 
     /// The TLS stream and any bytes the server sent past its OK.

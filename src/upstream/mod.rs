@@ -172,21 +172,42 @@ pub enum AuthOutcome {
     },
 }
 
-/// The steps of connecting that differ between the dialects; the order
-/// (TCP, TLS now or after the dialect's STARTTLS, greeting) is
-/// [`connect_tls`]'s.
+/// What one server answer means while XOAUTH2 is under way.
+pub(crate) enum Answer {
+    /// A continuation, with its (base64) data.
+    Continuation(Vec<u8>),
+    /// Data ahead of the final answer (IMAP's untagged lines), kept for
+    /// the client.
+    Data,
+    Accepted,
+    /// With the reply code where the protocol has one (SMTP).
+    Refused(Option<u16>),
+}
+
+/// What differs between the dialects up to and through XOAUTH2; the order
+/// of things is [`connect_tls`]'s and [`authenticate`]'s.
 pub(crate) trait Dialect {
-    /// Reads the server's greeting and refuses one that is not a welcome.
-    /// `Ok`: the greeting as received.
-    fn read_greeting<S: AsyncRead + AsyncWrite + Unpin + Send>(
-        conn: &mut LineConn<S>,
-    ) -> impl Future<Output = Result<Vec<u8>, UpstreamError>> + Send;
+    /// Judges the greeting read so far (whole lines): `Ok(true)` when it is
+    /// a complete welcome, `Ok(false)` when more lines belong to it.
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError>;
 
     /// Asks a plaintext connection, past its greeting, for TLS; `Ok` once
     /// the server said to go ahead.
     fn start_tls(
         conn: &mut LineConn<TcpStream>,
     ) -> impl Future<Output = Result<(), UpstreamError>> + Send;
+
+    /// The connection after [`connect_tls`].
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>>;
+
+    /// The command that starts XOAUTH2 under `tag` (where the protocol has
+    /// tags), and whether it carries `response` as an initial response.
+    fn auth_command(&self, tag: &str, response: &str) -> (Zeroizing<String>, bool);
+
+    /// Judges an answer during XOAUTH2 read so far (whole lines, the
+    /// client's `tag` where the protocol has tags): `None` while more lines
+    /// belong to it. An answer that fits no meaning is an error.
+    fn judge_answer(raw: &[u8], tag: &str) -> Result<Option<Answer>, UpstreamError>;
 }
 
 /// A TLS connection to `target` past the server's greeting (checked by
@@ -200,12 +221,12 @@ pub(crate) async fn connect_tls<D: Dialect>(
     match mode {
         UpstreamTls::Implicit => {
             let mut conn = LineConn::new(target.tls(tcp).await?, target.timeout);
-            let greeting = D::read_greeting(&mut conn).await?;
+            let greeting = read_greeting::<D, _>(&mut conn).await?;
             Ok((conn, greeting))
         }
         UpstreamTls::Starttls => {
             let mut plain = LineConn::new(tcp, target.timeout);
-            let greeting = D::read_greeting(&mut plain).await?;
+            let greeting = read_greeting::<D, _>(&mut plain).await?;
             D::start_tls(&mut plain).await?;
             plain.discard_buffered();
             let (tcp, _) = plain.into_parts();
@@ -215,56 +236,72 @@ pub(crate) async fn connect_tls<D: Dialect>(
     }
 }
 
-/// The proxy's side of an XOAUTH2 exchange after the AUTH command: the first
-/// continuation asks for the response (unless it went with the command), a
-/// later one is an error challenge, answered with an empty line so the
-/// server ends the exchange with its refusal.
-pub(crate) struct Xoauth2 {
-    response: Zeroizing<String>,
-    sent: bool,
-    /// The error challenge, once the server sent one.
-    pub(crate) challenge: Option<ErrorChallenge>,
+/// The server's greeting as received, once `D` finds it complete.
+async fn read_greeting<D: Dialect, S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut LineConn<S>,
+) -> Result<Vec<u8>, UpstreamError> {
+    let mut raw = conn.read_line().await?;
+    while !D::judge_greeting(&raw)? {
+        raw.extend_from_slice(&conn.read_line().await?);
+    }
+    Ok(raw)
 }
 
-impl Xoauth2 {
-    /// `sent`: the response goes on the command line (an initial response).
-    pub(crate) fn new(user: &str, token: &SecretString, sent: bool) -> Self {
-        Xoauth2 {
-            response: xoauth2_response(user, token),
-            sent,
-            challenge: None,
+/// XOAUTH2 for `user` (under the client's `tag` in IMAP). The first
+/// continuation asks for the response, unless it went with the command; a
+/// later one is an error challenge, answered with an empty line so the
+/// server ends the exchange with its refusal.
+pub(crate) async fn authenticate<D: Dialect>(
+    upstream: &mut D,
+    tag: &str,
+    user: &str,
+    token: &SecretString,
+) -> Result<AuthOutcome, UpstreamError> {
+    let response = xoauth2_response(user, token);
+    let (command, mut sent) = upstream.auth_command(tag, response.as_str());
+    let conn = upstream.conn();
+    conn.write_all(command.as_bytes()).await?;
+    let mut challenge = None;
+    let mut reply = Vec::new();
+    loop {
+        let mut raw = conn.read_line().await?;
+        let answer = loop {
+            match D::judge_answer(&raw, tag)? {
+                Some(answer) => break answer,
+                None => raw.extend_from_slice(&conn.read_line().await?),
+            }
+        };
+        match answer {
+            Answer::Continuation(data) if sent => {
+                challenge = decode_error_challenge(&data).or(Some(ErrorChallenge::default()));
+                conn.write_all(b"\r\n").await?;
+            }
+            Answer::Continuation(_) => {
+                let line = Zeroizing::new(format!("{}\r\n", response.as_str()));
+                conn.write_all(line.as_bytes()).await?;
+                sent = true;
+            }
+            Answer::Data => reply.extend_from_slice(&raw),
+            Answer::Accepted => {
+                reply.extend_from_slice(&raw);
+                return Ok(AuthOutcome::Accepted { reply });
+            }
+            // Only the final line: untagged data before a refusal is not
+            // the client's business.
+            Answer::Refused(code) => {
+                return Ok(AuthOutcome::Refused {
+                    reply: raw,
+                    code,
+                    challenge,
+                });
+            }
         }
     }
+}
 
-    /// The base64 response, for an initial response on the command line.
-    pub(crate) fn response(&self) -> &str {
-        self.response.as_str()
-    }
-
-    /// Answers one continuation carrying `data`.
-    pub(crate) async fn on_continuation<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        conn: &mut LineConn<S>,
-        data: &[u8],
-    ) -> Result<(), UpstreamError> {
-        if self.sent {
-            self.challenge = decode_error_challenge(data).or(Some(ErrorChallenge::default()));
-            conn.write_all(b"\r\n").await
-        } else {
-            let line = Zeroizing::new(format!("{}\r\n", self.response.as_str()));
-            self.sent = true;
-            conn.write_all(line.as_bytes()).await
-        }
-    }
-
-    /// The outcome for a refusal `reply`, with the challenge seen before it.
-    pub(crate) fn refused(self, reply: Vec<u8>, code: Option<u16>) -> AuthOutcome {
-        AuthOutcome::Refused {
-            reply,
-            code,
-            challenge: self.challenge,
-        }
-    }
+/// The error for a server that would not start TLS.
+pub(crate) fn tls_refused(command: &str, answer: &[u8]) -> UpstreamError {
+    UpstreamError::Protocol(format!("{command} refused: {}", printable(answer)))
 }
 
 /// A server line for an error message or a log line.

@@ -5,13 +5,12 @@
 //! POP3 has no capability that promises initial responses, and RFC 2449
 //! limits command lines to 255 octets, which a bearer token exceeds.
 
-use secrecy::SecretString;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use zeroize::Zeroizing;
 
 use super::{
-    AuthOutcome, Dialect, LineConn, Target, UpstreamError, Xoauth2, connect_tls, printable,
+    Answer, Dialect, LineConn, Target, UpstreamError, connect_tls, printable, tls_refused,
 };
 use crate::config::UpstreamTls;
 use crate::protocol::pop3::{Reply, parse_reply};
@@ -35,24 +34,36 @@ fn greeting_text(line: &[u8]) -> Result<Vec<u8>, UpstreamError> {
 }
 
 impl Dialect for Pop3Upstream {
-    async fn read_greeting<S: AsyncRead + AsyncWrite + Unpin + Send>(
-        conn: &mut LineConn<S>,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        let greeting = conn.read_line().await?;
-        greeting_text(&greeting)?;
-        Ok(greeting)
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>> {
+        &mut self.conn
+    }
+
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError> {
+        greeting_text(raw).map(|_| true)
     }
 
     async fn start_tls(plain: &mut LineConn<TcpStream>) -> Result<(), UpstreamError> {
         plain.write_all(b"STLS\r\n").await?;
         let answer = plain.read_line().await?;
-        if !matches!(parse_reply(&answer), Some(Reply::Ok(_))) {
-            return Err(UpstreamError::Protocol(format!(
-                "STLS refused: {}",
-                printable(&answer)
-            )));
+        match parse_reply(&answer) {
+            Some(Reply::Ok(_)) => Ok(()),
+            _ => Err(tls_refused("STLS", &answer)),
         }
-        Ok(())
+    }
+
+    /// The response always goes after the server's `+` (see the module's
+    /// note on line lengths).
+    fn auth_command(&self, _tag: &str, _response: &str) -> (Zeroizing<String>, bool) {
+        (Zeroizing::new("AUTH XOAUTH2\r\n".to_owned()), false)
+    }
+
+    fn judge_answer(raw: &[u8], _tag: &str) -> Result<Option<Answer>, UpstreamError> {
+        match parse_reply(raw) {
+            Some(Reply::Continuation(data)) => Ok(Some(Answer::Continuation(data.to_vec()))),
+            Some(Reply::Ok(_)) => Ok(Some(Answer::Accepted)),
+            Some(Reply::Err(_)) => Ok(Some(Answer::Refused(None))),
+            None => Err(UpstreamError::Protocol(printable(raw))),
+        }
     }
 }
 
@@ -91,26 +102,6 @@ async fn ask_capa(conn: &mut LineConn<TlsStream<TcpStream>>) -> Result<Vec<Strin
 }
 
 impl Pop3Upstream {
-    pub async fn authenticate(
-        &mut self,
-        user: &str,
-        token: &SecretString,
-    ) -> Result<AuthOutcome, UpstreamError> {
-        let mut exchange = Xoauth2::new(user, token, false);
-        self.conn.write_all(b"AUTH XOAUTH2\r\n").await?;
-        loop {
-            let line = self.conn.read_line().await?;
-            match parse_reply(&line) {
-                Some(Reply::Continuation(data)) => {
-                    exchange.on_continuation(&mut self.conn, data).await?;
-                }
-                Some(Reply::Ok(_)) => return Ok(AuthOutcome::Accepted { reply: line }),
-                Some(Reply::Err(_)) => return Ok(exchange.refused(line, None)),
-                None => return Err(UpstreamError::Protocol(printable(&line))),
-            }
-        }
-    }
-
     pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
         self.conn.into_parts()
     }

@@ -2,15 +2,12 @@
 //! STARTTLS (port 587), EHLO again with the client's name, and
 //! `AUTH XOAUTH2` with the initial response (RFC 4954 allows 12288 octets).
 
-use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
-use super::{
-    AuthOutcome, Dialect, LineConn, Target, UpstreamError, Xoauth2, connect_tls, printable,
-};
+use super::{Answer, Dialect, LineConn, Target, UpstreamError, connect_tls, printable};
 use crate::config::UpstreamTls;
 use crate::protocol::smtp::{MAX_REPLY, SmtpReply, parse_reply};
 
@@ -30,26 +27,35 @@ async fn read_reply<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Vec<u8>, SmtpReply), UpstreamError> {
     let mut raw = Vec::new();
     loop {
-        let line = conn.read_line().await?;
-        raw.extend_from_slice(&line);
-        if raw.len() > MAX_REPLY {
-            return Err(UpstreamError::Protocol("reply too long".into()));
-        }
-        match parse_reply(&raw) {
-            Ok(Some((reply, _))) => return Ok((raw, reply)),
-            Ok(None) => continue,
-            Err(e) => return Err(UpstreamError::Protocol(format!("{e}: {}", printable(&raw)))),
+        raw.extend_from_slice(&conn.read_line().await?);
+        if let Some(reply) = judge_reply(&raw)? {
+            return Ok((raw, reply));
         }
     }
 }
 
+/// The reply in `raw` (whole lines), or `None` while its last line is
+/// still to come.
+fn judge_reply(raw: &[u8]) -> Result<Option<SmtpReply>, UpstreamError> {
+    if raw.len() > MAX_REPLY {
+        return Err(UpstreamError::Protocol("reply too long".into()));
+    }
+    match parse_reply(raw) {
+        Ok(reply) => Ok(reply.map(|(reply, _)| reply)),
+        Err(e) => Err(UpstreamError::Protocol(format!("{e}: {}", printable(raw)))),
+    }
+}
+
 impl Dialect for SmtpUpstream {
-    async fn read_greeting<S: AsyncRead + AsyncWrite + Unpin + Send>(
-        conn: &mut LineConn<S>,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        let (greeting, reply) = read_reply(conn).await?;
-        expect(220, &greeting, &reply)?;
-        Ok(greeting)
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>> {
+        &mut self.conn
+    }
+
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError> {
+        match judge_reply(raw)? {
+            Some(reply) => expect(220, raw, &reply).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     async fn start_tls(plain: &mut LineConn<TcpStream>) -> Result<(), UpstreamError> {
@@ -61,6 +67,23 @@ impl Dialect for SmtpUpstream {
         plain.write_all(b"STARTTLS\r\n").await?;
         let (raw, reply) = read_reply(plain).await?;
         expect(220, &raw, &reply)
+    }
+
+    /// RFC 4954 allows the initial response on the AUTH line, so a 334 can
+    /// only be an error challenge.
+    fn auth_command(&self, _tag: &str, response: &str) -> (Zeroizing<String>, bool) {
+        (Zeroizing::new(format!("AUTH XOAUTH2 {response}\r\n")), true)
+    }
+
+    fn judge_answer(raw: &[u8], _tag: &str) -> Result<Option<Answer>, UpstreamError> {
+        let Some(reply) = judge_reply(raw)? else {
+            return Ok(None);
+        };
+        Ok(Some(match reply.code {
+            235 => Answer::Accepted,
+            334 => Answer::Continuation(reply.lines.into_iter().next().unwrap_or_default()),
+            code => Answer::Refused(Some(code)),
+        }))
     }
 }
 
@@ -86,29 +109,6 @@ impl SmtpUpstream {
         let (raw, reply) = read_reply(&mut self.conn).await?;
         expect(250, &raw, &reply)?;
         Ok(reply.text_lines())
-    }
-
-    pub async fn authenticate(
-        &mut self,
-        user: &str,
-        token: &SecretString,
-    ) -> Result<AuthOutcome, UpstreamError> {
-        // RFC 4954 allows the initial response on the AUTH line, so the
-        // first 334 can only be an error challenge.
-        let mut exchange = Xoauth2::new(user, token, true);
-        let line = Zeroizing::new(format!("AUTH XOAUTH2 {}\r\n", exchange.response()));
-        self.conn.write_all(line.as_bytes()).await?;
-        loop {
-            let (raw, reply) = read_reply(&mut self.conn).await?;
-            match reply.code {
-                235 => return Ok(AuthOutcome::Accepted { reply: raw }),
-                334 => {
-                    let data = reply.lines.first().map(Vec::as_slice).unwrap_or_default();
-                    exchange.on_continuation(&mut self.conn, data).await?;
-                }
-                code => return Ok(exchange.refused(raw, Some(code))),
-            }
-        }
     }
 
     pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
