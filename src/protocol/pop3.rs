@@ -53,14 +53,6 @@ enum State {
     UserGiven { username: String },
 }
 
-/// RFC 5034 §4: `+` continuations, `-ERR` for a failed or cancelled exchange.
-const SASL_WORDING: Wording = Wording {
-    challenge_prefix: "+ ",
-    error_prefix: "-ERR ",
-    cancelled: "-ERR Authentication cancelled",
-    unsupported: "-ERR Unsupported mechanism, use PLAIN or LOGIN",
-};
-
 /// The pre-authentication POP3 dialogue with one client.
 #[derive(Debug)]
 pub struct Frontend {
@@ -124,20 +116,23 @@ impl Frontend {
     /// than `PASS` forgets it (RFC 1939 allows only `PASS` or `QUIT` there).
     fn on_command(&mut self, line: &[u8], pending_user: Option<String>) -> Action {
         let (verb, arg) = split_verb(line);
-        match Verb::parse(verb) {
-            Verb::Capa => Action::Reply(self.capa_reply()),
-            Verb::User => self.user(arg),
-            Verb::Pass => match pending_user {
+        // Command names are ASCII and case-insensitive (RFC 1939 §3).
+        match verb.to_ascii_uppercase().as_slice() {
+            b"CAPA" => Action::Reply(self.capa_reply()),
+            b"USER" => self.user(arg),
+            b"PASS" => match pending_user {
                 Some(username) => pass_login(username, arg),
                 None => reply("-ERR USER first"),
             },
-            Verb::Auth => self.auth(arg),
-            Verb::Apop => reply("-ERR APOP is not supported, use USER/PASS or AUTH PLAIN"),
-            Verb::Quit => Action::Close(b"+OK Bye\r\n".to_vec()),
-            Verb::Stls => self.stls(arg),
-            Verb::Transaction => reply("-ERR Log in first"),
-            Verb::Empty => reply("-ERR Empty command"),
-            Verb::Unknown => reply("-ERR Unknown command"),
+            b"AUTH" => self.auth(arg),
+            b"APOP" => reply("-ERR APOP is not supported, use USER/PASS or AUTH PLAIN"),
+            b"QUIT" => Action::Close(b"+OK Bye\r\n".to_vec()),
+            b"STLS" => self.stls(arg),
+            // Valid only after login (RFC 1939 TRANSACTION state).
+            b"STAT" | b"LIST" | b"RETR" | b"DELE" | b"NOOP" | b"RSET" | b"TOP" | b"UIDL"
+            | b"LAST" | b"UTF8" => reply("-ERR Log in first"),
+            b"" => reply("-ERR Empty command"),
+            _ => reply("-ERR Unknown command"),
         }
     }
 
@@ -148,6 +143,17 @@ impl Frontend {
         }
         out.extend_from_slice(b".\r\n");
         out
+    }
+
+    fn stls(&mut self, arg: &[u8]) -> Action {
+        if !self.offer_stls {
+            reply("-ERR STLS not offered")
+        } else if !arg.trim_ascii().is_empty() {
+            reply("-ERR STLS takes no argument")
+        } else {
+            self.offer_stls = false;
+            Action::StartTls
+        }
     }
 
     fn user(&mut self, arg: &[u8]) -> Action {
@@ -179,34 +185,16 @@ impl Frontend {
         let step = self.sasl.start(mechanism, initial);
         step.into_action(Action::Reply, |credentials| Action::Login { credentials })
     }
-
-    fn stls(&mut self, arg: &[u8]) -> Action {
-        if !self.offer_stls {
-            reply("-ERR STLS not offered")
-        } else if !arg.trim_ascii().is_empty() {
-            reply("-ERR STLS takes no argument")
-        } else {
-            self.offer_stls = false;
-            Action::StartTls
-        }
-    }
-}
-
-/// The reply that precedes the TLS handshake (RFC 2595 §4).
-pub fn starttls_ok() -> Vec<u8> {
-    b"+OK Begin TLS negotiation\r\n".to_vec()
 }
 
 /// Renders a refused login with the RFC 3206 response code that tells the
 /// client whether retrying with another password can help.
 pub fn failure_reply(failure: &Failure) -> Vec<u8> {
-    let (code, default) = match failure {
-        Failure::BadCredentials(_) => ("AUTH", "Authentication failed"),
-        Failure::SignInNeeded(_) => ("AUTH", "Sign-in needed"),
-        Failure::Unavailable(_) => ("SYS/TEMP", "Service temporarily unavailable"),
-    };
-    let text = failure.reply_text(default);
-    format!("-ERR [{code}] {text}\r\n").into_bytes()
+    failure.status_line([
+        ("-ERR [AUTH]", "Authentication failed"),
+        ("-ERR [AUTH]", "Sign-in needed"),
+        ("-ERR [SYS/TEMP]", "Service temporarily unavailable"),
+    ])
 }
 
 /// Rewrites the upstream's CAPA lines for the client: SASL becomes
@@ -265,6 +253,11 @@ pub fn greeting(upstream_text: &[u8]) -> Vec<u8> {
     let text = strip_apop_timestamp(&text);
     let text = if text.is_empty() { "POP3 ready" } else { &text };
     format!("+OK {text}\r\n").into_bytes()
+}
+
+/// The reply that precedes the TLS handshake (RFC 2595 §4).
+pub fn starttls_ok() -> Vec<u8> {
+    b"+OK Begin TLS negotiation\r\n".to_vec()
 }
 
 fn strip_apop_timestamp(text: &str) -> String {
@@ -331,55 +324,6 @@ fn strip_line_end(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-// ---- commands ----------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verb {
-    Capa,
-    User,
-    Pass,
-    Auth,
-    Apop,
-    Quit,
-    Stls,
-    /// Valid only after login (RFC 1939 TRANSACTION state).
-    Transaction,
-    Empty,
-    Unknown,
-}
-
-impl Verb {
-    const TABLE: &[(&str, Verb)] = &[
-        ("CAPA", Verb::Capa),
-        ("USER", Verb::User),
-        ("PASS", Verb::Pass),
-        ("AUTH", Verb::Auth),
-        ("APOP", Verb::Apop),
-        ("QUIT", Verb::Quit),
-        ("STLS", Verb::Stls),
-        ("STAT", Verb::Transaction),
-        ("LIST", Verb::Transaction),
-        ("RETR", Verb::Transaction),
-        ("DELE", Verb::Transaction),
-        ("NOOP", Verb::Transaction),
-        ("RSET", Verb::Transaction),
-        ("TOP", Verb::Transaction),
-        ("UIDL", Verb::Transaction),
-        ("LAST", Verb::Transaction),
-        ("UTF8", Verb::Transaction),
-    ];
-
-    fn parse(word: &[u8]) -> Verb {
-        if word.is_empty() {
-            return Verb::Empty;
-        }
-        Self::TABLE
-            .iter()
-            .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(word))
-            .map_or(Verb::Unknown, |&(_, verb)| verb)
-    }
-}
-
 // ---- logins ----------------------------------------------------------------
 
 fn pass_login(username: String, password: &[u8]) -> Action {
@@ -397,6 +341,14 @@ fn pass_login(username: String, password: &[u8]) -> Action {
 fn reply(line: &str) -> Action {
     Action::Reply(format!("{line}\r\n").into_bytes())
 }
+
+/// RFC 5034 §4: `+` continuations, `-ERR` for a failed or cancelled exchange.
+const SASL_WORDING: Wording = Wording {
+    challenge_prefix: "+ ",
+    error_prefix: "-ERR ",
+    cancelled: "-ERR Authentication cancelled",
+    unsupported: "-ERR Unsupported mechanism, use PLAIN or LOGIN",
+};
 
 /// Appends one line of a multi-line response, dot-stuffed (RFC 1939 §3).
 fn push_multiline(out: &mut Vec<u8>, line: &str) {

@@ -27,13 +27,6 @@ use super::{Credentials, Failure, one_line};
 /// SASL response line; one 12 KiB limit covers both and bounds the buffer.
 pub const MAX_LINE: usize = 12 * 1024;
 
-/// Largest upstream reply (all lines together) [`parse_reply`] accepts.
-///
-/// An EHLO reply is a few hundred octets and error texts are one line; 64 KiB
-/// is far above any real reply yet stops a broken or hostile upstream from
-/// growing the driver's buffer without end.
-pub const MAX_REPLY: usize = 64 * 1024;
-
 /// What the driver does next.
 #[derive(Debug)]
 #[must_use]
@@ -65,14 +58,6 @@ enum State {
     SkipChunk { remaining: u64 },
 }
 
-/// RFC 4954 §4: `334` continuations, 501 for a failed or cancelled exchange.
-const SASL_WORDING: Wording = Wording {
-    challenge_prefix: "334 ",
-    error_prefix: "501 5.5.2 ",
-    cancelled: "501 5.7.0 Authentication cancelled",
-    unsupported: "504 5.5.4 Unrecognized authentication type, use PLAIN or LOGIN",
-};
-
 /// The pre-authentication SMTP dialogue with one client.
 #[derive(Debug)]
 pub struct Frontend {
@@ -83,6 +68,14 @@ pub struct Frontend {
     greeted: bool,
     offer_starttls: bool,
 }
+
+/// RFC 4954 §4: `334` continuations, 501 for a failed or cancelled exchange.
+const SASL_WORDING: Wording = Wording {
+    challenge_prefix: "334 ",
+    error_prefix: "501 5.5.2 ",
+    cancelled: "501 5.7.0 Authentication cancelled",
+    unsupported: "504 5.5.4 Unrecognized authentication type, use PLAIN or LOGIN",
+};
 
 impl Frontend {
     pub fn new(offer_starttls: bool) -> Self {
@@ -150,18 +143,20 @@ impl Frontend {
 
     fn on_command(&mut self, line: &[u8]) -> Action {
         let (verb, arg) = split_verb(line);
-        match Verb::parse(verb) {
-            Verb::Ehlo => self.hello(arg, true),
-            Verb::Helo => self.hello(arg, false),
-            Verb::Auth => self.auth(arg),
-            Verb::StartTls => self.starttls(arg),
-            Verb::Transaction => reply(AUTH_REQUIRED),
-            Verb::Bdat => self.bdat(arg),
-            Verb::Quit => Action::Close(b"221 2.0.0 Bye\r\n".to_vec()),
-            Verb::Noop | Verb::Rset => reply("250 2.0.0 OK"),
-            Verb::Help => reply("214 2.0.0 Send EHLO, then AUTH PLAIN or AUTH LOGIN"),
-            Verb::Vrfy => reply("252 2.5.2 Cannot VRFY user"),
-            Verb::Unknown => reply("500 5.5.2 Command not recognized"),
+        // Command names are ASCII and case-insensitive (RFC 5321 §2.4).
+        match verb.to_ascii_uppercase().as_slice() {
+            b"EHLO" => self.hello(arg, true),
+            b"HELO" => self.hello(arg, false),
+            b"AUTH" => self.auth(arg),
+            b"STARTTLS" => self.starttls(arg),
+            // Only after authentication.
+            b"MAIL" | b"RCPT" | b"DATA" => reply(AUTH_REQUIRED),
+            b"BDAT" => self.bdat(arg),
+            b"QUIT" => Action::Close(b"221 2.0.0 Bye\r\n".to_vec()),
+            b"NOOP" | b"RSET" => reply("250 2.0.0 OK"),
+            b"HELP" => reply("214 2.0.0 Send EHLO, then AUTH PLAIN or AUTH LOGIN"),
+            b"VRFY" => reply("252 2.5.2 Cannot VRFY user"),
+            _ => reply("500 5.5.2 Command not recognized"),
         }
     }
 
@@ -247,13 +242,11 @@ pub fn starttls_ok() -> Vec<u8> {
 /// or the sign-in are the problem, 454 4.7.0 (temporary) when a retry later
 /// can succeed.
 pub fn failure_reply(failure: &Failure) -> Vec<u8> {
-    let (status, default) = match failure {
-        Failure::BadCredentials(_) => ("535 5.7.8", "Authentication credentials invalid"),
-        Failure::SignInNeeded(_) => ("535 5.7.8", "Sign-in needed"),
-        Failure::Unavailable(_) => ("454 4.7.0", "Temporary authentication failure"),
-    };
-    let text = failure.reply_text(default);
-    format!("{status} {text}\r\n").into_bytes()
+    failure.status_line([
+        ("535 5.7.8", "Authentication credentials invalid"),
+        ("535 5.7.8", "Sign-in needed"),
+        ("454 4.7.0", "Temporary authentication failure"),
+    ])
 }
 
 /// The client's answer to EHLO/HELO from the upstream's EHLO reply lines
@@ -308,6 +301,13 @@ fn rewrite_ehlo_keywords(upstream: &[String], offer_starttls: bool) -> Vec<Strin
     }
     out
 }
+
+/// Largest upstream reply (all lines together) [`parse_reply`] accepts.
+///
+/// An EHLO reply is a few hundred octets and error texts are one line; 64 KiB
+/// is far above any real reply yet stops a broken or hostile upstream from
+/// growing the driver's buffer without end.
+pub const MAX_REPLY: usize = 64 * 1024;
 
 /// One upstream reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,50 +420,6 @@ pub fn render_reply(code: u16, lines: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(format!("{code:03}\r\n").as_bytes());
     }
     out
-}
-
-// ---- commands ----------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verb {
-    Ehlo,
-    Helo,
-    Auth,
-    StartTls,
-    /// MAIL, RCPT, DATA: only after authentication.
-    Transaction,
-    Bdat,
-    Quit,
-    Noop,
-    Rset,
-    Help,
-    Vrfy,
-    Unknown,
-}
-
-impl Verb {
-    const TABLE: &[(&str, Verb)] = &[
-        ("EHLO", Verb::Ehlo),
-        ("HELO", Verb::Helo),
-        ("AUTH", Verb::Auth),
-        ("STARTTLS", Verb::StartTls),
-        ("MAIL", Verb::Transaction),
-        ("RCPT", Verb::Transaction),
-        ("DATA", Verb::Transaction),
-        ("BDAT", Verb::Bdat),
-        ("QUIT", Verb::Quit),
-        ("NOOP", Verb::Noop),
-        ("RSET", Verb::Rset),
-        ("HELP", Verb::Help),
-        ("VRFY", Verb::Vrfy),
-    ];
-
-    fn parse(word: &[u8]) -> Verb {
-        Self::TABLE
-            .iter()
-            .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(word))
-            .map_or(Verb::Unknown, |&(_, verb)| verb)
-    }
 }
 
 fn reply(line: &str) -> Action {
