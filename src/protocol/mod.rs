@@ -6,7 +6,9 @@
 //! parser is table-tested and fuzzed on bytes alone. Every buffer is capped.
 
 pub mod imap;
+pub(crate) mod line;
 pub mod pop3;
+pub(crate) mod sasl_dialogue;
 pub mod smtp;
 
 pub use crate::sasl::Credentials;
@@ -31,6 +33,29 @@ impl Failure {
         match self {
             Failure::BadCredentials(t) | Failure::SignInNeeded(t) | Failure::Unavailable(t) => t,
         }
+    }
+
+    /// The text for a one-line reply, trimmed; `default` when there is none,
+    /// so a reply never ends in a bare status code.
+    fn reply_text(&self, default: &str) -> String {
+        let text = one_line(self.text());
+        match text.trim() {
+            "" => default.to_owned(),
+            trimmed => trimmed.to_owned(),
+        }
+    }
+
+    /// `status text` for the line-based protocols. `words` gives, for bad
+    /// credentials, sign-in needed and unavailable in that order, the
+    /// status that opens the line and the text when the failure has none.
+    pub(crate) fn status_line(&self, words: [(&str, &str); 3]) -> Vec<u8> {
+        let [bad, sign_in, unavailable] = words;
+        let (status, default) = match self {
+            Failure::BadCredentials(_) => bad,
+            Failure::SignInNeeded(_) => sign_in,
+            Failure::Unavailable(_) => unavailable,
+        };
+        format!("{status} {}\r\n", self.reply_text(default)).into_bytes()
     }
 }
 

@@ -13,7 +13,7 @@ use crate::config::UpstreamTls;
 use crate::protocol::Failure;
 use crate::sasl::Credentials;
 use crate::sasl::ErrorChallenge;
-use crate::upstream::{Target, UpstreamError, imap, pop3, smtp};
+use crate::upstream::{self, AuthOutcome, Target, UpstreamError, imap, pop3, smtp};
 
 /// How an XOAUTH2 exchange ended, protocol-neutral.
 pub enum Outcome {
@@ -163,9 +163,12 @@ impl UpstreamLogin for imap::ImapUpstream {
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        Ok(match self.authenticate(tag, user, token).await? {
-            imap::AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
-            imap::AuthOutcome::Refused { reply, challenge } => Outcome::Refused {
+        let outcome = upstream::authenticate(self, tag, user, token).await?;
+        Ok(match outcome {
+            AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+            AuthOutcome::Refused {
+                reply, challenge, ..
+            } => Outcome::Refused {
                 reply,
                 challenge,
                 token_refused: true,
@@ -191,13 +194,16 @@ impl UpstreamLogin for pop3::Pop3Upstream {
 
     async fn xoauth2(
         &mut self,
-        _tag: &str,
+        tag: &str,
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        Ok(match self.authenticate(user, token).await? {
-            pop3::AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
-            pop3::AuthOutcome::Refused { reply, challenge } => Outcome::Refused {
+        let outcome = upstream::authenticate(self, tag, user, token).await?;
+        Ok(match outcome {
+            AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+            AuthOutcome::Refused {
+                reply, challenge, ..
+            } => Outcome::Refused {
                 reply,
                 challenge,
                 token_refused: true,
@@ -219,13 +225,14 @@ impl UpstreamLogin for smtp::SmtpUpstream {
 
     async fn xoauth2(
         &mut self,
-        _tag: &str,
+        tag: &str,
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        Ok(match self.authenticate(user, token).await? {
-            smtp::AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
-            smtp::AuthOutcome::Refused {
+        let outcome = upstream::authenticate(self, tag, user, token).await?;
+        Ok(match outcome {
+            AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+            AuthOutcome::Refused {
                 reply,
                 code,
                 challenge,
@@ -234,13 +241,13 @@ impl UpstreamLogin for smtp::SmtpUpstream {
                 if auth_disabled {
                     tracing::warn!(account = %user, "SMTP AUTH is disabled for this mailbox or tenant: an admin can enable it with \
                         `Set-CASMailbox -Identity {user} -SmtpClientAuthenticationDisabled $false`");
-                } else if code == 432 {
+                } else if code == Some(432) {
                     tracing::warn!(account = %user, "Office 365 allows 3 concurrent SMTP connections per mailbox; the client opened more");
                 }
                 Outcome::Refused {
                     reply,
                     challenge,
-                    token_refused: code == 535 && !auth_disabled,
+                    token_refused: code == Some(535) && !auth_disabled,
                 }
             }
         })

@@ -6,16 +6,22 @@ pub mod imap;
 pub mod pop3;
 pub mod smtp;
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use zeroize::Zeroizing;
+
+use crate::config::UpstreamTls;
+use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 
 /// The longest server line the proxy reads before authentication. Greetings,
 /// capability lists and EHLO lines are far shorter; an error challenge is a
@@ -127,18 +133,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         Ok(())
     }
 
-    /// Reads exactly `n` more bytes, for the few places a server sends a
-    /// counted block before authentication.
-    pub async fn read_exact_bytes(&mut self, n: usize) -> Result<Vec<u8>, UpstreamError> {
-        while self.buf.len() < n {
-            if n > MAX_SERVER_LINE {
-                return Err(UpstreamError::LineTooLong);
-            }
-            self.fill().await?;
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         tokio::time::timeout(self.timeout, async {
             self.stream.write_all(bytes).await?;
@@ -162,4 +156,155 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     pub fn into_parts(self) -> (S, Vec<u8>) {
         (self.stream, self.buf)
     }
+}
+
+/// How the upstream answered the proxy's XOAUTH2, in every dialect.
+pub enum AuthOutcome {
+    /// Everything the server sent up to and including its success reply, for
+    /// the client (IMAP: already under the client's tag).
+    Accepted { reply: Vec<u8> },
+    /// The server's refusal as received, its reply code where the protocol
+    /// has one (SMTP), and its error challenge if it sent one.
+    Refused {
+        reply: Vec<u8>,
+        code: Option<u16>,
+        challenge: Option<ErrorChallenge>,
+    },
+}
+
+/// What one server answer means while XOAUTH2 is under way.
+pub(crate) enum Answer {
+    /// A continuation, with its (base64) data.
+    Continuation(Vec<u8>),
+    /// Data ahead of the final answer (IMAP's untagged lines), kept for
+    /// the client.
+    Data,
+    Accepted,
+    /// With the reply code where the protocol has one (SMTP).
+    Refused(Option<u16>),
+}
+
+/// What differs between the dialects up to and through XOAUTH2; the order
+/// of things is [`connect_tls`]'s and [`authenticate`]'s.
+pub(crate) trait Dialect {
+    /// Judges the greeting read so far (whole lines): `Ok(true)` when it is
+    /// a complete welcome, `Ok(false)` when more lines belong to it.
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError>;
+
+    /// Asks a plaintext connection, past its greeting, for TLS; `Ok` once
+    /// the server said to go ahead.
+    fn start_tls(
+        conn: &mut LineConn<TcpStream>,
+    ) -> impl Future<Output = Result<(), UpstreamError>> + Send;
+
+    /// The connection after [`connect_tls`].
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>>;
+
+    /// The command that starts XOAUTH2 under `tag` (where the protocol has
+    /// tags), and whether it carries `response` as an initial response.
+    fn auth_command(&self, tag: &str, response: &str) -> (Zeroizing<String>, bool);
+
+    /// Judges an answer during XOAUTH2 read so far (whole lines, the
+    /// client's `tag` where the protocol has tags): `None` while more lines
+    /// belong to it. An answer that fits no meaning is an error.
+    fn judge_answer(raw: &[u8], tag: &str) -> Result<Option<Answer>, UpstreamError>;
+}
+
+/// A TLS connection to `target` past the server's greeting (checked by
+/// `D`), and that greeting as received (the plaintext one after STARTTLS,
+/// since the server does not greet again).
+pub(crate) async fn connect_tls<D: Dialect>(
+    target: &Target,
+    mode: UpstreamTls,
+) -> Result<(LineConn<TlsStream<TcpStream>>, Vec<u8>), UpstreamError> {
+    let tcp = target.tcp().await?;
+    match mode {
+        UpstreamTls::Implicit => {
+            let mut conn = LineConn::new(target.tls(tcp).await?, target.timeout);
+            let greeting = read_greeting::<D, _>(&mut conn).await?;
+            Ok((conn, greeting))
+        }
+        UpstreamTls::Starttls => {
+            let mut plain = LineConn::new(tcp, target.timeout);
+            let greeting = read_greeting::<D, _>(&mut plain).await?;
+            D::start_tls(&mut plain).await?;
+            plain.discard_buffered();
+            let (tcp, _) = plain.into_parts();
+            let conn = LineConn::new(target.tls(tcp).await?, target.timeout);
+            Ok((conn, greeting))
+        }
+    }
+}
+
+/// The server's greeting as received, once `D` finds it complete.
+async fn read_greeting<D: Dialect, S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut LineConn<S>,
+) -> Result<Vec<u8>, UpstreamError> {
+    let mut raw = conn.read_line().await?;
+    while !D::judge_greeting(&raw)? {
+        raw.extend_from_slice(&conn.read_line().await?);
+    }
+    Ok(raw)
+}
+
+/// XOAUTH2 for `user` (under the client's `tag` in IMAP). The first
+/// continuation asks for the response, unless it went with the command; a
+/// later one is an error challenge, answered with an empty line so the
+/// server ends the exchange with its refusal.
+pub(crate) async fn authenticate<D: Dialect>(
+    upstream: &mut D,
+    tag: &str,
+    user: &str,
+    token: &SecretString,
+) -> Result<AuthOutcome, UpstreamError> {
+    let response = xoauth2_response(user, token);
+    let (command, mut sent) = upstream.auth_command(tag, response.as_str());
+    let conn = upstream.conn();
+    conn.write_all(command.as_bytes()).await?;
+    let mut challenge = None;
+    let mut reply = Vec::new();
+    loop {
+        let mut raw = conn.read_line().await?;
+        let answer = loop {
+            match D::judge_answer(&raw, tag)? {
+                Some(answer) => break answer,
+                None => raw.extend_from_slice(&conn.read_line().await?),
+            }
+        };
+        match answer {
+            Answer::Continuation(data) if sent => {
+                challenge = decode_error_challenge(&data).or(Some(ErrorChallenge::default()));
+                conn.write_all(b"\r\n").await?;
+            }
+            Answer::Continuation(_) => {
+                let line = Zeroizing::new(format!("{}\r\n", response.as_str()));
+                conn.write_all(line.as_bytes()).await?;
+                sent = true;
+            }
+            Answer::Data => reply.extend_from_slice(&raw),
+            Answer::Accepted => {
+                reply.extend_from_slice(&raw);
+                return Ok(AuthOutcome::Accepted { reply });
+            }
+            // Only the final line: untagged data before a refusal is not
+            // the client's business.
+            Answer::Refused(code) => {
+                return Ok(AuthOutcome::Refused {
+                    reply: raw,
+                    code,
+                    challenge,
+                });
+            }
+        }
+    }
+}
+
+/// The error for a server that would not start TLS.
+pub(crate) fn tls_refused(command: &str, answer: &[u8]) -> UpstreamError {
+    UpstreamError::Protocol(format!("{command} refused: {}", printable(answer)))
+}
+
+/// A server line for an error message or a log line.
+pub(crate) fn printable(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).trim_end().to_owned()
 }

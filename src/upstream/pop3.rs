@@ -5,17 +5,15 @@
 //! POP3 has no capability that promises initial responses, and RFC 2449
 //! limits command lines to 255 octets, which a bearer token exceeds.
 
-use std::time::Instant;
-
-use secrecy::SecretString;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
-use super::{LineConn, Target, UpstreamError};
+use super::{
+    Answer, Dialect, LineConn, Target, UpstreamError, connect_tls, printable, tls_refused,
+};
 use crate::config::UpstreamTls;
 use crate::protocol::pop3::{Reply, parse_reply};
-use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 
 /// A CAPA answer longer than this many lines is not a real server's.
 const MAX_CAPA_LINES: usize = 64;
@@ -26,21 +24,6 @@ pub struct Pop3Upstream {
     pub greeting_text: Vec<u8>,
     /// The server's CAPA lines (without the terminating `.`), after TLS.
     pub capa: Vec<String>,
-    pub connected_at: Instant,
-}
-
-pub enum AuthOutcome {
-    /// The server's `+OK` line, for the client.
-    Accepted { reply: Vec<u8> },
-    /// The server's `-ERR` line, and its error challenge if it sent one.
-    Refused {
-        reply: Vec<u8>,
-        challenge: Option<ErrorChallenge>,
-    },
-}
-
-fn printable(line: &[u8]) -> String {
-    String::from_utf8_lossy(line).trim_end().to_owned()
 }
 
 fn greeting_text(line: &[u8]) -> Result<Vec<u8>, UpstreamError> {
@@ -50,41 +33,48 @@ fn greeting_text(line: &[u8]) -> Result<Vec<u8>, UpstreamError> {
     }
 }
 
+impl Dialect for Pop3Upstream {
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>> {
+        &mut self.conn
+    }
+
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError> {
+        greeting_text(raw).map(|_| true)
+    }
+
+    async fn start_tls(plain: &mut LineConn<TcpStream>) -> Result<(), UpstreamError> {
+        plain.write_all(b"STLS\r\n").await?;
+        let answer = plain.read_line().await?;
+        match parse_reply(&answer) {
+            Some(Reply::Ok(_)) => Ok(()),
+            _ => Err(tls_refused("STLS", &answer)),
+        }
+    }
+
+    /// The response always goes after the server's `+` (see the module's
+    /// note on line lengths).
+    fn auth_command(&self, _tag: &str, _response: &str) -> (Zeroizing<String>, bool) {
+        (Zeroizing::new("AUTH XOAUTH2\r\n".to_owned()), false)
+    }
+
+    fn judge_answer(raw: &[u8], _tag: &str) -> Result<Option<Answer>, UpstreamError> {
+        match parse_reply(raw) {
+            Some(Reply::Continuation(data)) => Ok(Some(Answer::Continuation(data.to_vec()))),
+            Some(Reply::Ok(_)) => Ok(Some(Answer::Accepted)),
+            Some(Reply::Err(_)) => Ok(Some(Answer::Refused(None))),
+            None => Err(UpstreamError::Protocol(printable(raw))),
+        }
+    }
+}
+
 pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<Pop3Upstream, UpstreamError> {
-    let tcp = target.tcp().await?;
-    let (mut conn, greeting) = match mode {
-        UpstreamTls::Implicit => {
-            let mut conn = LineConn::new(target.tls(tcp).await?, target.timeout);
-            let greeting = conn.read_line().await?;
-            (conn, greeting)
-        }
-        UpstreamTls::Starttls => {
-            let mut plain = LineConn::new(tcp, target.timeout);
-            let greeting = plain.read_line().await?;
-            greeting_text(&greeting)?;
-            plain.write_all(b"STLS\r\n").await?;
-            let answer = plain.read_line().await?;
-            if !matches!(parse_reply(&answer), Some(Reply::Ok(_))) {
-                return Err(UpstreamError::Protocol(format!(
-                    "STLS refused: {}",
-                    printable(&answer)
-                )));
-            }
-            plain.discard_buffered();
-            let (tcp, _) = plain.into_parts();
-            (
-                LineConn::new(target.tls(tcp).await?, target.timeout),
-                greeting,
-            )
-        }
-    };
+    let (mut conn, greeting) = connect_tls::<Pop3Upstream>(target, mode).await?;
     let greeting_text = greeting_text(&greeting)?;
     let capa = ask_capa(&mut conn).await?;
     Ok(Pop3Upstream {
         conn,
         greeting_text,
         capa,
-        connected_at: Instant::now(),
     })
 }
 
@@ -112,41 +102,6 @@ async fn ask_capa(conn: &mut LineConn<TlsStream<TcpStream>>) -> Result<Vec<Strin
 }
 
 impl Pop3Upstream {
-    pub async fn authenticate(
-        &mut self,
-        user: &str,
-        token: &SecretString,
-    ) -> Result<AuthOutcome, UpstreamError> {
-        let response = xoauth2_response(user, token);
-        self.conn.write_all(b"AUTH XOAUTH2\r\n").await?;
-        let mut sent_response = false;
-        let mut challenge = None;
-        loop {
-            let line = self.conn.read_line().await?;
-            match parse_reply(&line) {
-                Some(Reply::Continuation(data)) => {
-                    if sent_response {
-                        challenge =
-                            decode_error_challenge(data).or(Some(ErrorChallenge::default()));
-                        self.conn.write_all(b"\r\n").await?;
-                    } else {
-                        let line = Zeroizing::new(format!("{}\r\n", response.as_str()));
-                        self.conn.write_all(line.as_bytes()).await?;
-                        sent_response = true;
-                    }
-                }
-                Some(Reply::Ok(_)) => return Ok(AuthOutcome::Accepted { reply: line }),
-                Some(Reply::Err(_)) => {
-                    return Ok(AuthOutcome::Refused {
-                        reply: line,
-                        challenge,
-                    });
-                }
-                None => return Err(UpstreamError::Protocol(printable(&line))),
-            }
-        }
-    }
-
     pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
         self.conn.into_parts()
     }

@@ -2,18 +2,14 @@
 //! STARTTLS (port 587), EHLO again with the client's name, and
 //! `AUTH XOAUTH2` with the initial response (RFC 4954 allows 12288 octets).
 
-use std::time::Instant;
-
-use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
-use super::{LineConn, Target, UpstreamError};
+use super::{Answer, Dialect, LineConn, Target, UpstreamError, connect_tls, printable};
 use crate::config::UpstreamTls;
 use crate::protocol::smtp::{MAX_REPLY, SmtpReply, parse_reply};
-use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 
 /// The name the proxy gives in its own EHLO before STARTTLS; the client's
 /// own name is used for the EHLO that counts, after TLS.
@@ -23,22 +19,6 @@ pub struct SmtpUpstream {
     conn: LineConn<TlsStream<TcpStream>>,
     /// The server's greeting reply as received.
     pub greeting: Vec<u8>,
-    pub connected_at: Instant,
-}
-
-pub enum AuthOutcome {
-    /// The server's 235 reply, for the client.
-    Accepted { reply: Vec<u8> },
-    /// The server's refusal (4xx/5xx) as received, and its error challenge if any.
-    Refused {
-        reply: Vec<u8>,
-        code: u16,
-        challenge: Option<ErrorChallenge>,
-    },
-}
-
-fn printable(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim_end().to_owned()
 }
 
 /// Reads one complete (possibly multi-line) reply: the raw bytes and the parse.
@@ -47,53 +27,69 @@ async fn read_reply<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Vec<u8>, SmtpReply), UpstreamError> {
     let mut raw = Vec::new();
     loop {
-        let line = conn.read_line().await?;
-        raw.extend_from_slice(&line);
-        if raw.len() > MAX_REPLY {
-            return Err(UpstreamError::Protocol("reply too long".into()));
-        }
-        match parse_reply(&raw) {
-            Ok(Some((reply, _))) => return Ok((raw, reply)),
-            Ok(None) => continue,
-            Err(e) => return Err(UpstreamError::Protocol(format!("{e}: {}", printable(&raw)))),
+        raw.extend_from_slice(&conn.read_line().await?);
+        if let Some(reply) = judge_reply(&raw)? {
+            return Ok((raw, reply));
         }
     }
 }
 
+/// The reply in `raw` (whole lines), or `None` while its last line is
+/// still to come.
+fn judge_reply(raw: &[u8]) -> Result<Option<SmtpReply>, UpstreamError> {
+    if raw.len() > MAX_REPLY {
+        return Err(UpstreamError::Protocol("reply too long".into()));
+    }
+    match parse_reply(raw) {
+        Ok(reply) => Ok(reply.map(|(reply, _)| reply)),
+        Err(e) => Err(UpstreamError::Protocol(format!("{e}: {}", printable(raw)))),
+    }
+}
+
+impl Dialect for SmtpUpstream {
+    fn conn(&mut self) -> &mut LineConn<TlsStream<TcpStream>> {
+        &mut self.conn
+    }
+
+    fn judge_greeting(raw: &[u8]) -> Result<bool, UpstreamError> {
+        match judge_reply(raw)? {
+            Some(reply) => expect(220, raw, &reply).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    async fn start_tls(plain: &mut LineConn<TcpStream>) -> Result<(), UpstreamError> {
+        plain
+            .write_all(format!("EHLO {PROXY_EHLO_NAME}\r\n").as_bytes())
+            .await?;
+        let (raw, reply) = read_reply(plain).await?;
+        expect(250, &raw, &reply)?;
+        plain.write_all(b"STARTTLS\r\n").await?;
+        let (raw, reply) = read_reply(plain).await?;
+        expect(220, &raw, &reply)
+    }
+
+    /// RFC 4954 allows the initial response on the AUTH line, so a 334 can
+    /// only be an error challenge.
+    fn auth_command(&self, _tag: &str, response: &str) -> (Zeroizing<String>, bool) {
+        (Zeroizing::new(format!("AUTH XOAUTH2 {response}\r\n")), true)
+    }
+
+    fn judge_answer(raw: &[u8], _tag: &str) -> Result<Option<Answer>, UpstreamError> {
+        let Some(reply) = judge_reply(raw)? else {
+            return Ok(None);
+        };
+        Ok(Some(match reply.code {
+            235 => Answer::Accepted,
+            334 => Answer::Continuation(reply.lines.into_iter().next().unwrap_or_default()),
+            code => Answer::Refused(Some(code)),
+        }))
+    }
+}
+
 pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<SmtpUpstream, UpstreamError> {
-    let tcp = target.tcp().await?;
-    let (conn, greeting) = match mode {
-        UpstreamTls::Implicit => {
-            let mut conn = LineConn::new(target.tls(tcp).await?, target.timeout);
-            let (greeting, reply) = read_reply(&mut conn).await?;
-            expect(220, &greeting, &reply)?;
-            (conn, greeting)
-        }
-        UpstreamTls::Starttls => {
-            let mut plain = LineConn::new(tcp, target.timeout);
-            let (greeting, reply) = read_reply(&mut plain).await?;
-            expect(220, &greeting, &reply)?;
-            plain
-                .write_all(format!("EHLO {PROXY_EHLO_NAME}\r\n").as_bytes())
-                .await?;
-            let (raw, reply) = read_reply(&mut plain).await?;
-            expect(250, &raw, &reply)?;
-            plain.write_all(b"STARTTLS\r\n").await?;
-            let (raw, reply) = read_reply(&mut plain).await?;
-            expect(220, &raw, &reply)?;
-            plain.discard_buffered();
-            let (tcp, _) = plain.into_parts();
-            (
-                LineConn::new(target.tls(tcp).await?, target.timeout),
-                greeting,
-            )
-        }
-    };
-    Ok(SmtpUpstream {
-        conn,
-        greeting,
-        connected_at: Instant::now(),
-    })
+    let (conn, greeting) = connect_tls::<SmtpUpstream>(target, mode).await?;
+    Ok(SmtpUpstream { conn, greeting })
 }
 
 fn expect(code: u16, raw: &[u8], reply: &SmtpReply) -> Result<(), UpstreamError> {
@@ -113,35 +109,6 @@ impl SmtpUpstream {
         let (raw, reply) = read_reply(&mut self.conn).await?;
         expect(250, &raw, &reply)?;
         Ok(reply.text_lines())
-    }
-
-    pub async fn authenticate(
-        &mut self,
-        user: &str,
-        token: &SecretString,
-    ) -> Result<AuthOutcome, UpstreamError> {
-        let response = xoauth2_response(user, token);
-        let line = Zeroizing::new(format!("AUTH XOAUTH2 {}\r\n", response.as_str()));
-        self.conn.write_all(line.as_bytes()).await?;
-        let mut challenge = None;
-        loop {
-            let (raw, reply) = read_reply(&mut self.conn).await?;
-            match reply.code {
-                235 => return Ok(AuthOutcome::Accepted { reply: raw }),
-                334 => {
-                    let data = reply.lines.first().map(Vec::as_slice).unwrap_or_default();
-                    challenge = decode_error_challenge(data).or(Some(ErrorChallenge::default()));
-                    self.conn.write_all(b"\r\n").await?;
-                }
-                code => {
-                    return Ok(AuthOutcome::Refused {
-                        reply: raw,
-                        code,
-                        challenge,
-                    });
-                }
-            }
-        }
     }
 
     pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {

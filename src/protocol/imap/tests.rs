@@ -1,0 +1,1464 @@
+use super::*;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use secrecy::ExposeSecret;
+
+/// An action in comparable form; passwords are exposed here only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Out {
+    Reply(String),
+    Login {
+        tag: String,
+        user: String,
+        pass: String,
+    },
+    StartTls(String),
+    Close(String),
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn out(action: Action) -> Option<Out> {
+    match action {
+        Action::NeedMore => None,
+        Action::Reply(b) => Some(Out::Reply(text(&b))),
+        Action::Login { tag, credentials } => Some(Out::Login {
+            tag,
+            user: credentials.username.clone(),
+            pass: credentials.password.expose_secret().to_owned(),
+        }),
+        Action::StartTls { tag } => Some(Out::StartTls(tag)),
+        Action::Close(b) => Some(Out::Close(text(&b))),
+    }
+}
+
+fn reply(s: &str) -> Out {
+    Out::Reply(s.to_owned())
+}
+
+fn login(tag: &str, user: &str, pass: &str) -> Out {
+    Out::Login {
+        tag: tag.to_owned(),
+        user: user.to_owned(),
+        pass: pass.to_owned(),
+    }
+}
+
+fn caps() -> Vec<String> {
+    ["IMAP4rev1", "SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn strings(names: &str) -> Vec<String> {
+    names.split(' ').map(String::from).collect()
+}
+
+fn b64(raw: &[u8]) -> String {
+    B64.encode(raw)
+}
+
+/// Steps until the front end wants more bytes or closes; Login and
+/// StartTls end a run so that a test can look at the buffer.
+fn drive(fe: &mut Frontend, buf: &mut Vec<u8>) -> Vec<Out> {
+    let mut outs = Vec::new();
+    for _ in 0..10_000 {
+        let Some(o) = out(fe.step(buf)) else {
+            return outs;
+        };
+        let done = !matches!(o, Out::Reply(_));
+        outs.push(o);
+        if done {
+            return outs;
+        }
+    }
+    panic!("step never settled");
+}
+
+/// Feeds `chunks` one after the other and steps through everything
+/// (past Login and StartTls, as a driver would after answering them).
+/// Returns the actions and what is left in the buffer.
+fn feed<'a>(fe: &mut Frontend, chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Out>, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut outs = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            let run = drive(fe, &mut buf);
+            let last = run.last().cloned();
+            outs.extend(run);
+            match last {
+                Some(Out::Close(_)) => return (outs, buf),
+                Some(Out::StartTls(_)) => buf.clear(),
+                Some(Out::Login { .. }) => {}
+                _ => break,
+            }
+        }
+    }
+    (outs, buf)
+}
+
+fn session(input: &[u8]) -> Vec<Out> {
+    feed(&mut Frontend::new(caps(), false), [input]).0
+}
+
+fn without_literal_continuations(outs: Vec<Out>) -> Vec<Out> {
+    let continuation = Out::Reply(text(LITERAL_CONTINUATION));
+    outs.into_iter().filter(|o| *o != continuation).collect()
+}
+
+fn literal(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("{{{}}}\r\n", payload.len()).into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn login_forms() {
+    let utf8_user = "jörg@contoso.com".as_bytes();
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (b"A1 LOGIN alice secret\r\n".to_vec(), "alice", "secret"),
+        (b"A1 login alice@contoso.com s3cr3t!#&'\r\n".to_vec(), "alice@contoso.com", "s3cr3t!#&'"),
+        (b"A1 LoGiN alice secret\n".to_vec(), "alice", "secret"),
+        (br#"A1 LOGIN "alice@contoso.com" "pa ss\"wo\\rd""#.iter().chain(b"\r\n").copied().collect(), "alice@contoso.com", r#"pa ss"wo\rd"#),
+        (b"A1 LOGIN \"al ice\" \"\"\r\n".to_vec(), "al ice", ""),
+        (b"A1 LOGIN alice \"{5}\"\r\n".to_vec(), "alice", "{5}"),
+        (b"A1 LOGIN ~alice p]w+\r\n".to_vec(), "~alice", "p]w+"),
+        (b"A1 LOGIN {17}\r\nalice@contoso.com \"pw\"\r\n".to_vec(), "alice@contoso.com", "pw"),
+        (b"A1 LOGIN {5}\r\nalice {6}\r\nsecret\r\n".to_vec(), "alice", "secret"),
+        (b"A1 LOGIN {5}\nalice {6}\nsecret\n".to_vec(), "alice", "secret"),
+        (b"A1 LOGIN {5+}\r\nalice {7+}\r\nse cret\r\n".to_vec(), "alice", "se cret"),
+        (b"A1 LOGIN {005}\r\nalice {6+}\r\nsecret\r\n".to_vec(), "alice", "secret"),
+        (b"A1 LOGIN alice {8}\r\na\"b\r\nc d\r\n".to_vec(), "alice", "a\"b\r\nc d"),
+        (b"A1 LOGIN alice {0}\r\n\r\n".to_vec(), "alice", ""),
+        (b"A1 LOGIN \"alice\" {4}\r\n\\\"{}\r\n".to_vec(), "alice", "\\\"{}"),
+        ("A1 LOGIN \"jörg@contoso.com\" \"pässwörd\"\r\n".as_bytes().to_vec(), "jörg@contoso.com", "pässwörd"),
+        ("A1 LOGIN jörg pässwörd\r\n".as_bytes().to_vec(), "jörg", "pässwörd"),
+        (join(&[b"A1 LOGIN ", &literal(utf8_user), b" ", &literal("p€ss 🔑".as_bytes()), b"\r\n"]), "jörg@contoso.com", "p€ss 🔑"),
+        (b"x]y LOGIN alice secret\r\n".to_vec(), "alice", "secret"),
+    ];
+    for (input, user, pass) in cases {
+        let tag = text(&input[..input.iter().position(|&b| b == b' ').unwrap()]);
+        assert_eq!(
+            session(&input),
+            [login(&tag, user, pass)],
+            "{}",
+            text(&input)
+        );
+    }
+}
+
+#[test]
+fn login_refusals() {
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"A1 LOGIN\r\n",
+            "A1 BAD LOGIN expects a user name and a password\r\n",
+        ),
+        (
+            b"A1 LOGIN alice\r\n",
+            "A1 BAD LOGIN expects a user name and a password\r\n",
+        ),
+        (
+            b"A1 LOGIN alice secret extra\r\n",
+            "A1 BAD LOGIN expects a user name and a password\r\n",
+        ),
+        (
+            b"A1 LOGIN alice secret \r\n",
+            "A1 BAD LOGIN expects a user name and a password\r\n",
+        ),
+        (
+            b"A1 LOGIN  alice secret\r\n",
+            "A1 BAD Expected an atom, a quoted string or a literal\r\n",
+        ),
+        (
+            b"A1 LOGIN (alice) secret\r\n",
+            "A1 BAD Expected an atom, a quoted string or a literal\r\n",
+        ),
+        (
+            b"A1 LOGIN alice \"se\\cret\"\r\n",
+            "A1 BAD Only \\\" and \\\\ may be escaped in a quoted string\r\n",
+        ),
+        (
+            b"A1 LOGIN alice \"secret\r\n",
+            "A1 BAD Unterminated quoted string\r\n",
+        ),
+        (
+            b"A1 LOGIN alice \"sec\rret\"\r\n",
+            "A1 BAD Unterminated quoted string\r\n",
+        ),
+        (
+            b"A1 LOGIN \"\" secret\r\n",
+            "A1 BAD The user name is empty\r\n",
+        ),
+        (
+            b"A1 LOGIN {0}\r\n secret\r\n",
+            "A1 BAD The user name is empty\r\n",
+        ),
+        (
+            b"A1 LOGIN \"al\tice\" secret\r\n",
+            "A1 BAD The user name contains control characters\r\n",
+        ),
+        (
+            b"A1 LOGIN {7}\r\nal\r\nice secret\r\n",
+            "A1 BAD The user name contains control characters\r\n",
+        ),
+        (
+            b"A1 LOGIN {6}\r\nal\x01ice secret\r\n",
+            "A1 BAD The user name contains control characters\r\n",
+        ),
+        (
+            b"A1 LOGIN alice \"sec\0ret\"\r\n",
+            "A1 BAD NUL bytes are not allowed\r\n",
+        ),
+        (
+            b"A1 LOGIN alice {3}\r\na\0b\r\n",
+            "A1 BAD NUL bytes are not allowed\r\n",
+        ),
+        (
+            b"A1 LOGIN {3}\r\n\xff\xfe\xfd secret\r\n",
+            "A1 BAD The user name is not valid UTF-8\r\n",
+        ),
+        (
+            b"A1 LOGIN alice {2}\r\n\xc3\x28\r\n",
+            "A1 BAD The password is not valid UTF-8\r\n",
+        ),
+        (
+            b"A1 LOGIN alice \xff\r\n",
+            "A1 BAD The password is not valid UTF-8\r\n",
+        ),
+        (
+            b"A1 LOGIN ~{5}\r\n",
+            "A1 BAD literal8 is not accepted before login\r\n",
+        ),
+        (
+            b"A1 LOGIN alice ~{2+}\r\nab\r\n",
+            "A1 BAD literal8 is not accepted before login\r\n",
+        ),
+        (
+            b"A1 LOGIN {5}x\r\n",
+            "A1 BAD A literal's size must end the line\r\n",
+        ),
+        (b"A1 LOGIN {}\r\n", "A1 BAD Malformed literal\r\n"),
+        (b"A1 LOGIN {5+-}\r\n", "A1 BAD Malformed literal\r\n"),
+        (
+            b"A1 LOGIN alice{3}\r\nabc\r\n",
+            "A1 BAD LOGIN expects a user name and a password\r\n",
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(session(input), [reply(expected)], "{}", text(input));
+    }
+}
+
+#[test]
+fn refusals_never_quote_the_password() {
+    for input in [
+        &b"A1 LOGIN alice \"hunter2\\q\"\r\n"[..],
+        b"A1 LOGIN alice hunter2 extra\r\n",
+        b"A1 LOGIN alice {8}\r\nhunter2\xff\r\n",
+        b"A1 AUTHENTICATE PLAIN hunter2!!\r\n",
+    ] {
+        for o in session(input) {
+            assert!(!format!("{o:?}").contains("hunter2"), "{o:?}");
+        }
+    }
+}
+
+#[test]
+fn debug_output_redacts_the_password() {
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = b"A1 LOGIN alice hunter2\r\n".to_vec();
+    let action = fe.step(&mut buf);
+    assert!(matches!(action, Action::Login { .. }));
+    assert!(!format!("{action:?}").contains("hunter2"));
+    assert!(!format!("{fe:?}").contains("hunter2"));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn synchronising_literals_get_one_continuation_each() {
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = b"A1 LOGIN {5}\r\n".to_vec();
+    assert_eq!(
+        drive(&mut fe, &mut buf),
+        [reply("+ Ready for literal data\r\n")]
+    );
+    assert!(matches!(fe.step(&mut buf), Action::NeedMore));
+    buf.extend_from_slice(b"ali");
+    assert!(drive(&mut fe, &mut buf).is_empty());
+    buf.extend_from_slice(b"ce {6}\r\n");
+    assert_eq!(
+        drive(&mut fe, &mut buf),
+        [reply("+ Ready for literal data\r\n")]
+    );
+    assert!(drive(&mut fe, &mut buf).is_empty());
+    buf.extend_from_slice(b"secret\r\nA2 NOOP\r\n");
+    assert_eq!(drive(&mut fe, &mut buf), [login("A1", "alice", "secret")]);
+    assert_eq!(buf, b"A2 NOOP\r\n");
+    // The count starts again for the next command.
+    buf = b"A3 LOGIN {5}\r\n".to_vec();
+    assert_eq!(
+        drive(&mut fe, &mut buf),
+        [reply("+ Ready for literal data\r\n")]
+    );
+}
+
+#[test]
+fn non_synchronising_literals_get_no_continuation() {
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = b"A1 LOGIN {5+}\r\n".to_vec();
+    assert!(drive(&mut fe, &mut buf).is_empty());
+    buf.extend_from_slice(b"alice {6+}\r\n");
+    assert!(drive(&mut fe, &mut buf).is_empty());
+    buf.extend_from_slice(b"secret\r\n");
+    assert_eq!(drive(&mut fe, &mut buf), [login("A1", "alice", "secret")]);
+}
+
+#[test]
+fn literals_for_commands_that_cannot_use_them_are_refused_without_continuation() {
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"A1 APPEND INBOX {5000}\r\n",
+            "A1 BAD Log in first (LOGIN, or AUTHENTICATE PLAIN or LOGIN)\r\n",
+        ),
+        (
+            b"A1 SELECT {5}\r\n",
+            "A1 BAD Log in first (LOGIN, or AUTHENTICATE PLAIN or LOGIN)\r\n",
+        ),
+        (b"A1 NOOP {5}\r\n", "A1 BAD NOOP takes no arguments\r\n"),
+        (
+            b"A1 capability {5}\r\n",
+            "A1 BAD CAPABILITY takes no arguments\r\n",
+        ),
+        (
+            b"A1 AUTHENTICATE PLAIN {5}\r\n",
+            "A1 BAD AUTHENTICATE arguments cannot be literals\r\n",
+        ),
+        (b"A1 {5}\r\n", "A1 BAD Missing command\r\n"),
+        (
+            b"A1 LOGIN~{5}\r\n",
+            "A1 BAD literal8 is not accepted before login\r\n",
+        ),
+        (b"{5}\r\n", "* BAD Missing or invalid tag\r\n"),
+    ];
+    for (input, expected) in cases {
+        let mut fe = Frontend::new(caps(), false);
+        let mut buf = input.to_vec();
+        assert_eq!(
+            drive(&mut fe, &mut buf),
+            [reply(expected)],
+            "{}",
+            text(input)
+        );
+        assert!(buf.is_empty());
+    }
+    assert_eq!(
+        session(b"A1 SELECT {5+}\r\nINBOX\r\nA2 NOOP\r\n"),
+        [
+            reply("A1 BAD Log in first (LOGIN, or AUTHENTICATE PLAIN or LOGIN)\r\n"),
+            reply("A2 OK NOOP completed\r\n"),
+        ]
+    );
+}
+
+#[test]
+fn pipelined_bytes_stay_in_the_buffer() {
+    let plain = b64(b"\0alice\0secret");
+    let cases: Vec<(Vec<u8>, &[u8])> = vec![
+        (
+            b"A1 LOGIN alice secret\r\nA2 SELECT INBOX\r\n".to_vec(),
+            b"A2 SELECT INBOX\r\n",
+        ),
+        (
+            b"A1 LOGIN alice secret\r\nA2 APPEND INBOX {3+}\r\nabc\r\n".to_vec(),
+            b"A2 APPEND INBOX {3+}\r\nabc\r\n",
+        ),
+        (b"A1 LOGIN {5+}\r\nalice secret\nA2 NO".to_vec(), b"A2 NO"),
+        (
+            format!("A1 AUTHENTICATE PLAIN {plain}\r\nA2 LIST \"\" *\r\n").into_bytes(),
+            b"A2 LIST \"\" *\r\n",
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN\r\n{plain}\r\n\r\n").into_bytes(),
+            b"\r\n",
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nA2 NOOP\r\n".to_vec(),
+            b"A2 NOOP\r\n",
+        ),
+    ];
+    for (input, rest) in cases {
+        let mut fe = Frontend::new(caps(), false);
+        let mut buf = input.clone();
+        let outs = drive(&mut fe, &mut buf);
+        assert_eq!(
+            outs.last(),
+            Some(&login("A1", "alice", "secret")),
+            "{}",
+            text(&input)
+        );
+        assert_eq!(buf, rest, "{}", text(&input));
+    }
+}
+
+#[test]
+fn simple_commands() {
+    let log_in_first = "A1 BAD Log in first (LOGIN, or AUTHENTICATE PLAIN or LOGIN)\r\n";
+    let id = "* ID (\"name\" \"xoauth2-proxy\")\r\nA1 OK ID completed\r\n";
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"A1 CAPABILITY\r\n",
+            "* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN\r\nA1 OK CAPABILITY completed\r\n",
+        ),
+        (
+            b"A1 capability\n",
+            "* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN\r\nA1 OK CAPABILITY completed\r\n",
+        ),
+        (b"A1 NOOP\r\n", "A1 OK NOOP completed\r\n"),
+        (b"A1 nOoP\r\n", "A1 OK NOOP completed\r\n"),
+        (b"A1 ID NIL\r\n", id),
+        (b"A1 id nil\r\n", id),
+        (b"A1 ID ()\r\n", id),
+        (
+            b"A1 ID (\"name\" \"Thunderbird\" \"version\" \"115.3\")\r\n",
+            id,
+        ),
+        (b"A1 ID (\"name\" NIL \"os\" {5+}\r\nLinux)\r\n", id),
+        (
+            b"A1 ID (\"name\" {11}\r\nOutlook) \"x \"vendor\" \"Microsoft\")\r\n",
+            id,
+        ),
+        (b"A1 ID (\"name\" \"a\\\"b\")\r\n", id),
+        (
+            b"A1 ID\r\n",
+            "A1 BAD ID expects a parenthesised list or NIL\r\n",
+        ),
+        (
+            b"A1 ID (\"name\" \"x\"\r\n",
+            "A1 BAD ID expects a parenthesised list or NIL\r\n",
+        ),
+        (
+            b"A1 ID (\"name\"  \"x\")\r\n",
+            "A1 BAD Expected an atom, a quoted string or a literal\r\n",
+        ),
+        (
+            b"A1 ID NILL\r\n",
+            "A1 BAD ID expects a parenthesised list or NIL\r\n",
+        ),
+        (
+            b"A1 ID () x\r\n",
+            "A1 BAD ID expects a parenthesised list or NIL\r\n",
+        ),
+        (b"A1 SELECT INBOX\r\n", log_in_first),
+        (b"A1 examine INBOX\r\n", log_in_first),
+        (b"A1 LIST \"\" *\r\n", log_in_first),
+        (b"A1 ENABLE UTF8=ACCEPT\r\n", log_in_first),
+        (b"A1 FROBNICATE\r\n", log_in_first),
+        (b"A1 NOOP extra\r\n", "A1 BAD NOOP takes no arguments\r\n"),
+        (
+            b"A1 CAPABILITY \r\n",
+            "A1 BAD CAPABILITY takes no arguments\r\n",
+        ),
+        (b"A1 LOGOUT now\r\n", "A1 BAD LOGOUT takes no arguments\r\n"),
+        (
+            b"A1 STARTTLS\r\n",
+            "A1 BAD STARTTLS is not offered here\r\n",
+        ),
+        (b"A1\r\n", "A1 BAD Missing command\r\n"),
+        (b"A1 \r\n", "A1 BAD Missing command\r\n"),
+        (b"A1 \"NOOP\"\r\n", "A1 BAD Missing command\r\n"),
+        (b"A1 NO\"OP\r\n", "A1 BAD Invalid command name\r\n"),
+        (b"A1 NOOP\0\r\n", "A1 BAD NUL bytes are not allowed\r\n"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(session(input), [reply(expected)], "{}", text(input));
+    }
+}
+
+#[test]
+fn logout_closes() {
+    assert_eq!(
+        session(b"A1 LOGOUT\r\nA2 NOOP\r\n"),
+        [Out::Close(
+            "* BYE Logging out\r\nA1 OK LOGOUT completed\r\n".to_owned()
+        )]
+    );
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = b"A1 logout\r\n".to_vec();
+    assert!(matches!(fe.step(&mut buf), Action::Close(_)));
+    buf.extend_from_slice(b"A2 NOOP\r\n");
+    assert!(matches!(fe.step(&mut buf), Action::Close(b) if b.is_empty()));
+}
+
+#[test]
+fn tags_are_echoed_exactly_and_bad_tags_get_untagged_replies() {
+    for tag in [
+        "A1",
+        "a1",
+        "0",
+        "x]y",
+        "tag.with-punct!#$&'",
+        "~T",
+        "A=1",
+        "\u{7e}z",
+    ] {
+        let input = format!("{tag} NOOP\r\n");
+        assert_eq!(
+            session(input.as_bytes()),
+            [reply(&format!("{tag} OK NOOP completed\r\n"))]
+        );
+    }
+    let cases: &[(&[u8], &str)] = &[
+        (b"\r\n", "* BAD Empty command line\r\n"),
+        (b"\n", "* BAD Empty command line\r\n"),
+        (b" NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"+A NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"A+ NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"(A NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"A% NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"A* NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"\"A\" NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"A\\1 NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"\xc3\xa91 NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"\0 NOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"A1\tNOOP\r\n", "* BAD Missing or invalid tag\r\n"),
+        (b"*\r\n", "* BAD Missing or invalid tag\r\n"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(session(input), [reply(expected)], "{}", text(input));
+    }
+}
+
+#[test]
+fn starttls_when_offered() {
+    let mut fe = Frontend::new(rewrite_capabilities(&caps(), true), true);
+    let (outs, _) = feed(&mut fe, [&b"A0 CAPABILITY\r\n"[..]]);
+    assert_eq!(
+        outs,
+        [reply(
+            "* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN STARTTLS\r\nA0 OK CAPABILITY completed\r\n"
+        )]
+    );
+    let mut buf = b"A1 starttls\r\nA2 LOGIN injected pw\r\n".to_vec();
+    assert_eq!(drive(&mut fe, &mut buf), [Out::StartTls("A1".to_owned())]);
+    assert_eq!(
+        buf, b"A2 LOGIN injected pw\r\n",
+        "the driver discards these"
+    );
+    assert_eq!(starttls_ok("A1"), b"A1 OK Begin TLS negotiation now\r\n");
+    let (outs, _) = feed(&mut fe, [&b"A3 CAPABILITY\r\nA4 STARTTLS\r\n"[..]]);
+    assert_eq!(
+        outs,
+        [
+            reply(
+                "* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN\r\nA3 OK CAPABILITY completed\r\n"
+            ),
+            reply("A4 BAD STARTTLS is not offered here\r\n"),
+        ]
+    );
+}
+
+#[test]
+fn capability_list_is_filtered_and_replaceable() {
+    let mut fe = Frontend::new(strings("IMAP4rev1 STARTTLS AUTH=PLAIN"), false);
+    fe.set_capabilities(vec![
+        "IMAP4rev1".into(),
+        "IDLE".into(),
+        "BAD NAME".into(),
+        "X\r\n".into(),
+        "starttls".into(),
+    ]);
+    let (outs, _) = feed(&mut fe, [&b"A1 CAPABILITY\r\n"[..]]);
+    assert_eq!(
+        outs,
+        [reply(
+            "* CAPABILITY IMAP4rev1 IDLE\r\nA1 OK CAPABILITY completed\r\n"
+        )]
+    );
+}
+
+#[test]
+fn authenticate_plain() {
+    let alice = b64(b"\0alice@contoso.com\0secret");
+    let shared = b64(b"shared@contoso.com\0alice@contoso.com\0secret");
+    let empty_pw = b64(b"\0alice\0");
+    let control = b64(b"\0al\nice\0pw");
+    let cases: Vec<(String, Vec<Out>)> = vec![
+        (
+            format!("A1 AUTHENTICATE PLAIN {alice}\r\n"),
+            vec![login("A1", "alice@contoso.com", "secret")],
+        ),
+        (
+            format!("a1 authenticate plain {alice}\n"),
+            vec![login("a1", "alice@contoso.com", "secret")],
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN {shared}\r\n"),
+            vec![login("A1", "shared@contoso.com", "secret")],
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN {empty_pw}\r\n"),
+            vec![login("A1", "alice", "")],
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN\r\n{alice}\r\n"),
+            vec![reply("+ \r\n"), login("A1", "alice@contoso.com", "secret")],
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN\r\n{alice}\n"),
+            vec![reply("+ \r\n"), login("A1", "alice@contoso.com", "secret")],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN =\r\n".to_owned(),
+            vec![reply(
+                "A1 BAD Invalid PLAIN response: the PLAIN response must be authzid NUL authcid NUL password\r\n",
+            )],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN AGFsaWNl*\r\n".to_owned(),
+            vec![reply(
+                "A1 BAD Invalid PLAIN response: the response is not valid base64\r\n",
+            )],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN\r\n%%%\r\nA2 NOOP\r\n".to_owned(),
+            vec![
+                reply("+ \r\n"),
+                reply("A1 BAD Invalid PLAIN response: the response is not valid base64\r\n"),
+                reply("A2 OK NOOP completed\r\n"),
+            ],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN\r\n\r\n".to_owned(),
+            vec![
+                reply("+ \r\n"),
+                reply(
+                    "A1 BAD Invalid PLAIN response: the PLAIN response must be authzid NUL authcid NUL password\r\n",
+                ),
+            ],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN\r\n*\r\nA2 NOOP\r\n".to_owned(),
+            vec![
+                reply("+ \r\n"),
+                reply("A1 BAD AUTHENTICATE cancelled\r\n"),
+                reply("A2 OK NOOP completed\r\n"),
+            ],
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN {}\r\n", b64(b"\0\0pw")),
+            vec![reply(
+                "A1 BAD Invalid PLAIN response: the user name is empty\r\n",
+            )],
+        ),
+        (
+            format!("A1 AUTHENTICATE PLAIN {control}\r\n"),
+            vec![reply(
+                "A1 BAD The user name contains control characters\r\n",
+            )],
+        ),
+        (
+            "A1 AUTHENTICATE\r\n".to_owned(),
+            vec![reply(
+                "A1 BAD AUTHENTICATE expects a mechanism and an optional initial response\r\n",
+            )],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN a b\r\n".to_owned(),
+            vec![reply(
+                "A1 BAD AUTHENTICATE expects a mechanism and an optional initial response\r\n",
+            )],
+        ),
+        (
+            "A1 AUTHENTICATE PLAIN \r\n".to_owned(),
+            vec![reply(
+                "A1 BAD AUTHENTICATE expects a mechanism and an optional initial response\r\n",
+            )],
+        ),
+        (
+            "A1 AUTHENTICATE \"PLAIN\"\r\n".to_owned(),
+            vec![reply(
+                "A1 BAD AUTHENTICATE expects a mechanism and an optional initial response\r\n",
+            )],
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(session(input.as_bytes()), expected, "{input}");
+    }
+}
+
+#[test]
+fn authenticate_login() {
+    let user = "+ VXNlcm5hbWU6\r\n";
+    let pass = "+ UGFzc3dvcmQ6\r\n";
+    let cases: Vec<(&[u8], Vec<Out>)> = vec![
+        (
+            b"A1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n",
+            vec![reply(user), reply(pass), login("A1", "alice", "secret")],
+        ),
+        (
+            b"A1 authenticate login\nYWxpY2U=\nc2VjcmV0\n",
+            vec![reply(user), reply(pass), login("A1", "alice", "secret")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN YWxpY2U=\r\nc2VjcmV0\r\n",
+            vec![reply(pass), login("A1", "alice", "secret")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN YWxpY2U=\r\n=\r\n",
+            vec![reply(pass), login("A1", "alice", "")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN YWxpY2U=\r\n\r\n",
+            vec![reply(pass), login("A1", "alice", "")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN =\r\n",
+            vec![reply("A1 BAD The user name is empty\r\n")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN\r\n\r\n",
+            vec![reply(user), reply("A1 BAD The user name is empty\r\n")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN\r\n*\r\n",
+            vec![reply(user), reply("A1 BAD AUTHENTICATE cancelled\r\n")],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\n*\r\nA2 NOOP\r\n",
+            vec![
+                reply(user),
+                reply(pass),
+                reply("A1 BAD AUTHENTICATE cancelled\r\n"),
+                reply("A2 OK NOOP completed\r\n"),
+            ],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN !!!\r\n",
+            vec![reply(
+                "A1 BAD Invalid user name: the response is not valid base64\r\n",
+            )],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN\r\n/w==\r\n",
+            vec![
+                reply(user),
+                reply("A1 BAD Invalid user name: the response is not valid UTF-8\r\n"),
+            ],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN YWxpY2U=\r\n!!!\r\nA2 NOOP\r\n",
+            vec![
+                reply(pass),
+                reply("A1 BAD Invalid password: the response is not valid base64\r\n"),
+                reply("A2 OK NOOP completed\r\n"),
+            ],
+        ),
+        (
+            b"A1 AUTHENTICATE LOGIN YWwKaWNl\r\n",
+            vec![reply(
+                "A1 BAD The user name contains control characters\r\n",
+            )],
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(session(input), expected, "{}", text(input));
+    }
+}
+
+#[test]
+fn unsupported_mechanisms() {
+    for input in [
+        &b"A1 AUTHENTICATE XOAUTH2\r\n"[..],
+        b"A1 AUTHENTICATE XOAUTH2 dXNlcj1hbGljZQFhdXRoPUJlYXJlciB4AQE=\r\n",
+        b"A1 AUTHENTICATE OAUTHBEARER x\r\n",
+        b"A1 AUTHENTICATE CRAM-MD5\r\n",
+        b"A1 authenticate ntlm\r\n",
+        b"A1 AUTHENTICATE GSSAPI\r\n",
+        b"A1 AUTHENTICATE PLAINX\r\n",
+    ] {
+        assert_eq!(
+            session(input),
+            [reply(
+                "A1 NO [CANNOT] Unsupported mechanism; use PLAIN or LOGIN\r\n"
+            )],
+            "{}",
+            text(input)
+        );
+    }
+}
+
+#[test]
+fn line_limit() {
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = vec![b'a'; MAX_LINE - 1];
+    assert!(drive(&mut fe, &mut buf).is_empty());
+    buf.push(b'a');
+    assert_eq!(
+        drive(&mut fe, &mut buf),
+        [Out::Close(
+            "* BYE [TOOBIG] Command line too long (limit 8192 bytes)\r\n".to_owned()
+        )]
+    );
+
+    let mut exact = b"A1 X ".to_vec();
+    exact.resize(MAX_LINE - 2, b'a');
+    exact.extend_from_slice(b"\r\n");
+    assert_eq!(
+        session(&exact),
+        [reply(
+            "A1 BAD Log in first (LOGIN, or AUTHENTICATE PLAIN or LOGIN)\r\n"
+        )]
+    );
+    exact.insert(5, b'a');
+    assert!(matches!(session(&exact).as_slice(), [Out::Close(_)]));
+
+    // Line bytes add up across the lines of one command.
+    let mut chained = b"A1 ID (".to_vec();
+    for _ in 0..1000 {
+        chained.extend_from_slice(b"\"k\" {1+}\r\nv ");
+    }
+    assert!(matches!(session(&chained).as_slice(), [Out::Close(c)] if c.contains("TOOBIG")));
+
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = b"A1 AUTHENTICATE PLAIN\r\n".to_vec();
+    assert_eq!(drive(&mut fe, &mut buf), [reply("+ \r\n")]);
+    buf.resize(MAX_LINE, b'A');
+    assert_eq!(
+        drive(&mut fe, &mut buf),
+        [Out::Close(
+            "* BYE [TOOBIG] Response line too long (limit 8192 bytes)\r\n".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn literal_limits() {
+    let big = format!("{}", MAX_LITERAL + 1);
+    let too_big = "BAD [TOOBIG] Literal too large (limit 8192 bytes each, 16384 per command)\r\n";
+    let sync_cases = [
+        format!("A1 LOGIN {{{big}}}\r\n"),
+        format!("A1 LOGIN alice {{{big}}}\r\n"),
+        "A1 LOGIN {99999999999999999999999999999}\r\n".to_owned(),
+    ];
+    for input in sync_cases {
+        let mut fe = Frontend::new(caps(), false);
+        let mut buf = input.clone().into_bytes();
+        assert_eq!(
+            drive(&mut fe, &mut buf),
+            [reply(&format!("A1 {too_big}"))],
+            "{input}"
+        );
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"A2 NOOP\r\n");
+        assert_eq!(
+            drive(&mut fe, &mut buf),
+            [reply("A2 OK NOOP completed\r\n")]
+        );
+    }
+    assert_eq!(
+        session(format!("+x {{{big}}}\r\n").as_bytes()),
+        [reply(&format!("* {too_big}"))]
+    );
+
+    let close = Out::Close(
+        "* BYE [TOOBIG] Literal too large (limit 8192 bytes each, 16384 per command)\r\n"
+            .to_owned(),
+    );
+    assert_eq!(
+        session(format!("A1 LOGIN {{{big}+}}\r\n").as_bytes()),
+        std::slice::from_ref(&close)
+    );
+    assert_eq!(
+        session(b"A1 LOGIN alice {18446744073709551616+}\r\n"),
+        std::slice::from_ref(&close)
+    );
+
+    let max = "a".repeat(MAX_LITERAL);
+    let fits = format!("A1 LOGIN {{{MAX_LITERAL}+}}\r\n{max} {{{MAX_LITERAL}+}}\r\n{max}\r\n");
+    assert_eq!(session(fits.as_bytes()), [login("A1", &max, &max)]);
+    let over_total = format!(
+        "A1 ID (\"a\" {{{MAX_LITERAL}+}}\r\n{max} \"b\" {{{MAX_LITERAL}+}}\r\n{max} \"c\" {{1+}}\r\n"
+    );
+    assert_eq!(session(over_total.as_bytes()), [close]);
+
+    let mut fe = Frontend::new(caps(), false);
+    let mut buf = format!("A1 LOGIN {{{MAX_LITERAL}}}\r\n").into_bytes();
+    assert_eq!(
+        drive(&mut fe, &mut buf),
+        [reply("+ Ready for literal data\r\n")]
+    );
+}
+
+/// The main forms, split at every position and fed byte by byte, give the
+/// same actions as when fed at once (literal continuations aside: those
+/// are only due when the client is actually waiting).
+#[test]
+fn splitting_never_changes_the_result() {
+    let plain = b64(b"\0alice@contoso.com\0secret");
+    let inputs: Vec<Vec<u8>> = vec![
+        b"A1 LOGIN alice@contoso.com secret\r\nA2 NOOP\r\n".to_vec(),
+        b"A1 LOGIN \"alice\" \"se \\\"c\\\\ret\"\r\n".to_vec(),
+        b"A1 LOGIN {17}\r\nalice@contoso.com {8}\r\nse\r\ncret\r\nA2 NOOP\r\n".to_vec(),
+        b"A1 LOGIN {5+}\r\nalice {6+}\r\nsecret\nA2 SELECT INBOX\r\n".to_vec(),
+        b"A1 LOGIN alice {0}\r\n\r\n".to_vec(),
+        "A1 LOGIN \"jörg\" {10}\r\npässwörd\r\n".as_bytes().to_vec(),
+        format!("A1 AUTHENTICATE PLAIN {plain}\r\nA2 NOOP\r\n").into_bytes(),
+        format!("A1 AUTHENTICATE PLAIN\r\n{plain}\r\n").into_bytes(),
+        b"A1 AUTHENTICATE LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n".to_vec(),
+        b"A1 AUTHENTICATE LOGIN YWxpY2U=\r\nc2VjcmV0\nA2 NOOP\n".to_vec(),
+        b"A1 AUTHENTICATE PLAIN\r\n*\r\nA2 ID (\"name\" {3}\r\nfoo)\r\nA3 LOGOUT\r\n".to_vec(),
+        b"A0 CAPABILITY\r\nA1 LOGIN x\"y z\r\nA2 LOGIN {9999}\r\nA3 NOOP\r\n".to_vec(),
+    ];
+    for input in inputs {
+        let whole = feed(&mut Frontend::new(caps(), false), [&input[..]]);
+        assert!(
+            whole
+                .0
+                .iter()
+                .any(|o| !matches!(o, Out::Reply(r) if r.contains("BAD"))),
+            "{whole:?}"
+        );
+        for at in 0..=input.len() {
+            let (head, tail) = input.split_at(at);
+            let (outs, rest) = feed(&mut Frontend::new(caps(), false), [head, tail]);
+            assert_eq!(
+                (without_literal_continuations(outs), rest),
+                whole,
+                "split at {at}: {}",
+                text(&input)
+            );
+        }
+        let (outs, rest) = feed(&mut Frontend::new(caps(), false), input.chunks(1));
+        assert_eq!(
+            (without_literal_continuations(outs), rest),
+            whole,
+            "{}",
+            text(&input)
+        );
+    }
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Every reply is ASCII lines ending in CRLF, with no stray CR or LF.
+fn assert_well_formed(bytes: &[u8]) {
+    assert!(bytes.is_ascii(), "{}", text(bytes));
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let body = line
+            .strip_suffix(b"\r\n")
+            .unwrap_or_else(|| panic!("{}", text(bytes)));
+        assert!(!body.contains(&b'\r') && !body.contains(&b'\n'));
+    }
+}
+
+fn random_pieces(rng: &mut XorShift, pieces: &[&[u8]], long_runs: bool) -> Vec<u8> {
+    let mut input = Vec::new();
+    for _ in 0..rng.below(60) {
+        match rng.below(10) {
+            0 => input.push(rng.next() as u8),
+            1 if long_runs => input.extend(std::iter::repeat_n(b'x', rng.below(3 * MAX_LINE))),
+            _ => input.extend_from_slice(pieces[rng.below(pieces.len())]),
+        }
+    }
+    input
+}
+
+/// A few commands built from the grammar, so that mutations of them
+/// reach the literal, quoting and SASL paths.
+fn well_formed_session(rng: &mut XorShift) -> Vec<u8> {
+    let mut input = Vec::new();
+    for _ in 0..1 + rng.below(4) {
+        input.extend_from_slice([&b"A1"[..], b"a.2", b"x]y"][rng.below(3)]);
+        match rng.below(8) {
+            0..=2 => {
+                input.extend_from_slice(b" LOGIN ");
+                random_astring(rng, &mut input);
+                input.push(b' ');
+                random_astring(rng, &mut input);
+            }
+            3 => {
+                input.extend_from_slice(b" AUTHENTICATE PLAIN");
+                let plain = b64(b"\0alice\0pw");
+                if rng.below(2) == 0 {
+                    input.push(b' ');
+                } else {
+                    input.extend_from_slice(b"\r\n");
+                }
+                input.extend_from_slice(plain.as_bytes());
+            }
+            4 => input.extend_from_slice(b" AUTHENTICATE LOGIN\r\nYWxpY2U=\r\ncHc="),
+            5 => {
+                input.extend_from_slice(b" ID (\"name\" ");
+                random_astring(rng, &mut input);
+                input.push(b')');
+            }
+            6 => input.extend_from_slice(
+                [
+                    &b" CAPABILITY"[..],
+                    b" NOOP",
+                    b" STARTTLS",
+                    b" SELECT INBOX",
+                ][rng.below(4)],
+            ),
+            _ => input.extend_from_slice(b" LOGOUT"),
+        }
+        input.extend_from_slice(if rng.below(4) == 0 { b"\n" } else { b"\r\n" });
+    }
+    input
+}
+
+fn random_astring(rng: &mut XorShift, out: &mut Vec<u8>) {
+    let payload: Vec<u8> = (0..rng.below(12))
+        .map(|_| b"ab \"\\\r\n{}\xc3\xa9"[rng.below(11)])
+        .collect();
+    match rng.below(4) {
+        0 => out.extend_from_slice(b"alice@contoso.com"),
+        1 => {
+            out.push(b'"');
+            for &b in &payload {
+                if matches!(b, b'"' | b'\\') {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        }
+        2 => out.extend(literal(&payload)),
+        _ => {
+            out.extend(format!("{{{}+}}\r\n", payload.len()).into_bytes());
+            out.extend_from_slice(&payload);
+        }
+    }
+}
+
+#[test]
+fn pseudo_random_input_never_panics_or_grows_the_buffer() {
+    const PIECES: &[&[u8]] = &[
+        b"A1 ",
+        b"a.2 ",
+        b"* ",
+        b"+ ",
+        b"LOGIN ",
+        b"login ",
+        b"AUTHENTICATE ",
+        b"PLAIN",
+        b"LOGIN",
+        b"XOAUTH2",
+        b"ID ",
+        b"NIL",
+        b"(",
+        b")",
+        b"CAPABILITY",
+        b"NOOP",
+        b"STARTTLS",
+        b"LOGOUT",
+        b"SELECT ",
+        b"\"",
+        b"\\",
+        b"\\\"",
+        b" ",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"{",
+        b"}",
+        b"{3}\r\n",
+        b"{0}\r\n",
+        b"{5+}\r\n",
+        b"~{2}\r\n",
+        b"{8192}\r\n",
+        b"{9000+}\r\n",
+        b"{99999}\r\n",
+        b"*\r\n",
+        b"=",
+        b"AGFsaWNlAHB3",
+        b"YWxpY2U=",
+        b"\0",
+        b"\xff",
+        b"\xc3\xa9",
+        b"alice",
+    ];
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let (mut logins, mut closes, mut replies) = (0, 0, 0);
+    for case in 0..4000 {
+        let mut input = if rng.below(3) == 0 {
+            random_pieces(&mut rng, PIECES, case % 50 == 0)
+        } else {
+            well_formed_session(&mut rng)
+        };
+        for _ in 0..rng.below(3) {
+            if !input.is_empty() {
+                let at = rng.below(input.len());
+                input[at] = rng.next() as u8;
+            }
+        }
+        let mut fe = Frontend::new(caps(), rng.below(2) == 0);
+        let mut buf = Vec::new();
+        let mut pos = 0;
+        'feed: while pos < input.len() {
+            let take = 1 + rng.below(64.min(input.len() - pos));
+            buf.extend_from_slice(&input[pos..pos + take]);
+            pos += take;
+            for _ in 0..10_000 {
+                match fe.step(&mut buf) {
+                    Action::NeedMore => {
+                        assert!(
+                            buf.len() <= MAX_COMMAND,
+                            "case {case}: {} bytes buffered",
+                            buf.len()
+                        );
+                        continue 'feed;
+                    }
+                    Action::Reply(bytes) => {
+                        assert_well_formed(&bytes);
+                        replies += 1;
+                    }
+                    Action::Close(bytes) => {
+                        assert_well_formed(&bytes);
+                        closes += 1;
+                        break 'feed;
+                    }
+                    Action::StartTls { tag } => {
+                        assert!(!tag.is_empty());
+                        buf.clear();
+                    }
+                    Action::Login { tag, credentials } => {
+                        assert!(!tag.is_empty());
+                        assert!(!credentials.username.is_empty());
+                        logins += 1;
+                    }
+                }
+            }
+            panic!("case {case}: step never settled");
+        }
+    }
+    // The generator must reach deep states, not only refusals.
+    assert!(
+        logins > 500 && closes > 200 && replies > 3000,
+        "{logins} {closes} {replies}"
+    );
+}
+
+#[test]
+fn rewriting_capabilities() {
+    let office365 = strings(
+        "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+",
+    );
+    let dovecot = strings(
+        "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ LOGINDISABLED AUTH=XOAUTH2 AUTH=OAUTHBEARER",
+    );
+    let cases: Vec<(Vec<String>, bool, &str)> = vec![
+        (
+            office365.clone(),
+            false,
+            "IMAP4rev1 IMAP4 SASL-IR UIDPLUS ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+ AUTH=PLAIN AUTH=LOGIN",
+        ),
+        (
+            office365,
+            true,
+            "IMAP4rev1 IMAP4 SASL-IR UIDPLUS ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+ AUTH=PLAIN AUTH=LOGIN STARTTLS",
+        ),
+        (
+            dovecot,
+            false,
+            "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN AUTH=LOGIN",
+        ),
+        (vec![], false, "IMAP4rev1 AUTH=PLAIN AUTH=LOGIN"),
+        (
+            strings(
+                "IDLE imap4rev1 auth=plain StartTLS logindisabled idle Idle IMAP4rev2 AUTH=NTLM",
+            ),
+            true,
+            "IMAP4rev1 IDLE IMAP4rev2 AUTH=PLAIN AUTH=LOGIN STARTTLS",
+        ),
+        (
+            vec![
+                "".into(),
+                "A B".into(),
+                "X]".into(),
+                "Y\r\n".into(),
+                "Z(".into(),
+                "ÜBER".into(),
+                "OK".into(),
+            ],
+            false,
+            "IMAP4rev1 OK AUTH=PLAIN AUTH=LOGIN",
+        ),
+    ];
+    for (upstream, starttls, expected) in cases {
+        assert_eq!(
+            rewrite_capabilities(&upstream, starttls).join(" "),
+            expected,
+            "{upstream:?}"
+        );
+    }
+}
+
+#[test]
+fn greetings() {
+    let dovecot = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ LOGINDISABLED AUTH=XOAUTH2 AUTH=OAUTHBEARER] Dovecot (Debian) ready.\r\n";
+    let upstream = capabilities_in(dovecot).unwrap();
+    assert_eq!(
+        upstream.join(" "),
+        "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ LOGINDISABLED AUTH=XOAUTH2 AUTH=OAUTHBEARER"
+    );
+    let rewritten = rewrite_capabilities(&upstream, false);
+    assert_eq!(
+        text(&rewrite_greeting(dovecot, &rewritten)),
+        "* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN AUTH=LOGIN] Dovecot (Debian) ready.\r\n"
+    );
+    let short = strings("IMAP4rev1 AUTH=PLAIN");
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADAA]",
+            "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADAA]\r\n",
+        ),
+        (
+            b"* OK ready\r\n",
+            "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n",
+        ),
+        (
+            b"* OK ready\n",
+            "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n",
+        ),
+        (b"* OK\r\n", "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN]\r\n"),
+        (b"* OK [ALERT] hi\r\n", "* OK [ALERT] hi\r\n"),
+        (b"* BYE going away\r\n", "* BYE going away\r\n"),
+        (
+            b"* ok [capability IMAP4rev1 X] hi\r\n",
+            "* ok [capability IMAP4rev1 AUTH=PLAIN] hi\r\n",
+        ),
+        (
+            b"* OK [CAPABILITY] hi",
+            "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n",
+        ),
+        (
+            b"* PREAUTH [CAPABILITY IMAP4rev2] logged in\r\n",
+            "* PREAUTH [CAPABILITY IMAP4rev1 AUTH=PLAIN] logged in\r\n",
+        ),
+        (
+            b"* OK [CAPABILITYX Y] hi\r\n",
+            "* OK [CAPABILITYX Y] hi\r\n",
+        ),
+        (
+            b"* OK [CAPABILITY IMAP4rev1 hi\r\n",
+            "* OK [CAPABILITY IMAP4rev1 hi\r\n",
+        ),
+        (
+            b"* OK hi [CAPABILITY IMAP4rev1]\r\n",
+            "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi [CAPABILITY IMAP4rev1]\r\n",
+        ),
+        (b"", "\r\n"),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(
+            text(&rewrite_greeting(line, &short)),
+            *expected,
+            "{}",
+            text(line)
+        );
+    }
+}
+
+#[test]
+fn capabilities_in_lines() {
+    let cases: &[(&[u8], Option<&str>)] = &[
+        (
+            b"* CAPABILITY IMAP4rev1 IDLE AUTH=XOAUTH2\r\n",
+            Some("IMAP4rev1 IDLE AUTH=XOAUTH2"),
+        ),
+        (b"* capability IMAP4rev1  IDLE", Some("IMAP4rev1 IDLE")),
+        (b"* CAPABILITY\r\n", Some("")),
+        (
+            b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n",
+            Some("IMAP4rev1 LITERAL+"),
+        ),
+        (
+            b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n",
+            Some("IMAP4rev1"),
+        ),
+        (
+            b"A1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n",
+            Some("IMAP4rev1 IDLE"),
+        ),
+        (b"A1 NO [CAPABILITY X] no\r\n", Some("X")),
+        (b"* OK ready\r\n", None),
+        (b"* CAPABILITYX\r\n", None),
+        (b"* OK [CAPABILITYX] y\r\n", None),
+        (b"* OK [CAPABILITY X\r\n", None),
+        (b"A1 OK done [CAPABILITY X]\r\n", None),
+        (b"+ [CAPABILITY X]\r\n", None),
+        (b"* FOO [CAPABILITY X]\r\n", None),
+        (b"", None),
+        (b"*", None),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(
+            capabilities_in(line).map(|c| c.join(" ")).as_deref(),
+            *expected,
+            "{}",
+            text(line)
+        );
+    }
+}
+
+#[test]
+fn server_lines() {
+    use ServerLine::*;
+    let cases: &[(&[u8], Option<ServerLine<'_>>)] = &[
+        (
+            b"A1 OK AUTHENTICATE completed.\r\n",
+            Some(Tagged {
+                tag: b"A1",
+                status: Status::Ok,
+                text: b"AUTHENTICATE completed.",
+            }),
+        ),
+        (
+            b"a1 ok [CAPABILITY IMAP4rev1] done",
+            Some(Tagged {
+                tag: b"a1",
+                status: Status::Ok,
+                text: b"[CAPABILITY IMAP4rev1] done",
+            }),
+        ),
+        (
+            b"A1 NO AUTHENTICATE failed.\r\n",
+            Some(Tagged {
+                tag: b"A1",
+                status: Status::No,
+                text: b"AUTHENTICATE failed.",
+            }),
+        ),
+        (
+            b"A1 BAD User is authenticated but not connected.\n",
+            Some(Tagged {
+                tag: b"A1",
+                status: Status::Bad,
+                text: b"User is authenticated but not connected.",
+            }),
+        ),
+        (
+            b"A1 OK\r\n",
+            Some(Tagged {
+                tag: b"A1",
+                status: Status::Ok,
+                text: b"",
+            }),
+        ),
+        (
+            b"x]y PREAUTH hi",
+            Some(Tagged {
+                tag: b"x]y",
+                status: Status::PreAuth,
+                text: b"hi",
+            }),
+        ),
+        (
+            b"* BYE Connection closed\r\n",
+            Some(Untagged(b"BYE Connection closed")),
+        ),
+        (
+            b"* OK The Microsoft Exchange IMAP4 service is ready.\r\n",
+            Some(Untagged(
+                b"OK The Microsoft Exchange IMAP4 service is ready.",
+            )),
+        ),
+        (b"+ \r\n", Some(Continuation(b""))),
+        (b"+\r\n", Some(Continuation(b""))),
+        (
+            b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\n",
+            Some(Continuation(b"eyJzdGF0dXMiOiI0MDEifQ==")),
+        ),
+        (b"+eyJ9\r\n", Some(Continuation(b"eyJ9"))),
+        (b"A1 MAYBE x\r\n", None),
+        (b"A1\r\n", None),
+        (b"A1  OK x\r\n", None),
+        (b"(A OK x\r\n", None),
+        (b"*\r\n", None),
+        (b"*BYE\r\n", None),
+        (b"", None),
+        (b"\r\n", None),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(parse_server_line(line), *expected, "{}", text(line));
+    }
+}
+
+#[test]
+fn retagging() {
+    let cases: &[(&[u8], &str, &[u8])] = &[
+        (
+            b"U7 OK [CAPABILITY IMAP4rev1 IDLE] AUTHENTICATE completed.\r\n",
+            "A1",
+            b"A1 OK [CAPABILITY IMAP4rev1 IDLE] AUTHENTICATE completed.\r\n",
+        ),
+        (
+            b"U7 NO AUTHENTICATE failed.\r\n",
+            "a.b",
+            b"a.b NO AUTHENTICATE failed.\r\n",
+        ),
+        (b"U7 bad \xff\xfe text\n", "T", b"T bad \xff\xfe text\n"),
+        (b"LONGERTAG OK x", "A", b"A OK x"),
+        (b"* BYE bye\r\n", "A1", b"* BYE bye\r\n"),
+        (b"+ \r\n", "A1", b"+ \r\n"),
+        (b"garbage\r\n", "A1", b"garbage\r\n"),
+    ];
+    for (line, tag, expected) in cases {
+        assert_eq!(retag(line, tag), *expected, "{}", text(line));
+    }
+}
+
+#[test]
+fn failure_replies() {
+    let cases = [
+        (
+            Failure::BadCredentials("Wrong password".into()),
+            "A1 NO [AUTHENTICATIONFAILED] Wrong password\r\n",
+        ),
+        (
+            Failure::SignInNeeded("Sign in at http://127.0.0.1:8080/".into()),
+            "A1 NO [AUTHENTICATIONFAILED] Sign in at http://127.0.0.1:8080/\r\n",
+        ),
+        (
+            Failure::Unavailable("Try again\r\nA2 OK injected".into()),
+            "A1 NO [UNAVAILABLE] Try again  A2 OK injected\r\n",
+        ),
+        (
+            Failure::BadCredentials(String::new()),
+            "A1 NO [AUTHENTICATIONFAILED] Authentication failed\r\n",
+        ),
+        (
+            Failure::Unavailable("\n".into()),
+            "A1 NO [UNAVAILABLE] Service temporarily unavailable\r\n",
+        ),
+    ];
+    for (failure, expected) in cases {
+        assert_eq!(
+            text(&failure_reply("A1", &failure)),
+            expected,
+            "{failure:?}"
+        );
+    }
+}
