@@ -125,7 +125,7 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             continue;
         }
         if a.flow == crate::config::Flow::ClientCredentials {
-            let http = match crate::http_client(config) {
+            let http = match crate::auth::http::http_client(config) {
                 Ok(http) => http,
                 Err(e) => {
                     note(Finding::Problem(format!("cannot make an HTTP client: {e}")));

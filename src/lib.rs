@@ -43,7 +43,6 @@ use tokio::task::JoinSet;
 
 use auth::accounts::Accounts;
 use auth::gate::Gate;
-use auth::http::HttpClient;
 use auth::tokens::TokenManager;
 use auth::vault::TokenStore;
 use config::Config;
@@ -206,11 +205,7 @@ fn same_socket(old: &config::ListenerConfig, new: &config::ListenerConfig) -> bo
     old.listen == new.listen && (new.listen.port() != 0 || old.protocol == new.protocol)
 }
 
-/// The HTTP client for token endpoints, trusting what upstreams are trusted with.
-pub fn http_client(config: &Config) -> anyhow::Result<HttpClient> {
-    let tls = tls::client_config(config.proxy.ca_file.as_deref())?;
-    HttpClient::new(tls, Duration::from_secs(config.proxy.connect_timeout_secs))
-}
+pub use auth::http::http_client;
 
 /// Binds every listener and starts serving. Fails before serving anything if
 /// a listener cannot be bound.

@@ -100,3 +100,12 @@ fn describe(e: &reqwest::Error) -> String {
     // (tokens travel in POST bodies), so the text is safe to log.
     text
 }
+
+/// The HTTP client for token endpoints, trusting what upstreams are trusted with.
+pub fn http_client(config: &crate::config::Config) -> anyhow::Result<HttpClient> {
+    let tls = crate::tls::client_config(config.proxy.ca_file.as_deref())?;
+    HttpClient::new(
+        tls,
+        std::time::Duration::from_secs(config.proxy.connect_timeout_secs),
+    )
+}

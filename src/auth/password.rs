@@ -159,23 +159,6 @@ pub fn hash_password(password: &[u8]) -> Result<String, KdfError> {
     Ok(hash.to_string())
 }
 
-/// Checks that `phc` is an Argon2 PHC string this build can verify against;
-/// the error says what is wrong with it, never echoing it.
-pub fn validate_phc(phc: &str) -> Result<(), String> {
-    let hash = PasswordHash::new(phc).map_err(|e| format!("is not a PHC string ({e})"))?;
-    if Algorithm::try_from(hash.algorithm).is_err() {
-        return Err(format!(
-            "uses {}, not Argon2 (argon2id, argon2i or argon2d)",
-            hash.algorithm
-        ));
-    }
-    if hash.salt.is_none() || hash.hash.is_none() {
-        return Err("has no salt or no hash part".into());
-    }
-    Params::try_from(&hash).map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
-    Ok(())
-}
-
 /// Whether `password` matches the PHC string `phc` (runs the KDF it names).
 pub fn verify_phc(password: &[u8], phc: &str) -> Result<bool, KdfError> {
     let hash = PasswordHash::new(phc).map_err(|e| KdfError(format!("bad password_hash: {e}")))?;
@@ -282,6 +265,7 @@ mod tests {
 
     #[test]
     fn phc_strings_round_trip_and_bad_ones_are_explained() {
+        use crate::config::validate_phc;
         let phc = hash_password(b"scanner-pw").unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         validate_phc(&phc).unwrap();

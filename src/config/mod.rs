@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub(crate) use values::is_allowed;
+pub(crate) use values::validate_phc;
 pub use values::{HostPort, MailAddress, Network};
 
 /// How long a client may take from connecting to finishing its login. Long

@@ -266,8 +266,7 @@ impl Config {
             return Err(self.invalid(key("tenant"), "only applies with provider = \"office365\""));
         }
         if let Some(phc) = &a.password_hash
-            && let Err(why) =
-                crate::auth::password::validate_phc(secrecy::ExposeSecret::expose_secret(phc))
+            && let Err(why) = super::validate_phc(secrecy::ExposeSecret::expose_secret(phc))
         {
             return Err(self.invalid(
                 key("password_hash"),

@@ -226,3 +226,21 @@ pub(crate) fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
     let peer = peer.to_canonical();
     networks.iter().any(|n| n.contains(&peer))
 }
+
+/// Checks that `phc` is an Argon2 PHC string this build can verify against;
+/// the error says what is wrong with it, never echoing it.
+pub(crate) fn validate_phc(phc: &str) -> Result<(), String> {
+    let hash = argon2::password_hash::PasswordHash::new(phc)
+        .map_err(|e| format!("is not a PHC string ({e})"))?;
+    if argon2::Algorithm::try_from(hash.algorithm).is_err() {
+        return Err(format!(
+            "uses {}, not Argon2 (argon2id, argon2i or argon2d)",
+            hash.algorithm
+        ));
+    }
+    if hash.salt.is_none() || hash.hash.is_none() {
+        return Err("has no salt or no hash part".into());
+    }
+    argon2::Params::try_from(&hash).map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
+    Ok(())
+}
