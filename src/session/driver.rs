@@ -56,8 +56,9 @@ impl Step {
 }
 
 /// Matches a front end's `Action` into a [`Step`]: the variants every front
-/// end has (`NeedMore`, `Reply`, `Close`) here, the protocol's own by the
-/// arms given after the action.
+/// end has (`NeedMore`, `Reply`, `Close`) are said once here, the protocol's
+/// own by the arms given after the action. `Action` and `Step` are the
+/// caller's names, so each protocol matches its own front end's type.
 macro_rules! step_from {
     ($action:expr, $($arms:tt)*) => {
         match $action {
@@ -206,6 +207,8 @@ impl<U: UpstreamLogin> Session<U> {
                     } else {
                         match self.login(protocol.hello(), &tag, &credentials).await {
                             Ok((account, reply)) => {
+                                // Logged in: the pre-authentication deadline
+                                // no longer bounds the client.
                                 if self.client.write_all(&reply).await.is_ok() {
                                     self.relay(&account).await;
                                 }
@@ -227,7 +230,7 @@ impl<U: UpstreamLogin> Session<U> {
     }
 
     /// A write to the client before login, bounded by the deadline.
-    pub(super) async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         write_client(&mut self.client, bytes, self.deadline).await
     }
 

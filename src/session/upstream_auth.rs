@@ -13,8 +13,7 @@ use super::driver::Session;
 use crate::auth::gate::Grant;
 use crate::config::UpstreamTls;
 use crate::protocol::Failure;
-use crate::sasl::Credentials;
-use crate::sasl::ErrorChallenge;
+use crate::sasl::{Credentials, ErrorChallenge};
 use crate::upstream::{Target, UpstreamError, imap, pop3, smtp};
 
 /// How an XOAUTH2 exchange ended, protocol-neutral.
