@@ -211,7 +211,7 @@ pub async fn serve(
         let open = bound.stats.opened();
         sessions.spawn(async move {
             tracing::debug!(%peer, protocol = %config.protocol, "connection accepted");
-            dispatch(ClientStream::Plain(stream), peer, config, ctx).await;
+            crate::session::serve(ClientStream::Plain(stream), peer, config, ctx).await;
             drop(open);
             drop(slot);
             drop(permit);
@@ -236,19 +236,6 @@ async fn refuse(stream: TcpStream, config: Arc<ListenerConfig>, ctx: Arc<Context
         client.shutdown().await.ok()
     };
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, goodbye).await;
-}
-
-async fn dispatch(
-    stream: ClientStream,
-    peer: SocketAddr,
-    config: Arc<ListenerConfig>,
-    ctx: Arc<Context>,
-) {
-    match config.protocol {
-        Protocol::Imap => crate::session::imap::serve(stream, peer, config, ctx).await,
-        Protocol::Pop3 => crate::session::pop3::serve(stream, peer, config, ctx).await,
-        Protocol::Smtp => crate::session::smtp::serve(stream, peer, config, ctx).await,
-    }
 }
 
 #[cfg(test)]

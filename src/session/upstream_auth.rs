@@ -3,20 +3,21 @@
 //! the outcome into what the client is told.
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use secrecy::SecretString;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-use super::{Context, unavailable};
+use super::driver::Session;
 use crate::auth::gate::Grant;
 use crate::config::UpstreamTls;
 use crate::protocol::Failure;
-use crate::sasl::Credentials;
-use crate::sasl::ErrorChallenge;
+use crate::sasl::{Credentials, ErrorChallenge};
 use crate::upstream::{self, AuthOutcome, Target, UpstreamError, imap, pop3, smtp};
 
 /// How an XOAUTH2 exchange ended, protocol-neutral.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The server's success reply, for the client.
     Accepted(Vec<u8>),
     /// The server's refusal, as received (the client sees it unchanged).
@@ -29,14 +30,26 @@ pub enum Outcome {
     },
 }
 
-/// One protocol's upstream connection, as the login path needs it.
-pub trait UpstreamLogin: Sized {
+/// One protocol's upstream connection, as the session needs it.
+pub(crate) trait UpstreamLogin: Sized + Send {
+    /// What the relay copies to and from once the login succeeded.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+
+    /// Connects, reads the greeting and what the client is offered from it
+    /// (SMTP: before any EHLO, which waits for the client's own).
+    fn connect(
+        target: &Target,
+        tls: UpstreamTls,
+    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send;
+
     /// Connects and gets to where XOAUTH2 can be sent (SMTP: EHLO as `hello`).
     fn open(
         target: &Target,
         tls: UpstreamTls,
-        hello: &str,
-    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send;
+        _hello: &str,
+    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send {
+        Self::connect(target, tls)
+    }
 
     /// Sends XOAUTH2 for `user` (under `tag` where the protocol has tags).
     fn xoauth2(
@@ -49,110 +62,113 @@ pub trait UpstreamLogin: Sized {
     /// The client's reply for a failure decided here (under `tag`).
     fn failure(tag: &str, failure: &Failure) -> Vec<u8>;
 
+    /// The stream for the relay, and the bytes the server sent ahead.
+    fn into_parts(self) -> (Self::Stream, Vec<u8>);
+
     /// Whether the connection is given up after a refusal (POP3 servers may
     /// close it), so the next try starts on a fresh one.
     const FRESH_AFTER_REFUSAL: bool = false;
 }
 
-/// A client login: the gate ([`Context::login`]), then [`authenticate`].
-/// `Ok` carries the account's address and the server's success reply.
-#[allow(clippy::too_many_arguments)]
-pub async fn login<U: UpstreamLogin>(
-    ctx: &Context,
-    target: &Target,
-    tls: UpstreamTls,
-    hello: &str,
-    upstream: &mut Option<U>,
-    tag: &str,
-    credentials: &Credentials,
-    peer: SocketAddr,
-) -> Result<(String, Vec<u8>), Vec<u8>> {
-    let grant = ctx
-        .login(credentials, peer)
-        .await
-        .map_err(|f| U::failure(tag, &f))?;
-    let reply = authenticate(ctx, target, tls, hello, upstream, tag, &grant, peer).await?;
-    Ok((grant.address().to_owned(), reply))
-}
+impl<U: UpstreamLogin> Session<U> {
+    /// A client login: the gate ([`super::Context::login`]), then
+    /// [`Session::authenticate`]. `Ok` carries the account's address and the
+    /// server's success reply.
+    pub(super) async fn login(
+        &mut self,
+        hello: &str,
+        tag: &str,
+        credentials: &Credentials,
+    ) -> Result<(String, Vec<u8>), Vec<u8>> {
+        let grant = self
+            .ctx
+            .login(credentials, self.peer)
+            .await
+            .map_err(|f| U::failure(tag, &f))?;
+        let reply = self.authenticate(hello, tag, &grant).await?;
+        Ok((grant.address().to_owned(), reply))
+    }
 
-/// XOAUTH2 upstream with `grant`'s user and token, reconnecting once when the
-/// connection held since the greeting turns out dead (the server may drop
-/// an idle pre-login connection while the user types). `Ok`: the server's
-/// success reply; `Err`: the reply for the client, after which the session
-/// stays in its login state.
-#[allow(clippy::too_many_arguments)]
-pub async fn authenticate<U: UpstreamLogin>(
-    ctx: &Context,
-    target: &Target,
-    tls: UpstreamTls,
-    hello: &str,
-    upstream: &mut Option<U>,
-    tag: &str,
-    grant: &Grant,
-    peer: SocketAddr,
-) -> Result<Vec<u8>, Vec<u8>> {
-    let user = grant.upstream_user();
-    loop {
-        let fresh = upstream.is_none();
-        let up = match upstream {
-            Some(up) => up,
-            None => match U::open(target, tls, hello).await.inspect_err(|e| {
-                ctx.upstream_health
-                    .record(&target.addr(), Err(e as &dyn std::fmt::Display))
-            }) {
-                Ok(u) => upstream.insert(u),
-                Err(e) => {
-                    tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
-                    return Err(U::failure(
-                        tag,
-                        &unavailable(&format!("cannot reach {}", target.addr()), &e),
-                    ));
+    /// XOAUTH2 upstream with `grant`'s user and token, reconnecting once when
+    /// the connection held since the greeting turns out dead (the server may
+    /// drop an idle pre-login connection while the user types). `Ok`: the
+    /// server's success reply; `Err`: the reply for the client, after which
+    /// the session stays in its login state.
+    pub(super) async fn authenticate(
+        &mut self,
+        hello: &str,
+        tag: &str,
+        grant: &Grant,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let (ctx, target, peer) = (&self.ctx, &self.target, self.peer);
+        let tls = self.listener.upstream_tls;
+        let upstream = &mut self.upstream;
+        let user = grant.upstream_user();
+        loop {
+            let fresh = upstream.is_none();
+            let up = match upstream {
+                Some(up) => up,
+                None => match U::open(target, tls, hello).await.inspect_err(|e| {
+                    ctx.upstream_health
+                        .record(&target.addr(), Err(e as &dyn std::fmt::Display))
+                }) {
+                    Ok(u) => upstream.insert(u),
+                    Err(e) => {
+                        tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
+                        return Err(U::failure(
+                            tag,
+                            &Failure::Unavailable(format!("cannot reach {}: {e}", target.addr())),
+                        ));
+                    }
+                },
+            };
+            let outcome = up.xoauth2(tag, user, &grant.token).await;
+            ctx.note_upstream(target, &outcome);
+            match outcome {
+                Ok(Outcome::Accepted(reply)) => {
+                    tracing::info!(%peer, account = %user, "logged in upstream");
+                    return Ok(reply);
                 }
-            },
-        };
-        let outcome = up.xoauth2(tag, user, &grant.token).await;
-        ctx.note_upstream(target, &outcome);
-        match outcome {
-            Ok(Outcome::Accepted(reply)) => {
-                tracing::info!(%peer, account = %user, "logged in upstream");
-                return Ok(reply);
-            }
-            Ok(Outcome::Refused {
-                reply,
-                challenge,
-                token_refused,
-            }) => {
-                tracing::warn!(%peer, account = %user, server = %String::from_utf8_lossy(&reply).trim_end(),
+                Ok(Outcome::Refused {
+                    reply,
+                    challenge,
+                    token_refused,
+                }) => {
+                    tracing::warn!(%peer, account = %user, server = %String::from_utf8_lossy(&reply).trim_end(),
                     challenge = ?challenge, "upstream refused the token");
-                if token_refused {
-                    ctx.gate.token_refused(grant);
+                    if token_refused {
+                        ctx.gate.token_refused(grant);
+                    }
+                    if U::FRESH_AFTER_REFUSAL {
+                        *upstream = None;
+                    }
+                    return Err(reply);
                 }
-                if U::FRESH_AFTER_REFUSAL {
+                Err(e) => {
                     *upstream = None;
+                    if fresh {
+                        tracing::warn!(%peer, account = %user, error = %e, "upstream failed during authentication");
+                        return Err(U::failure(
+                            tag,
+                            &Failure::Unavailable(format!(
+                                "the mail server failed during login: {e}"
+                            )),
+                        ));
+                    }
+                    // The connection held since the greeting was dead: once more
+                    // on a fresh one.
                 }
-                return Err(reply);
-            }
-            Err(e) => {
-                *upstream = None;
-                if fresh {
-                    tracing::warn!(%peer, account = %user, error = %e, "upstream failed during authentication");
-                    return Err(U::failure(
-                        tag,
-                        &Failure::Unavailable(format!("the mail server failed during login: {e}")),
-                    ));
-                }
-                // The connection held since the greeting was dead: once more
-                // on a fresh one.
             }
         }
     }
 }
 
 impl UpstreamLogin for imap::ImapUpstream {
-    fn open(
+    type Stream = TlsStream<TcpStream>;
+
+    fn connect(
         target: &Target,
         tls: UpstreamTls,
-        _hello: &str,
     ) -> impl Future<Output = Result<Self, UpstreamError>> + Send {
         imap::connect(target, tls)
     }
@@ -179,15 +195,20 @@ impl UpstreamLogin for imap::ImapUpstream {
     fn failure(tag: &str, failure: &Failure) -> Vec<u8> {
         crate::protocol::imap::failure_reply(tag, failure)
     }
+
+    fn into_parts(self) -> (Self::Stream, Vec<u8>) {
+        imap::ImapUpstream::into_parts(self)
+    }
 }
 
 impl UpstreamLogin for pop3::Pop3Upstream {
     const FRESH_AFTER_REFUSAL: bool = true;
 
-    fn open(
+    type Stream = TlsStream<TcpStream>;
+
+    fn connect(
         target: &Target,
         tls: UpstreamTls,
-        _hello: &str,
     ) -> impl Future<Output = Result<Self, UpstreamError>> + Send {
         pop3::connect(target, tls)
     }
@@ -214,9 +235,22 @@ impl UpstreamLogin for pop3::Pop3Upstream {
     fn failure(_tag: &str, failure: &Failure) -> Vec<u8> {
         crate::protocol::pop3::failure_reply(failure)
     }
+
+    fn into_parts(self) -> (Self::Stream, Vec<u8>) {
+        pop3::Pop3Upstream::into_parts(self)
+    }
 }
 
 impl UpstreamLogin for smtp::SmtpUpstream {
+    type Stream = TlsStream<TcpStream>;
+
+    fn connect(
+        target: &Target,
+        tls: UpstreamTls,
+    ) -> impl Future<Output = Result<Self, UpstreamError>> + Send {
+        smtp::connect(target, tls)
+    }
+
     async fn open(target: &Target, tls: UpstreamTls, hello: &str) -> Result<Self, UpstreamError> {
         let mut up = smtp::connect(target, tls).await?;
         up.ehlo(hello).await?;
@@ -255,5 +289,9 @@ impl UpstreamLogin for smtp::SmtpUpstream {
 
     fn failure(_tag: &str, failure: &Failure) -> Vec<u8> {
         crate::protocol::smtp::failure_reply(failure)
+    }
+
+    fn into_parts(self) -> (Self::Stream, Vec<u8>) {
+        smtp::SmtpUpstream::into_parts(self)
     }
 }
