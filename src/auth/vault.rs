@@ -15,10 +15,10 @@
 //!   password from a damaged file. The account name, parameters and salt
 //!   are bound to the ciphertext as associated data.
 
+use parking_lot::Mutex;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
@@ -447,7 +447,7 @@ impl TokenStore {
 
     fn write(&self, account: &str, env: &Envelope) -> Result<(), StoreError> {
         let bytes = Zeroizing::new(serde_json::to_vec_pretty(env).expect("envelope serialises"));
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.write_lock.lock();
         self.ensure_dir()?;
         let path = self.path_for(account);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -490,7 +490,7 @@ impl TokenStore {
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|age| age >= STALE_TEMP_AGE);
             if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
-                let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let _guard = self.write_lock.lock();
                 if fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
@@ -502,7 +502,7 @@ impl TokenStore {
     /// Removes `account`'s tokens; true when there were any.
     pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
         let path = self.path_for(account);
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.write_lock.lock();
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -1,0 +1,500 @@
+//! Getting a valid access token: the cache, one refresh in flight per
+//! account, the refresh-token exchange and the write of its result, error
+//! classes and the backoff after transient failures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oauth2::basic::BasicErrorResponseType;
+use oauth2::{RefreshToken, RequestTokenError, TokenResponse};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use super::state::{AccountTokens, RefreshState};
+use super::{
+    InFlight, LIFETIME_WITHOUT_EXPIRY, TokenError, TokenManager, blocking, not_signed_in, replaced,
+    store_error, unix_secs,
+};
+use crate::auth::http::{HttpClient, HttpError};
+use crate::auth::password::SealKey;
+use crate::auth::vault::{Entry, OpenError, StoredTokens, TokenStore};
+use crate::config::Flow;
+
+/// The wait after the first transient failure (network, timeout, 429, 5xx)
+/// of an account's refresh; it doubles with each failure in a row. Logins
+/// during the wait are answered locally instead of each hammering an
+/// endpoint that is down.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// The longest wait between two tries, however many failed in a row.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// Up to this fraction of the wait is added at random, so accounts (and
+/// proxies) that failed together do not all come back at the same moment.
+/// Jitter only lengthens: a `Retry-After` is never undercut.
+pub const BACKOFF_JITTER: f64 = 0.2;
+/// A `Retry-After` longer than this is capped: a bogus header must not keep
+/// an account from its mail for days.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60 * 60);
+/// While the endpoint cannot be reached, an access token with at least this
+/// much life left is still handed out (it is past the refresh margin, not
+/// expired).
+pub const STILL_USABLE: Duration = Duration::from_secs(30);
+
+/// The wait before the next refresh after `failures` transient failures in a
+/// row (1 for the first), given the endpoint's `Retry-After` and `jitter` in
+/// `[0, 1]`: `BACKOFF_BASE · 2^(failures−1)`, at most [`BACKOFF_MAX`], at
+/// least the `Retry-After` (capped at [`RETRY_AFTER_MAX`]), then lengthened
+/// by up to [`BACKOFF_JITTER`].
+pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    let exponential = BACKOFF_BASE
+        .saturating_mul(1u32 << doublings)
+        .min(BACKOFF_MAX);
+    let asked = retry_after.map_or(Duration::ZERO, |r| r.min(RETRY_AFTER_MAX));
+    let wait = exponential.max(asked);
+    wait + wait.mul_f64(BACKOFF_JITTER * jitter.clamp(0.0, 1.0))
+}
+
+/// A uniform draw from `[0, 1]` for the jitter.
+pub(super) fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    crate::auth::password::fill_random(&mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
+
+/// The outcome of one refresh-token exchange, already on disk.
+struct Refreshed {
+    access: SecretString,
+    lifetime: Duration,
+    refresh_token: SecretString,
+}
+
+impl TokenManager {
+    pub(super) async fn token(
+        &self,
+        account: &Arc<AccountTokens>,
+        key: Option<Arc<SealKey>>,
+    ) -> Result<SecretString, TokenError> {
+        self.token_within(account, key, self.margin).await
+    }
+
+    /// A cached token with more than `margin` left, or a refresh.
+    pub(super) async fn token_within(
+        &self,
+        account: &Arc<AccountTokens>,
+        key: Option<Arc<SealKey>>,
+        margin: Duration,
+    ) -> Result<SecretString, TokenError> {
+        if let Some(token) = account.fresh(margin) {
+            return Ok(token);
+        }
+        let seen = account.refreshes_done.load(Ordering::Acquire);
+        let mut state = account.refresh.lock().await;
+        // Whoever held the lock before us may have refreshed or failed already.
+        if let Some(token) = account.fresh(margin) {
+            return Ok(token);
+        }
+        if let Some(err) = &state.last_failure
+            && account.refreshes_done.load(Ordering::Acquire) != seen
+        {
+            return still_usable(account, Err(err.clone()));
+        }
+        if let Some(retry_at) = state.retry_at
+            && Instant::now() < retry_at
+        {
+            let secs = retry_at.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let why = match &state.last_failure {
+                Some(TokenError::Transient(m)) => m.clone(),
+                _ => "the token endpoint is not available".to_owned(),
+            };
+            return still_usable(
+                account,
+                Err(TokenError::Transient(format!(
+                    "{why} (the proxy tries again in {secs} s)"
+                ))),
+            );
+        }
+        let result = self.refresh_locked(account, &mut state, key, margin).await;
+        match &result {
+            Ok(_) => state.last_failure = None,
+            Err(e) => state.last_failure = Some(e.clone()),
+        }
+        account.refreshes_done.fetch_add(1, Ordering::Release);
+        still_usable(account, result)
+    }
+
+    /// How long until the next refresh of `username` may be tried, while it
+    /// backs off after transient failures (for status and tests).
+    pub async fn retry_in(&self, username: &str) -> Option<Duration> {
+        let account = self.account(username).ok()?;
+        let state = account.refresh.lock().await;
+        let left = state.retry_at?.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    async fn refresh_locked(
+        &self,
+        account: &Arc<AccountTokens>,
+        state: &mut RefreshState,
+        key: Option<Arc<SealKey>>,
+        margin: Duration,
+    ) -> Result<SecretString, TokenError> {
+        let username = account.config.username.clone();
+        if account.config.flow == Flow::ClientCredentials {
+            return self.app_only_locked(account, state).await;
+        }
+        // Until a sign-in exists, look at the disk each time: `authorize` may
+        // have run in another process since.
+        if !state.loaded || state.refresh_token.is_none() {
+            let stored = match self.load(&username, key.clone()).await {
+                Err(e) if account.sealed => {
+                    // Removed (`forget`) or replaced (a new sign-in) since the
+                    // unlock: the next login starts from the disk again.
+                    account.relock();
+                    *state = RefreshState::default();
+                    return Err(e);
+                }
+                other => other?,
+            };
+            state.loaded = true;
+            if let Some(stored) = stored {
+                state.refresh_token = stored.refresh_token;
+                if let (Some(token), Some(exp)) = (stored.access_token, stored.expires_at) {
+                    account.set_cached(token, UNIX_EPOCH + Duration::from_secs(exp));
+                    if let Some(token) = account.fresh(margin) {
+                        return Ok(token);
+                    }
+                }
+            }
+        }
+        let Some(refresh_token) = state.refresh_token.clone() else {
+            return Err(not_signed_in(&username));
+        };
+        if let Some(key) = &key
+            && let Err(e) = self.still_ours(&username, key.clone()).await
+        {
+            account.relock();
+            *state = RefreshState::default();
+            return Err(e);
+        }
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(account = %username, "refreshing access token");
+        // From the request on, the endpoint may rotate the refresh token: the
+        // exchange and the write of its result run in their own task, so a
+        // session dropped meanwhile (a client gone, a shutdown closing it)
+        // cannot cut them, and a shutdown waits for them (`wait_idle`). If
+        // this caller is dropped, `loaded = false` makes the next one read
+        // the new refresh token from disk.
+        state.loaded = false;
+        let job = tokio::spawn(exchange_and_save(
+            account.clone(),
+            self.http.clone(),
+            self.store.clone(),
+            refresh_token,
+            key,
+            InFlight::new(&self.in_flight),
+        ));
+        let outcome = job.await.map_err(|e| Failure {
+            error: TokenError::Transient(format!("token refresh task failed: {e}")),
+            retry_after: None,
+        });
+        state.loaded = true;
+        let refreshed = match outcome.and_then(|r| r) {
+            Ok(r) => r,
+            Err(Failure { error, retry_after }) => {
+                if let TokenError::Transient(_) = error {
+                    state.transient_failures = state.transient_failures.saturating_add(1);
+                    let wait = backoff_delay(state.transient_failures, retry_after, jitter());
+                    state.retry_at = Some(Instant::now() + wait);
+                    tracing::warn!(account = %username, error = %error,
+                        failures_in_a_row = state.transient_failures, retry_in_secs = wait.as_secs(),
+                        "token refresh failed; the tokens are kept and the refresh is tried again later");
+                    return Err(error);
+                }
+                if let TokenError::NeedsSignIn(_) = error {
+                    // The refresh token is dead; forget it so a new sign-in on disk is picked up
+                    // (and, for a sealed account, bound by the next login).
+                    state.refresh_token = None;
+                    if account.sealed {
+                        account.relock();
+                    }
+                }
+                tracing::warn!(account = %username, error = %error, "token refresh failed");
+                return Err(error);
+            }
+        };
+        state.refresh_token = Some(refreshed.refresh_token);
+        state.transient_failures = 0;
+        state.retry_at = None;
+        tracing::info!(account = %username, expires_in_secs = refreshed.lifetime.as_secs(), "access token refreshed");
+        Ok(refreshed.access)
+    }
+
+    /// An app-only account (client credentials): a new access token from the
+    /// app's own credential, kept in memory only; failures back off like
+    /// refreshes.
+    async fn app_only_locked(
+        &self,
+        account: &Arc<AccountTokens>,
+        state: &mut RefreshState,
+    ) -> Result<SecretString, TokenError> {
+        let username = &account.config.username;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(account = %username, "requesting an app-only access token");
+        let result = crate::auth::flows::client_credentials(&account.config, &self.http)
+            .await
+            .map_err(|e| classify(username, e));
+        match result {
+            Ok(response) => {
+                let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+                let access = SecretString::from(response.access_token().secret().to_owned());
+                account.set_cached(access.clone(), SystemTime::now() + lifetime);
+                state.transient_failures = 0;
+                state.retry_at = None;
+                tracing::info!(account = %username, expires_in_secs = lifetime.as_secs(), "app-only access token issued");
+                Ok(access)
+            }
+            Err(Failure { error, retry_after }) => {
+                if let TokenError::Transient(_) = error {
+                    state.transient_failures = state.transient_failures.saturating_add(1);
+                    let wait = backoff_delay(state.transient_failures, retry_after, jitter());
+                    state.retry_at = Some(Instant::now() + wait);
+                }
+                // Not a sign-in for a person: the app's credential or its
+                // permissions are what an admin has to fix.
+                let error = match error {
+                    TokenError::NeedsSignIn(m) => TokenError::Configuration(m),
+                    other => other,
+                };
+                tracing::warn!(account = %username, error = %error, "app-only token request failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// The account's stored tokens: unsealed ones as they are, sealed ones
+    /// opened with `key`, which must be the entry's (not replaced since).
+    async fn load(
+        &self,
+        username: &str,
+        key: Option<Arc<SealKey>>,
+    ) -> Result<Option<StoredTokens>, TokenError> {
+        let store = self.store.clone();
+        let name = username.to_owned();
+        let entry = blocking(move || store.load_entry(&name))
+            .await?
+            .map_err(|e| store_error(username, e))?;
+        match (entry, key) {
+            (None, _) => Ok(None),
+            (Some(Entry::Unsealed(tokens)), None) => Ok(Some(tokens)),
+            (Some(Entry::Sealed(sealed)), Some(key)) => match sealed.open(&key) {
+                Ok(tokens) => Ok(Some(tokens)),
+                Err(OpenError::WrongPassword) => Err(replaced(username)),
+                Err(OpenError::Damaged(e)) => Err(store_error(username, e)),
+            },
+            (Some(Entry::Unsealed(_)), Some(_)) => Err(replaced(username)),
+            (Some(Entry::Sealed(_)), None) => Err(TokenError::Configuration(format!(
+                "the tokens of {username} are sealed with a local password, but the account has \
+                 password_hash: run `xoauth2-proxy forget {username}` and sign in again"
+            ))),
+        }
+    }
+
+    /// Whether the sealed entry on disk is still the one `key` opens: a
+    /// `forget` or a new sign-in while the proxy runs must not be undone by
+    /// the next refresh writing the old tokens back.
+    async fn still_ours(&self, username: &str, key: Arc<SealKey>) -> Result<(), TokenError> {
+        let store = self.store.clone();
+        let name = username.to_owned();
+        let entry = blocking(move || store.load_entry(&name))
+            .await?
+            .map_err(|e| store_error(username, e))?;
+        match entry {
+            Some(Entry::Sealed(sealed)) if sealed.key_matches(&key) => Ok(()),
+            None => Err(not_signed_in(username)),
+            Some(_) => Err(replaced(username)),
+        }
+    }
+
+    pub(super) async fn save_sealed(
+        &self,
+        username: &str,
+        tokens: StoredTokens,
+        key: Arc<SealKey>,
+    ) -> Result<(), String> {
+        save_to(self.store.clone(), username, tokens, Some(key)).await
+    }
+}
+
+/// One refresh-token exchange and the write of what it returned: the new
+/// refresh token is on disk before the access token is handed out or cached.
+async fn exchange_and_save(
+    account: Arc<AccountTokens>,
+    http: HttpClient,
+    store: Arc<TokenStore>,
+    refresh_token: SecretString,
+    key: Option<Arc<SealKey>>,
+    _in_flight: InFlight,
+) -> Result<Refreshed, Failure> {
+    let username = account.config.username.clone();
+    let response = exchange_refresh(&account, &http, &refresh_token).await?;
+    let access = SecretString::from(response.access_token().secret().to_owned());
+    let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+    let expires_at = SystemTime::now() + lifetime;
+    let new_refresh = response
+        .refresh_token()
+        .map(|r| SecretString::from(r.secret().to_owned()))
+        .unwrap_or(refresh_token);
+    let stored = StoredTokens {
+        refresh_token: Some(new_refresh.clone()),
+        access_token: Some(access.clone()),
+        expires_at: Some(unix_secs(expires_at)),
+    };
+    // If the disk refuses, keep the refresh token in memory so it is not
+    // lost while this process runs, and say so loudly.
+    if let Err(e) = save_to(store, &username, stored, key).await {
+        tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
+    }
+    account.set_cached(access.clone(), expires_at);
+    Ok(Refreshed {
+        access,
+        lifetime,
+        refresh_token: new_refresh,
+    })
+}
+
+/// Writes `tokens` sealed with `key`, or unsealed without one.
+async fn save_to(
+    store: Arc<TokenStore>,
+    username: &str,
+    tokens: StoredTokens,
+    key: Option<Arc<SealKey>>,
+) -> Result<(), String> {
+    let name = username.to_owned();
+    tokio::task::spawn_blocking(move || match key {
+        Some(key) => store.save_sealed(&name, &tokens, &key),
+        None => store.save(&name, &tokens),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+async fn exchange_refresh(
+    account: &AccountTokens,
+    http: &HttpClient,
+    refresh_token: &SecretString,
+) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
+    let config_failure = |e: crate::auth::flows::FlowError| Failure {
+        error: TokenError::Configuration(e.to_string()),
+        retry_after: None,
+    };
+    let client = crate::auth::flows::token_client(&account.config).map_err(config_failure)?;
+    let auth = crate::auth::flows::client_auth_params(&account.config).map_err(config_failure)?;
+    let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
+    let client_http = http.clone();
+    let http = move |req| {
+        let client_http = client_http.clone();
+        async move { client_http.send(req).await }
+    };
+    let mut request = client.exchange_refresh_token(&refresh);
+    for scope in &account.endpoints.scopes {
+        request = request.add_scope(oauth2::Scope::new(scope.clone()));
+    }
+    for (name, value) in &auth {
+        request = request.add_extra_param(*name, value.expose_secret().to_owned());
+    }
+    request
+        .request_async(&http)
+        .await
+        .map_err(|e| classify(&account.config.username, e))
+}
+
+struct Failure {
+    error: TokenError,
+    retry_after: Option<Duration>,
+}
+
+/// A transient failure does not stop a login while the cached access token
+/// still has [`STILL_USABLE`] left (it is only inside the refresh margin).
+fn still_usable(
+    account: &AccountTokens,
+    result: Result<SecretString, TokenError>,
+) -> Result<SecretString, TokenError> {
+    match result {
+        Err(TokenError::Transient(m)) => {
+            account.fresh(STILL_USABLE).ok_or(TokenError::Transient(m))
+        }
+        other => other,
+    }
+}
+
+/// Sorts a failed token request into what the caller must do about it.
+/// Branches on the OAuth `error` code, never on AADSTS numbers (they change).
+fn classify(
+    username: &str,
+    e: RequestTokenError<HttpError, oauth2::basic::BasicErrorResponse>,
+) -> Failure {
+    let sign_in = |why: &str| {
+        TokenError::NeedsSignIn(format!(
+            "the sign-in of {username} {why}: run `xoauth2-proxy authorize {username}`"
+        ))
+    };
+    match e {
+        RequestTokenError::ServerResponse(resp) => {
+            let code = resp.error().as_ref().to_owned();
+            let error = match resp.error() {
+                BasicErrorResponseType::InvalidGrant => {
+                    sign_in("has expired or was revoked (invalid_grant)")
+                }
+                BasicErrorResponseType::InvalidClient
+                | BasicErrorResponseType::UnauthorizedClient => TokenError::Configuration(format!(
+                    "the token endpoint refused the app ({code}): check client_id and client_secret of {username}"
+                )),
+                BasicErrorResponseType::InvalidScope => TokenError::Configuration(format!(
+                    "the token endpoint refused the scopes ({code}): check scopes of {username}"
+                )),
+                BasicErrorResponseType::Extension(ext)
+                    if ext == "interaction_required" || ext == "consent_required" =>
+                {
+                    sign_in(&format!("needs the user again ({ext})"))
+                }
+                BasicErrorResponseType::Extension(ext) if ext == "temporarily_unavailable" => {
+                    TokenError::Transient("the token endpoint is temporarily unavailable".into())
+                }
+                _ => TokenError::Configuration(format!(
+                    "the token endpoint refused the refresh ({code})"
+                )),
+            };
+            Failure {
+                error,
+                retry_after: None,
+            }
+        }
+        RequestTokenError::Request(HttpError::Status {
+            status,
+            retry_after,
+        }) => Failure {
+            error: TokenError::Transient(format!(
+                "the token endpoint is not available (HTTP {status}); try again shortly"
+            )),
+            retry_after,
+        },
+        RequestTokenError::Request(HttpError::Transport(text)) => Failure {
+            error: TokenError::Transient(text),
+            retry_after: None,
+        },
+        RequestTokenError::Parse(_, _) => Failure {
+            error: TokenError::Transient(
+                "the token endpoint sent an answer that is not a token response".into(),
+            ),
+            retry_after: None,
+        },
+        RequestTokenError::Other(text) => Failure {
+            error: TokenError::Transient(format!("token request failed: {text}")),
+            retry_after: None,
+        },
+    }
+}

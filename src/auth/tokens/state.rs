@@ -1,0 +1,133 @@
+//! One account's record: its settings, the unlock of its sealed tokens and
+//! its token state.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use super::TokenError;
+use crate::auth::password::{PasswordDigest, SealKey, Tag};
+use crate::auth::provider::{Endpoints, endpoints};
+use crate::config::AccountConfig;
+
+pub(super) struct Access {
+    pub(super) token: SecretString,
+    pub(super) expires_at: SystemTime,
+    /// When it was cached (monotonic), so a token whose whole life is inside
+    /// the margin is not renewed in the background at every check.
+    pub(super) cached_at: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct RefreshState {
+    /// Loaded from disk on first use; `None` after loading means no sign-in yet.
+    pub(super) refresh_token: Option<SecretString>,
+    pub(super) loaded: bool,
+    /// The outcome of the last refresh, if it failed: callers that were
+    /// waiting for that refresh share it.
+    pub(super) last_failure: Option<TokenError>,
+    /// Transient failures in a row, and when the next try may go out.
+    pub(super) transient_failures: u32,
+    pub(super) retry_at: Option<Instant>,
+}
+
+/// A delegated account whose password was verified in this process.
+pub(super) struct Unlocked {
+    pub(super) tag: Tag,
+    pub(super) key: Arc<SealKey>,
+}
+
+pub(super) struct AccountTokens {
+    pub(super) config: AccountConfig,
+    pub(super) endpoints: Endpoints,
+    /// Tokens sealed with the local password (no `password_hash` configured).
+    pub(super) sealed: bool,
+    pub(super) cached: RwLock<Option<Access>>,
+    pub(super) refresh: tokio::sync::Mutex<RefreshState>,
+    pub(super) unlocked: RwLock<Option<Unlocked>>,
+    /// One KDF run per account at a time: the others wait and then take the fast path.
+    pub(super) unlocking: tokio::sync::Mutex<()>,
+    /// Refreshes finished (either way), so a caller that waited for one
+    /// can tell it happened meanwhile and share its outcome.
+    pub(super) refreshes_done: std::sync::atomic::AtomicU64,
+}
+
+impl AccountTokens {
+    pub(super) fn new(config: AccountConfig) -> Arc<AccountTokens> {
+        Arc::new(AccountTokens {
+            endpoints: endpoints(&config),
+            sealed: config.password_hash.is_none(),
+            config,
+            cached: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            unlocked: RwLock::new(None),
+            unlocking: tokio::sync::Mutex::new(()),
+            refreshes_done: Default::default(),
+        })
+    }
+
+    /// The fast path: `Some(key)` for the password this account was unlocked
+    /// with, `WrongPassword` for another, `None` while still locked.
+    pub(super) fn check_unlocked(
+        &self,
+        digest: &PasswordDigest,
+        password: &SecretString,
+    ) -> Result<Option<Arc<SealKey>>, TokenError> {
+        let unlocked = self.unlocked.read();
+        match unlocked.as_ref() {
+            None => Ok(None),
+            Some(u) if digest.matches(password.expose_secret().as_bytes(), &u.tag) => {
+                Ok(Some(u.key.clone()))
+            }
+            Some(_) => Err(TokenError::WrongPassword(self.config.username.clone())),
+        }
+    }
+
+    pub(super) fn current_key(&self) -> Option<Arc<SealKey>> {
+        let unlocked = self.unlocked.read();
+        unlocked.as_ref().map(|u| u.key.clone())
+    }
+
+    pub(super) fn set_unlocked(&self, tag: Tag, key: Arc<SealKey>) {
+        *self.unlocked.write() = Some(Unlocked { tag, key });
+    }
+
+    /// Forgets the password and the cached access token: the next login reads
+    /// the disk again (after `forget`, a new sign-in, or a revoked grant).
+    pub(super) fn relock(&self) {
+        *self.unlocked.write() = None;
+        *self.cached.write() = None;
+    }
+
+    pub(super) fn fresh(&self, margin: Duration) -> Option<SecretString> {
+        let cached = self.cached.read();
+        let access = cached.as_ref()?;
+        let left = access.expires_at.duration_since(SystemTime::now()).ok()?;
+        (left > margin).then(|| access.token.clone())
+    }
+
+    pub(super) fn set_cached(&self, token: SecretString, expires_at: SystemTime) {
+        *self.cached.write() = Some(Access {
+            token,
+            expires_at,
+            cached_at: Instant::now(),
+        });
+    }
+
+    /// For the background refresher: the wall-clock life left of the cached
+    /// access token and how long ago it was cached; `None` when nothing is
+    /// cached (never used in this process, locked again, or given up on).
+    pub(super) fn cached_life(&self) -> Option<(Duration, Duration)> {
+        let cached = self.cached.read();
+        let access = cached.as_ref()?;
+        let left = access
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some((left, access.cached_at.elapsed()))
+    }
+}
