@@ -176,11 +176,12 @@ async fn an_unlocked_account_logs_in_without_a_kdf_run() {
 #[tokio::test]
 async fn a_refresh_reseals_the_rotated_token_before_use() {
     let (proxy, _server) = proxy().await;
-    // Tokens that live 1 s are always within the refresh margin: every login refreshes.
-    proxy.tokens.state.set_access_token_lifetime(1);
     assert!(imap_login(&proxy, PASSWORD).await.starts_with("a1 OK"));
     let ctx = &proxy.running.context;
     for _ in 0..3 {
+        // A token is never renewed in the first half of its life: drop it
+        // so that this login refreshes.
+        ctx.gate.tokens().discard_access_token(USER);
         let (_, at) = ctx.token_for(&creds(PASSWORD)).await.unwrap();
         assert!(proxy.tokens.state.is_valid_access_token(at.expose_secret()));
         let sealed = open_sealed(proxy.state_dir.path(), PASSWORD);
@@ -201,7 +202,6 @@ async fn a_refresh_reseals_the_rotated_token_before_use() {
 #[tokio::test]
 async fn forget_then_sign_in_again_binds_a_new_password() {
     let (proxy, _server) = proxy().await;
-    proxy.tokens.state.set_access_token_lifetime(1);
     assert!(imap_login(&proxy, PASSWORD).await.starts_with("a1 OK"));
     assert!(
         TokenStore::new(proxy.state_dir.path())
@@ -210,6 +210,7 @@ async fn forget_then_sign_in_again_binds_a_new_password() {
     );
     // At its next refresh the running proxy sees the removal and does not undo it.
     let ctx = &proxy.running.context;
+    ctx.gate.tokens().discard_access_token(USER);
     let refreshes = proxy.tokens.state.requests(GRANT_REFRESH);
     match ctx.token_for(&creds(PASSWORD)).await {
         Err(Failure::SignInNeeded(m)) => assert!(m.contains("authorize"), "{m}"),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::refresh::jitter;
+use super::refresh::{Caller, jitter};
 use super::{TokenError, TokenManager};
 
 /// How often the background refresher looks at the wall clock, at most. A
@@ -71,7 +71,12 @@ impl TokenManager {
             let username = &account.config.username;
             tracing::debug!(account = %username, left_secs = left.as_secs(), "background refresh");
             match self
-                .token_within(&account, key, left + Duration::from_secs(1))
+                .token_within(
+                    &account,
+                    key,
+                    left + Duration::from_secs(1),
+                    Caller::Background,
+                )
                 .await
             {
                 Ok(_) | Err(TokenError::Transient(_)) => {}

@@ -37,7 +37,8 @@ use crate::config::AccountConfig;
 pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
 pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
 pub use refresh::{
-    BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, RETRY_AFTER_MAX, STILL_USABLE, backoff_delay,
+    BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
+    backoff_delay,
 };
 use state::{AccountTokens, RefreshState};
 pub use status::{AccountState, AccountStatus};

@@ -11,7 +11,7 @@ use oauth2::{RefreshToken, RequestTokenError, TokenResponse};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::state::{AccountTokens, RefreshState};
+use super::state::{AccountTokens, Health, RefreshState};
 use super::{
     InFlight, LIFETIME_WITHOUT_EXPIRY, TokenError, TokenManager, blocking, not_signed_in, replaced,
     store_error, unix_secs,
@@ -62,6 +62,22 @@ pub(super) fn jitter() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
 }
 
+/// While the background backs off after transient failures, a client login
+/// may still send one refresh of its own this often per account: an outage
+/// that ended should not keep refusing logins for the rest of an
+/// exponential wait (up to [`BACKOFF_MAX`]), and a few seconds between
+/// probes keeps a crowd of clients from hammering an endpoint that is still
+/// down. Never against a 429 or a `Retry-After`.
+pub const LOGIN_PROBE_EVERY: Duration = Duration::from_secs(3);
+
+/// Who asks for a token: a client login may probe during a backoff; the
+/// background refresher waits it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Caller {
+    Login,
+    Background,
+}
+
 /// The outcome of one refresh-token exchange, already on disk.
 struct Refreshed {
     access: SecretString,
@@ -75,7 +91,8 @@ impl TokenManager {
         account: &Arc<AccountTokens>,
         key: Option<Arc<SealKey>>,
     ) -> Result<SecretString, TokenError> {
-        self.token_within(account, key, self.margin).await
+        self.token_within(account, key, self.margin, Caller::Login)
+            .await
     }
 
     /// A cached token with more than `margin` left, or a refresh.
@@ -84,6 +101,7 @@ impl TokenManager {
         account: &Arc<AccountTokens>,
         key: Option<Arc<SealKey>>,
         margin: Duration,
+        caller: Caller,
     ) -> Result<SecretString, TokenError> {
         if let Some(token) = account.fresh(margin) {
             return Ok(token);
@@ -94,15 +112,34 @@ impl TokenManager {
         if let Some(token) = account.fresh(margin) {
             return Ok(token);
         }
+        if state.health == Health::SignInNeeded {
+            // The refresh token was refused: asking again cannot help, and
+            // the token in hand is good until it expires. After that, start
+            // over from the disk, where a new sign-in may be by then.
+            let result = sign_in_needed(account, state.last_failure.clone());
+            if result.is_err() {
+                *state = RefreshState::default();
+                if account.sealed {
+                    account.relock();
+                }
+            }
+            return result;
+        }
         if let Some(err) = &state.last_failure
             && account.refreshes_done.load(Ordering::Acquire) != seen
         {
             return still_usable(account, Err(err.clone()));
         }
-        if let Some(retry_at) = state.retry_at
-            && Instant::now() < retry_at
+        if let Health::BackingOff {
+            until,
+            last_try,
+            firm,
+            ..
+        } = state.health
+            && Instant::now() < until
+            && !(caller == Caller::Login && !firm && last_try.elapsed() >= LOGIN_PROBE_EVERY)
         {
-            let secs = retry_at.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let secs = until.saturating_duration_since(Instant::now()).as_secs() + 1;
             let why = match &state.last_failure {
                 Some(TokenError::Transient(m)) => m.clone(),
                 _ => "the token endpoint is not available".to_owned(),
@@ -120,6 +157,9 @@ impl TokenManager {
             Err(e) => state.last_failure = Some(e.clone()),
         }
         account.refreshes_done.fetch_add(1, Ordering::Release);
+        if state.health == Health::SignInNeeded {
+            return sign_in_needed(account, result.err());
+        }
         still_usable(account, result)
     }
 
@@ -128,8 +168,23 @@ impl TokenManager {
     pub async fn retry_in(&self, username: &str) -> Option<Duration> {
         let account = self.account(username).ok()?;
         let state = account.refresh.lock().await;
-        let left = state.retry_at?.saturating_duration_since(Instant::now());
+        let left = state
+            .health
+            .retry_at()?
+            .saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
+    }
+
+    /// Stretches the current backoff of `username` to end `by` from now: to
+    /// the proxy, what a long outage (many failures in a row) looks like.
+    /// For tests.
+    #[doc(hidden)]
+    pub async fn prolong_backoff(&self, username: &str, by: Duration) {
+        if let Ok(account) = self.account(username)
+            && let Health::BackingOff { until, .. } = &mut account.refresh.lock().await.health
+        {
+            *until = Instant::now() + by;
+        }
     }
 
     async fn refresh_locked(
@@ -160,7 +215,7 @@ impl TokenManager {
             if let Some(stored) = stored {
                 state.refresh_token = stored.refresh_token;
                 if let (Some(token), Some(exp)) = (stored.access_token, stored.expires_at) {
-                    account.set_cached(token, UNIX_EPOCH + Duration::from_secs(exp));
+                    account.set_cached(token, UNIX_EPOCH + Duration::from_secs(exp), None);
                     if let Some(token) = account.fresh(margin) {
                         return Ok(token);
                     }
@@ -195,27 +250,45 @@ impl TokenManager {
             key,
             InFlight::new(&self.in_flight),
         ));
-        let outcome = job.await.map_err(|e| Failure {
-            error: TokenError::Transient(format!("token refresh task failed: {e}")),
-            retry_after: None,
+        let outcome = job.await.map_err(|e| {
+            Failure::new(TokenError::Transient(format!(
+                "token refresh task failed: {e}"
+            )))
         });
         state.loaded = true;
         let refreshed = match outcome.and_then(|r| r) {
             Ok(r) => r,
-            Err(Failure { error, retry_after }) => {
+            Err(Failure {
+                error,
+                retry_after,
+                firm,
+            }) => {
                 if let TokenError::Transient(_) = error {
-                    state.transient_failures = state.transient_failures.saturating_add(1);
-                    let wait = backoff_delay(state.transient_failures, retry_after, jitter());
-                    state.retry_at = Some(Instant::now() + wait);
+                    let failures = state.health.back_off(retry_after, firm);
+                    let wait = state.health.retry_at().map_or(Duration::ZERO, |t| {
+                        t.saturating_duration_since(Instant::now())
+                    });
                     tracing::warn!(account = %username, error = %error,
-                        failures_in_a_row = state.transient_failures, retry_in_secs = wait.as_secs(),
+                        failures_in_a_row = failures, retry_in_secs = wait.as_secs(),
                         "token refresh failed; the tokens are kept and the refresh is tried again later");
                     return Err(error);
                 }
                 if let TokenError::NeedsSignIn(_) = error {
-                    // The refresh token is dead; forget it so a new sign-in on disk is picked up
-                    // (and, for a sealed account, bound by the next login).
                     state.refresh_token = None;
+                    if let Some((left, _)) = account.cached_life()
+                        && left > STILL_USABLE
+                    {
+                        // The token in hand still works: use it until it
+                        // expires, and say now that a sign-in is needed.
+                        state.health = Health::SignInNeeded;
+                        tracing::warn!(account = %username, error = %error,
+                            access_token_expires_in_secs = left.as_secs(),
+                            "token refresh refused; the current access token is used until it \
+                             expires: sign in again before then");
+                        return Err(error);
+                    }
+                    // Forget the dead refresh token so a new sign-in on disk is
+                    // picked up (and, for a sealed account, bound by the next login).
                     if account.sealed {
                         account.relock();
                     }
@@ -225,8 +298,7 @@ impl TokenManager {
             }
         };
         state.refresh_token = Some(refreshed.refresh_token);
-        state.transient_failures = 0;
-        state.retry_at = None;
+        state.health = Health::Good;
         tracing::info!(account = %username, expires_in_secs = refreshed.lifetime.as_secs(), "access token refreshed");
         Ok(refreshed.access)
     }
@@ -250,17 +322,18 @@ impl TokenManager {
             Ok(response) => {
                 let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
                 let access = SecretString::from(response.access_token().secret().to_owned());
-                account.set_cached(access.clone(), SystemTime::now() + lifetime);
-                state.transient_failures = 0;
-                state.retry_at = None;
+                account.set_cached(access.clone(), SystemTime::now() + lifetime, Some(lifetime));
+                state.health = Health::Good;
                 tracing::info!(account = %username, expires_in_secs = lifetime.as_secs(), "app-only access token issued");
                 Ok(access)
             }
-            Err(Failure { error, retry_after }) => {
+            Err(Failure {
+                error,
+                retry_after,
+                firm,
+            }) => {
                 if let TokenError::Transient(_) = error {
-                    state.transient_failures = state.transient_failures.saturating_add(1);
-                    let wait = backoff_delay(state.transient_failures, retry_after, jitter());
-                    state.retry_at = Some(Instant::now() + wait);
+                    state.health.back_off(retry_after, firm);
                 }
                 // Not a sign-in for a person: the app's credential or its
                 // permissions are what an admin has to fix.
@@ -357,7 +430,7 @@ async fn exchange_and_save(
     if let Err(e) = save_to(store, &username, stored, key).await {
         tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
     }
-    account.set_cached(access.clone(), expires_at);
+    account.set_cached(access.clone(), expires_at, Some(lifetime));
     Ok(Refreshed {
         access,
         lifetime,
@@ -387,10 +460,8 @@ async fn exchange_refresh(
     http: &HttpClient,
     refresh_token: &SecretString,
 ) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
-    let config_failure = |e: crate::auth::flows::FlowError| Failure {
-        error: TokenError::Configuration(e.to_string()),
-        retry_after: None,
-    };
+    let config_failure =
+        |e: crate::auth::flows::FlowError| Failure::new(TokenError::Configuration(e.to_string()));
     let client = crate::auth::flows::token_client(&account.config).map_err(config_failure)?;
     let auth = crate::auth::flows::client_auth_params(&account.config).map_err(config_failure)?;
     let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
@@ -415,6 +486,55 @@ async fn exchange_refresh(
 struct Failure {
     error: TokenError,
     retry_after: Option<Duration>,
+    /// The endpoint itself asked for the wait (a 429 or a `Retry-After`):
+    /// client logins do not probe before it ends.
+    firm: bool,
+}
+
+impl Failure {
+    fn new(error: TokenError) -> Failure {
+        Failure {
+            error,
+            retry_after: None,
+            firm: false,
+        }
+    }
+}
+
+impl Health {
+    /// One more transient failure: the wait doubles (see [`backoff_delay`]).
+    /// Returns the failures in a row.
+    fn back_off(&mut self, retry_after: Option<Duration>, firm: bool) -> u32 {
+        let failures = match *self {
+            Health::BackingOff { failures, .. } => failures.saturating_add(1),
+            _ => 1,
+        };
+        let now = Instant::now();
+        *self = Health::BackingOff {
+            failures,
+            until: now + backoff_delay(failures, retry_after, jitter()),
+            last_try: now,
+            firm: firm || retry_after.is_some(),
+        };
+        failures
+    }
+}
+
+/// After the refresh token was refused: the access token in hand while it
+/// lives, else the refusal.
+fn sign_in_needed(
+    account: &AccountTokens,
+    error: Option<TokenError>,
+) -> Result<SecretString, TokenError> {
+    if let Some(token) = account.fresh(STILL_USABLE) {
+        return Ok(token);
+    }
+    Err(error.unwrap_or_else(|| {
+        TokenError::NeedsSignIn(format!(
+            "the sign-in of {} has expired or was revoked",
+            account.config.username
+        ))
+    }))
 }
 
 /// A transient failure does not stop a login while the cached access token
@@ -468,10 +588,7 @@ fn classify(
                     "the token endpoint refused the refresh ({code})"
                 )),
             };
-            Failure {
-                error,
-                retry_after: None,
-            }
+            Failure::new(error)
         }
         RequestTokenError::Request(HttpError::Status {
             status,
@@ -481,20 +598,16 @@ fn classify(
                 "the token endpoint is not available (HTTP {status}); try again shortly"
             )),
             retry_after,
+            firm: status == 429,
         },
-        RequestTokenError::Request(HttpError::Transport(text)) => Failure {
-            error: TokenError::Transient(text),
-            retry_after: None,
-        },
-        RequestTokenError::Parse(_, _) => Failure {
-            error: TokenError::Transient(
-                "the token endpoint sent an answer that is not a token response".into(),
-            ),
-            retry_after: None,
-        },
-        RequestTokenError::Other(text) => Failure {
-            error: TokenError::Transient(format!("token request failed: {text}")),
-            retry_after: None,
-        },
+        RequestTokenError::Request(HttpError::Transport(text)) => {
+            Failure::new(TokenError::Transient(text))
+        }
+        RequestTokenError::Parse(_, _) => Failure::new(TokenError::Transient(
+            "the token endpoint sent an answer that is not a token response".into(),
+        )),
+        RequestTokenError::Other(text) => Failure::new(TokenError::Transient(format!(
+            "token request failed: {text}"
+        ))),
     }
 }

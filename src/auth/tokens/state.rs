@@ -17,6 +17,9 @@ use crate::config::AccountConfig;
 pub(super) struct Access {
     pub(super) token: SecretString,
     pub(super) expires_at: SystemTime,
+    /// The whole life it was issued with, when known (not for one read from
+    /// disk): the refresh margin is at most half of it.
+    pub(super) lifetime: Option<Duration>,
     /// When it was cached (monotonic), so a token whose whole life is inside
     /// the margin is not renewed in the background at every check.
     pub(super) cached_at: Instant,
@@ -30,9 +33,42 @@ pub(super) struct RefreshState {
     /// The outcome of the last refresh, if it failed: callers that were
     /// waiting for that refresh share it.
     pub(super) last_failure: Option<TokenError>,
-    /// Transient failures in a row, and when the next try may go out.
-    pub(super) transient_failures: u32,
-    pub(super) retry_at: Option<Instant>,
+    /// How the last refreshes went: one value, so "backing off" and
+    /// "needs a sign-in" cannot both hold.
+    pub(super) health: Health,
+}
+
+/// What the refreshes so far say about the next one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Health {
+    /// The last refresh worked, or none ran yet.
+    #[default]
+    Good,
+    /// Transient failures in a row: the background waits until `until`; a
+    /// client login may probe once `last_try` is [`LOGIN_PROBE_EVERY`] old,
+    /// unless the endpoint asked for the wait itself (`firm`: a 429 or a
+    /// `Retry-After`).
+    ///
+    /// [`LOGIN_PROBE_EVERY`]: super::refresh::LOGIN_PROBE_EVERY
+    BackingOff {
+        failures: u32,
+        until: Instant,
+        last_try: Instant,
+        firm: bool,
+    },
+    /// The refresh token was refused (`invalid_grant`, ...): no more
+    /// refreshes; the access token in hand is used until it expires.
+    SignInNeeded,
+}
+
+impl Health {
+    /// While backing off: when the next background try may go out.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        match self {
+            Health::BackingOff { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
 }
 
 /// A delegated account whose password was verified in this process.
@@ -103,17 +139,30 @@ impl AccountTokens {
         *self.cached.write() = None;
     }
 
+    /// The cached token if more than `margin` of its life is left; the
+    /// margin is never more than half its lifetime, so a token is not
+    /// renewed in the first half of its life (a token shorter-lived than
+    /// the margin would otherwise be renewed at every login).
     pub(super) fn fresh(&self, margin: Duration) -> Option<SecretString> {
         let cached = self.cached.read();
         let access = cached.as_ref()?;
         let left = access.expires_at.duration_since(SystemTime::now()).ok()?;
+        let margin = access.lifetime.map_or(margin, |life| margin.min(life / 2));
         (left > margin).then(|| access.token.clone())
     }
 
-    pub(super) fn set_cached(&self, token: SecretString, expires_at: SystemTime) {
+    /// `lifetime`: what the token endpoint said, or `None` for a token read
+    /// from disk (its issue time is not stored).
+    pub(super) fn set_cached(
+        &self,
+        token: SecretString,
+        expires_at: SystemTime,
+        lifetime: Option<Duration>,
+    ) {
         *self.cached.write() = Some(Access {
             token,
             expires_at,
+            lifetime,
             cached_at: Instant::now(),
         });
     }

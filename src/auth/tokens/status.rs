@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::AccountTokens;
+use super::state::{AccountTokens, Health};
 use super::{TokenManager, blocking};
 use crate::auth::vault::Entry;
 use crate::config::Flow;
@@ -68,9 +68,20 @@ impl TokenManager {
         // A refresh in flight holds the lock: show no error rather than wait for it.
         let (last_error, retry_in) = match account.refresh.try_lock() {
             Ok(state) => (
-                state.last_failure.as_ref().map(|e| e.to_string()),
                 state
-                    .retry_at
+                    .last_failure
+                    .as_ref()
+                    .map(|e| match (state.health, account.cached_life()) {
+                        (Health::SignInNeeded, Some((left, _))) if !left.is_zero() => format!(
+                            "{e}; the current access token works for {} more minutes: sign in \
+                             again before then",
+                            left.as_secs().div_ceil(60)
+                        ),
+                        _ => e.to_string(),
+                    }),
+                state
+                    .health
+                    .retry_at()
                     .map(|at| at.saturating_duration_since(Instant::now()))
                     .filter(|d| !d.is_zero()),
             ),
