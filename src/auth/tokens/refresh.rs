@@ -78,6 +78,17 @@ pub(super) enum Caller {
     Background,
 }
 
+/// How one refresh ended.
+enum Outcome {
+    /// New tokens, on disk (or kept in memory if the disk refused).
+    Refreshed(Refreshed),
+    /// The endpoint (or the request) failed; the tokens are as they were.
+    Failed(Failure),
+    /// Another process replaced or removed the entry meanwhile: its tokens
+    /// win, and this process starts over from the disk.
+    Replaced(TokenError),
+}
+
 /// The outcome of one refresh-token exchange, already on disk.
 struct Refreshed {
     access: SecretString,
@@ -250,15 +261,24 @@ impl TokenManager {
             key,
             InFlight::new(&self.in_flight),
         ));
-        let outcome = job.await.map_err(|e| {
-            Failure::new(TokenError::Transient(format!(
+        let outcome = job.await.unwrap_or_else(|e| {
+            Outcome::Failed(Failure::new(TokenError::Transient(format!(
                 "token refresh task failed: {e}"
-            )))
+            ))))
         });
         state.loaded = true;
-        let refreshed = match outcome.and_then(|r| r) {
-            Ok(r) => r,
-            Err(Failure {
+        let refreshed = match outcome {
+            Outcome::Refreshed(r) => r,
+            Outcome::Replaced(error) => {
+                if account.sealed {
+                    account.relock();
+                } else {
+                    *account.cached.write() = None;
+                }
+                *state = RefreshState::default();
+                return Err(error);
+            }
+            Outcome::Failed(Failure {
                 error,
                 retry_after,
                 firm,
@@ -396,8 +416,9 @@ impl TokenManager {
         username: &str,
         tokens: StoredTokens,
         key: Arc<SealKey>,
-    ) -> Result<(), String> {
-        save_to(self.store.clone(), username, tokens, Some(key)).await
+        expect: Expect,
+    ) -> Result<Saved, String> {
+        save_to(self.store.clone(), username, tokens, Some(key), expect).await
     }
 }
 
@@ -410,9 +431,13 @@ async fn exchange_and_save(
     refresh_token: SecretString,
     key: Option<Arc<SealKey>>,
     _in_flight: InFlight,
-) -> Result<Refreshed, Failure> {
+) -> Outcome {
     let username = account.config.username.clone();
-    let response = exchange_refresh(&account, &http, &refresh_token).await?;
+    let response = match exchange_refresh(&account, &http, &refresh_token).await {
+        Ok(response) => response,
+        Err(failure) => return Outcome::Failed(failure),
+    };
+    let refresh_token_used = refresh_token.clone();
     let access = SecretString::from(response.access_token().secret().to_owned());
     let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
     let expires_at = SystemTime::now() + lifetime;
@@ -425,34 +450,92 @@ async fn exchange_and_save(
         access_token: Some(access.clone()),
         expires_at: Some(unix_secs(expires_at)),
     };
-    // If the disk refuses, keep the refresh token in memory so it is not
-    // lost while this process runs, and say so loudly.
-    if let Err(e) = save_to(store, &username, stored, key).await {
-        tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
+    let expect = match &key {
+        Some(key) => Expect::SealedWith(key.clone()),
+        None => Expect::Unsealed(Some(refresh_token_used)),
+    };
+    match save_to(store, &username, stored, key, expect).await {
+        Ok(Saved::Written) => {}
+        Ok(Saved::Replaced) => {
+            tracing::warn!(account = %username,
+                "the stored tokens were replaced or removed by another process during a refresh; \
+                 they are kept, and the refresh's result is dropped");
+            return Outcome::Replaced(replaced(&username));
+        }
+        // If the disk refuses, keep the refresh token in memory so it is not
+        // lost while this process runs, and say so loudly.
+        Err(e) => {
+            tracing::error!(account = %username, error = %e, "cannot save the rotated refresh token; it is kept in memory until the next successful write");
+        }
     }
     account.set_cached(access.clone(), expires_at, Some(lifetime));
-    Ok(Refreshed {
+    Outcome::Refreshed(Refreshed {
         access,
         lifetime,
         refresh_token: new_refresh,
     })
 }
 
-/// Writes `tokens` sealed with `key`, or unsealed without one.
-async fn save_to(
+/// What the entry on disk must still be for a write to go ahead: a writer
+/// in another process (`authorize`, `forget`) may have replaced it since
+/// this process read it, and then its tokens win. This is the generation
+/// check; the store's lock makes check and write one step across processes.
+pub(super) enum Expect {
+    /// Sealed under this key.
+    SealedWith(Arc<SealKey>),
+    /// Unsealed, holding this refresh token.
+    Unsealed(Option<SecretString>),
+}
+
+impl Expect {
+    fn holds(&self, entry: Option<&Entry>) -> bool {
+        let same = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
+            (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+            (None, None) => true,
+            _ => false,
+        };
+        match (self, entry) {
+            (Expect::SealedWith(key), Some(Entry::Sealed(sealed))) => sealed.key_matches(key),
+            (Expect::Unsealed(rt), Some(Entry::Unsealed(tokens))) => {
+                same(rt, &tokens.refresh_token)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a conditional write happened.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Saved {
+    Written,
+    /// The entry on disk was no longer the one expected; left as it is.
+    Replaced,
+}
+
+/// Writes `tokens` sealed with `key`, or unsealed without one, under the
+/// store's cross-process lock, if the entry on disk is still as `expect`s.
+pub(super) async fn save_to(
     store: Arc<TokenStore>,
     username: &str,
     tokens: StoredTokens,
     key: Option<Arc<SealKey>>,
-) -> Result<(), String> {
+    expect: Expect,
+) -> Result<Saved, String> {
     let name = username.to_owned();
-    tokio::task::spawn_blocking(move || match key {
-        Some(key) => store.save_sealed(&name, &tokens, &key),
-        None => store.save(&name, &tokens),
+    tokio::task::spawn_blocking(move || {
+        let lock = store.lock()?;
+        if !expect.holds(lock.load_entry(&name)?.as_ref()) {
+            return Ok(Saved::Replaced);
+        }
+        match key {
+            Some(key) => lock.save_sealed(&name, &tokens, &key),
+            None => lock.save(&name, &tokens),
+        }
+        .map(|()| Saved::Written)
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e: crate::auth::vault::StoreError| e.to_string())
 }
 
 async fn exchange_refresh(

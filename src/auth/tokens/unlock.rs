@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::refresh::{Expect, Saved};
 use super::state::AccountTokens;
-use super::{TokenError, TokenManager, blocking, not_signed_in, store_error};
+use super::{TokenError, TokenManager, blocking, not_signed_in, replaced, store_error};
 use crate::auth::password::{KdfParams, SealKey, random_salt};
 use crate::auth::vault::{Entry, OpenError, StoredTokens};
 
@@ -36,13 +37,18 @@ impl TokenManager {
             Some(Entry::Unsealed(tokens)) => {
                 // Pending since `authorize`: this login binds its password.
                 let key = self.derive(password, self.kdf, random_salt()).await?;
-                self.save_sealed(&username, tokens, key.clone())
+                let expect = Expect::Unsealed(tokens.refresh_token.clone());
+                let saved = self
+                    .save_sealed(&username, tokens, key.clone(), expect)
                     .await
                     .map_err(|e| {
                         TokenError::Configuration(format!(
                             "cannot seal the tokens of {username}: {e}"
                         ))
                     })?;
+                if saved == Saved::Replaced {
+                    return Err(replaced(&username));
+                }
                 tracing::info!(account = %username, "local password bound; tokens sealed");
                 key
             }
@@ -81,8 +87,13 @@ impl TokenManager {
         old: Arc<SealKey>,
     ) -> Result<Arc<SealKey>, TokenError> {
         let key = self.derive(password, self.kdf, random_salt()).await?;
-        match self.save_sealed(username, tokens, key.clone()).await {
-            Ok(()) => {
+        let expect = Expect::SealedWith(old.clone());
+        match self
+            .save_sealed(username, tokens, key.clone(), expect)
+            .await
+        {
+            Ok(Saved::Replaced) => Err(replaced(username)),
+            Ok(Saved::Written) => {
                 tracing::info!(account = %username, from = ?old.params(), to = ?self.kdf,
                     "tokens re-sealed with the current key derivation parameters");
                 Ok(key)
