@@ -573,3 +573,43 @@ async fn an_app_only_account_logs_in_with_its_hash_and_a_client_credentials_toke
     assert!(line.starts_with("a1 NO [UNAVAILABLE] "), "{line}");
     assert!(!line.contains("app-s3cret"), "{line}");
 }
+
+#[tokio::test]
+async fn stale_temp_files_of_a_killed_write_are_removed_at_start() {
+    use xoauth2_proxy::auth::vault::STALE_TEMP_AGE;
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let dir = TokenStore::new(state_dir.path()).dir().to_owned();
+    // What a write killed before its rename leaves, a while ago...
+    let stale = dir.join(format!("{USER}.tmp.999.0"));
+    std::fs::write(&stale, b"{\"half").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(1))
+        .unwrap();
+    // ...and a write another process may be doing right now.
+    let in_progress = dir.join(format!("{USER}.tmp.998.0"));
+    std::fs::write(&in_progress, b"{").unwrap();
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server.addr)],
+        "",
+    );
+    let running = start(&text).await;
+    assert!(!stale.exists(), "the leftover is gone");
+    assert!(in_progress.exists(), "a recent temp file is left alone");
+    assert!(
+        TokenStore::new(state_dir.path())
+            .load(USER)
+            .unwrap()
+            .is_some()
+    );
+    running.shutdown().await;
+}
