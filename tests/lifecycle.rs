@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use support::token_server::{GRANT_REFRESH, Mode};
 use support::*;
 use xoauth2_proxy::auth::password::SealKey;
-use xoauth2_proxy::auth::tokens::{BACKOFF_BASE, BACKOFF_JITTER};
+use xoauth2_proxy::auth::tokens::{BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY};
 use xoauth2_proxy::auth::vault::{Entry, TokenStore};
 use xoauth2_proxy::protocol::Failure;
 use xoauth2_proxy::sasl::Credentials;
@@ -221,4 +221,133 @@ async fn a_shared_mailbox_is_opened_with_the_owners_token() {
     let (proxy, _server) = proxy_with("", opts(), "").await;
     let line = imap_login(&proxy).await;
     assert!(line.starts_with("a1 NO"), "{line}");
+}
+
+/// Logs in until the gate hands out a token, answering `Unavailable` with
+/// another try; panics on any other refusal or after `limit` (a detector of
+/// a hang, not a measurement).
+async fn login_until_ok(proxy: &Proxy, limit: Duration) -> usize {
+    let ctx = &proxy.running.context;
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        match ctx.token_for(&creds()).await {
+            Ok(_) => return refused,
+            Err(Failure::Unavailable(_)) => refused += 1,
+            Err(other) => panic!("expected a transient refusal: {other:?}"),
+        }
+        assert!(started.elapsed() < limit, "no login after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_an_outage_a_login_probes_the_endpoint_before_the_backoff_ends() {
+    let (proxy, _server) = proxy("").await;
+    let ctx = &proxy.running.context;
+    proxy.tokens.state.set_mode(Mode::Status(503));
+    assert!(matches!(
+        ctx.token_for(&creds()).await,
+        Err(Failure::Unavailable(_))
+    ));
+    // What an hour offline leaves behind: the background waits minutes.
+    ctx.gate.tokens().prolong_backoff(USER, BACKOFF_MAX).await;
+    proxy.tokens.state.set_mode(Mode::Normal);
+    let refused = login_until_ok(&proxy, LOGIN_PROBE_EVERY * 4).await;
+    assert!(
+        refused > 0,
+        "the first logins after a try are answered locally"
+    );
+    assert_eq!(
+        proxy.tokens.state.requests(GRANT_REFRESH),
+        2,
+        "one failed refresh, then one probe by a login; the other logins sent nothing"
+    );
+    assert!(
+        ctx.gate.tokens().retry_in(USER).await.is_none(),
+        "the probe's success ended the backoff"
+    );
+}
+
+#[tokio::test]
+async fn logins_do_not_probe_against_a_429() {
+    let (proxy, _server) = proxy("").await;
+    let ctx = &proxy.running.context;
+    proxy.tokens.state.set_mode(Mode::TooManyRequests {
+        retry_after_secs: 60,
+    });
+    assert!(ctx.token_for(&creds()).await.is_err());
+    proxy.tokens.state.set_mode(Mode::Normal);
+    // Past the probe interval, still inside the endpoint's Retry-After.
+    tokio::time::sleep(LOGIN_PROBE_EVERY + Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        assert!(matches!(
+            ctx.token_for(&creds()).await,
+            Err(Failure::Unavailable(_))
+        ));
+    }
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
+    assert!(ctx.gate.tokens().retry_in(USER).await.unwrap() > Duration::from_secs(50));
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_not_refreshed_in_the_first_half_of_their_life() {
+    // The default 300 s margin, and access tokens that live 5 s.
+    let (proxy, _server) = proxy("").await;
+    proxy.tokens.state.set_access_token_lifetime(5);
+    let ctx = proxy.running.context.clone();
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let ctx = ctx.clone();
+        logins.spawn(async move { ctx.token_for(&creds()).await.map(|(_, t)| t) });
+    }
+    let mut tokens = std::collections::HashSet::new();
+    while let Some(r) = logins.join_next().await {
+        tokens.insert(r.unwrap().unwrap().expose_secret().to_owned());
+    }
+    assert_eq!(
+        proxy.tokens.state.requests(GRANT_REFRESH),
+        1,
+        "one refresh for the seed token, then its result is shared"
+    );
+    assert_eq!(tokens.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_leaves_the_access_token_in_use_until_it_expires() {
+    let (proxy, _server) = proxy("").await;
+    let ctx = &proxy.running.context;
+    let (_, first) = ctx.token_for(&creds()).await.unwrap();
+    assert_eq!(proxy.tokens.state.requests(GRANT_REFRESH), 1);
+    // Revoked upstream; the access token in hand has two minutes left,
+    // inside the refresh margin.
+    proxy.tokens.state.set_mode(Mode::InvalidGrant);
+    let lifetime = Duration::from_secs(3600);
+    ctx.gate
+        .tokens()
+        .age_access_token(USER, lifetime - Duration::from_secs(120));
+    for _ in 0..5 {
+        let (_, at) = ctx.token_for(&creds()).await.expect("the token in hand");
+        assert_eq!(at.expose_secret(), first.expose_secret());
+    }
+    assert_eq!(
+        proxy.tokens.state.requests(GRANT_REFRESH),
+        2,
+        "one refused refresh; no more tries"
+    );
+    let rows = ctx.gate.tokens().status().await;
+    let row = rows.iter().find(|r| r.username == USER).unwrap();
+    let said = row.last_error.as_deref().unwrap_or_default();
+    assert!(
+        said.contains("invalid_grant") && said.contains("sign in again before then"),
+        "{said}"
+    );
+    // Expired: now the login says a sign-in is needed.
+    ctx.gate
+        .tokens()
+        .age_access_token(USER, Duration::from_secs(120));
+    assert!(matches!(
+        ctx.token_for(&creds()).await,
+        Err(Failure::SignInNeeded(_))
+    ));
 }

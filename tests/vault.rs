@@ -176,11 +176,12 @@ async fn an_unlocked_account_logs_in_without_a_kdf_run() {
 #[tokio::test]
 async fn a_refresh_reseals_the_rotated_token_before_use() {
     let (proxy, _server) = proxy().await;
-    // Tokens that live 1 s are always within the refresh margin: every login refreshes.
-    proxy.tokens.state.set_access_token_lifetime(1);
     assert!(imap_login(&proxy, PASSWORD).await.starts_with("a1 OK"));
     let ctx = &proxy.running.context;
     for _ in 0..3 {
+        // A token is never renewed in the first half of its life: drop it
+        // so that this login refreshes.
+        ctx.gate.tokens().discard_access_token(USER);
         let (_, at) = ctx.token_for(&creds(PASSWORD)).await.unwrap();
         assert!(proxy.tokens.state.is_valid_access_token(at.expose_secret()));
         let sealed = open_sealed(proxy.state_dir.path(), PASSWORD);
@@ -201,7 +202,6 @@ async fn a_refresh_reseals_the_rotated_token_before_use() {
 #[tokio::test]
 async fn forget_then_sign_in_again_binds_a_new_password() {
     let (proxy, _server) = proxy().await;
-    proxy.tokens.state.set_access_token_lifetime(1);
     assert!(imap_login(&proxy, PASSWORD).await.starts_with("a1 OK"));
     assert!(
         TokenStore::new(proxy.state_dir.path())
@@ -210,6 +210,7 @@ async fn forget_then_sign_in_again_binds_a_new_password() {
     );
     // At its next refresh the running proxy sees the removal and does not undo it.
     let ctx = &proxy.running.context;
+    ctx.gate.tokens().discard_access_token(USER);
     let refreshes = proxy.tokens.state.requests(GRANT_REFRESH);
     match ctx.token_for(&creds(PASSWORD)).await {
         Err(Failure::SignInNeeded(m)) => assert!(m.contains("authorize"), "{m}"),
@@ -571,4 +572,44 @@ async fn an_app_only_account_logs_in_with_its_hash_and_a_client_credentials_toke
     let line = imap_login(&proxy, "relay-pw").await;
     assert!(line.starts_with("a1 NO [UNAVAILABLE] "), "{line}");
     assert!(!line.contains("app-s3cret"), "{line}");
+}
+
+#[tokio::test]
+async fn stale_temp_files_of_a_killed_write_are_removed_at_start() {
+    use xoauth2_proxy::auth::vault::STALE_TEMP_AGE;
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let dir = TokenStore::new(state_dir.path()).dir().to_owned();
+    // What a write killed before its rename leaves, a while ago...
+    let stale = dir.join(format!("{USER}.tmp.999.0"));
+    std::fs::write(&stale, b"{\"half").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(1))
+        .unwrap();
+    // ...and a write another process may be doing right now.
+    let in_progress = dir.join(format!("{USER}.tmp.998.0"));
+    std::fs::write(&in_progress, b"{").unwrap();
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server.addr)],
+        "",
+    );
+    let running = start(&text).await;
+    assert!(!stale.exists(), "the leftover is gone");
+    assert!(in_progress.exists(), "a recent temp file is left alone");
+    assert!(
+        TokenStore::new(state_dir.path())
+            .load(USER)
+            .unwrap()
+            .is_some()
+    );
+    running.shutdown().await;
 }

@@ -4,8 +4,10 @@
 //! accounts' passwords are checked by opening their sealed tokens, in
 //! `tokens`.)
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -123,8 +125,7 @@ impl Accounts {
         if !ok {
             return Err(LoginError::WrongPassword(account.config.username.clone()));
         }
-        *account.verified.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(self.digest.tag(password.expose_secret().as_bytes()));
+        *account.verified.write() = Some(self.digest.tag(password.expose_secret().as_bytes()));
         Ok(account.config.clone())
     }
 
@@ -135,7 +136,7 @@ impl Accounts {
         account: &Account,
         password: &SecretString,
     ) -> Result<bool, LoginError> {
-        let verified = account.verified.read().unwrap_or_else(|p| p.into_inner());
+        let verified = account.verified.read();
         match verified.as_ref() {
             None => Ok(false),
             Some(tag)

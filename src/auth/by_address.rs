@@ -3,7 +3,9 @@
 //! accounts, each made on first use with the catch-all's settings.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::config::AccountConfig;
 
@@ -51,15 +53,10 @@ impl<T> ByAddress<T> {
             return Some(entry.clone());
         }
         let catch_all = self.catch_all.iter().find(|a| a.covers(username))?;
-        if let Some(entry) = self
-            .seen
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(entry) = self.seen.read().get(&key) {
             return Some(entry.clone());
         }
-        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.write();
         if seen.len() >= MAX_CATCH_ALL_ADDRESSES && !seen.contains_key(&key) {
             tracing::warn!(
                 limit = MAX_CATCH_ALL_ADDRESSES,
@@ -86,7 +83,7 @@ impl<T> ByAddress<T> {
 
     /// Every entry: configured accounts and catch-all addresses seen.
     pub fn all(&self) -> Vec<Arc<T>> {
-        let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+        let seen = self.seen.read();
         self.exact.values().chain(seen.values()).cloned().collect()
     }
 
@@ -100,8 +97,8 @@ impl<T> ByAddress<T> {
                 *entry = before.clone();
             }
         }
-        let old_seen = old.seen.read().unwrap_or_else(|p| p.into_inner());
-        let seen = self.seen.get_mut().unwrap_or_else(|p| p.into_inner());
+        let old_seen = old.seen.read();
+        let seen = self.seen.get_mut();
         for (name, before) in old_seen.iter() {
             if !self.exact.contains_key(name)
                 && let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(name))

@@ -17,11 +17,15 @@ use serde::{Deserialize, Serialize};
 use super::assertion::{CLIENT_ASSERTION_TYPE, ClientCertificate};
 use super::http::{HttpClient, HttpError};
 use super::provider::endpoints;
-use super::tokens::LIFETIME_WITHOUT_EXPIRY;
 use super::vault::StoredTokens;
 use crate::config::AccountConfig;
 
 pub use super::authcode::{PendingSignIn, callback_error, finish_sign_in};
+
+/// Assumed lifetime of an access token whose response had no `expires_in`.
+/// Short, so a wrong guess costs an early refresh rather than a failed login.
+/// (Here rather than in `tokens`, which uses this module, not the reverse.)
+pub const LIFETIME_WITHOUT_EXPIRY: Duration = Duration::from_secs(10 * 60);
 
 /// Microsoft adds a ready-made sentence for the user to the device response.
 #[derive(Debug, Clone, Serialize, Deserialize)]

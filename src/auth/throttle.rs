@@ -2,9 +2,9 @@
 //! each further try, then a refusal for a while. Tokio time, so tests can
 //! pause the clock.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -72,7 +72,7 @@ impl Throttle {
 
     pub fn verdict(&self, source: IpAddr) -> Verdict {
         let now = Instant::now();
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = self.sources.lock();
         let Some(record) = sources.get(&source) else {
             return Verdict::Proceed(Duration::ZERO);
         };
@@ -110,7 +110,7 @@ impl Throttle {
     /// Records a wrong password (or unknown user) from `source`.
     pub fn failed(&self, source: IpAddr) {
         let now = Instant::now();
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = self.sources.lock();
         if !sources.contains_key(&source) && sources.len() >= MAX_SOURCES {
             sources.retain(|_, r| !r.expired(now));
             if sources.len() >= MAX_SOURCES
@@ -154,7 +154,7 @@ impl Throttle {
 
     /// A successful login clears the source's record.
     pub fn succeeded(&self, source: IpAddr) {
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = self.sources.lock();
         if sources
             .get(&source)
             .is_some_and(|r| r.locked_until.is_none())
@@ -165,7 +165,7 @@ impl Throttle {
 
     /// Sources with a record (for status and tests).
     pub fn tracked(&self) -> usize {
-        self.sources.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sources.lock().len()
     }
 }
 

@@ -15,10 +15,10 @@
 //!   password from a damaged file. The account name, parameters and salt
 //!   are bound to the ciphertext as associated data.
 
+use parking_lot::Mutex;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
@@ -238,6 +238,60 @@ impl Drop for Payload2 {
 
 /// Binds the ciphertext to its account and key parameters, so a sealed
 /// entry copied to another account's file, or with edited parameters, fails.
+fn unsealed_envelope(account: &str, tokens: &StoredTokens) -> Envelope {
+    Envelope {
+        version: FORMAT_VERSION,
+        account: account.to_owned(),
+        refresh_token: tokens
+            .refresh_token
+            .as_ref()
+            .map(|s| s.expose_secret().to_owned()),
+        access_token: tokens
+            .access_token
+            .as_ref()
+            .map(|s| s.expose_secret().to_owned()),
+        expires_at: tokens.expires_at,
+        sealed: None,
+    }
+}
+
+fn sealed_envelope(account: &str, tokens: &StoredTokens, key: &SealKey) -> Envelope {
+    let plain = Zeroizing::new(
+        serde_json::to_vec(&Payload2::from_tokens(tokens)).expect("token record serialises"),
+    );
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce);
+    let params = key.params();
+    let salt = key.salt();
+    let aad = associated_data(account, params, &salt);
+    let ciphertext = XChaCha20Poly1305::new(key.seal_key().into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: &aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 encrypts any length this small");
+    Envelope {
+        version: FORMAT_VERSION,
+        account: account.to_owned(),
+        refresh_token: None,
+        access_token: None,
+        expires_at: None,
+        sealed: Some(SealFields {
+            kdf: KDF_ARGON2ID.to_owned(),
+            memory_kib: params.memory_kib,
+            iterations: params.iterations,
+            lanes: params.lanes,
+            salt: B64.encode(salt),
+            check: B64.encode(key.check_value()),
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ciphertext),
+        }),
+    }
+}
+
 fn associated_data(account: &str, params: KdfParams, salt: &[u8]) -> Vec<u8> {
     format!(
         "xoauth2-proxy tokens v{FORMAT_VERSION}\n{}\n{KDF_ARGON2ID} m={} t={} p={}\n{}",
@@ -254,8 +308,48 @@ pub struct TokenStore {
     dir: PathBuf,
     /// Serialises writers in this process; the rename makes each write atomic
     /// for readers, the lock keeps two writers from racing on the temp name.
+    /// Writers in other processes are kept out by [`TokenStore::lock`].
     write_lock: Mutex<()>,
     counter: AtomicU64,
+}
+
+/// The advisory lock file, beside the token directory (`state_dir`), so the
+/// directory holds token files only. One for the store, not one per
+/// account: writes are rare (a refresh, a sign-in), so a single lock costs
+/// nothing, and it leaves no file per account behind.
+pub const LOCK_FILE: &str = "tokens.lock";
+
+/// The store held exclusively, across processes (an advisory lock that
+/// every writer of this code takes: the proxy, `authorize`, `forget`), for
+/// a read-modify-write: read the entry, decide, write. Released on drop.
+pub struct StoreLock<'a> {
+    store: &'a TokenStore,
+    _file: fs::File,
+}
+
+impl StoreLock<'_> {
+    pub fn load_entry(&self, account: &str) -> Result<Option<Entry>, StoreError> {
+        self.store.load_entry(account)
+    }
+
+    pub fn save(&self, account: &str, tokens: &StoredTokens) -> Result<(), StoreError> {
+        self.store
+            .write(account, &unsealed_envelope(account, tokens))
+    }
+
+    pub fn save_sealed(
+        &self,
+        account: &str,
+        tokens: &StoredTokens,
+        key: &SealKey,
+    ) -> Result<(), StoreError> {
+        self.store
+            .write(account, &sealed_envelope(account, tokens, key))
+    }
+
+    pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
+        self.store.remove_unlocked(account)
+    }
 }
 
 /// A temporary file this old is a crash's leftover, not a write in progress
@@ -383,21 +477,7 @@ impl TokenStore {
     /// Replaces `account`'s tokens with unsealed ones, atomically. Returns
     /// after the new file and its directory entry are on stable storage.
     pub fn save(&self, account: &str, tokens: &StoredTokens) -> Result<(), StoreError> {
-        let env = Envelope {
-            version: FORMAT_VERSION,
-            account: account.to_owned(),
-            refresh_token: tokens
-                .refresh_token
-                .as_ref()
-                .map(|s| s.expose_secret().to_owned()),
-            access_token: tokens
-                .access_token
-                .as_ref()
-                .map(|s| s.expose_secret().to_owned()),
-            expires_at: tokens.expires_at,
-            sealed: None,
-        };
-        self.write(account, &env)
+        self.lock()?.save(account, tokens)
     }
 
     /// Replaces `account`'s tokens with tokens sealed under `key` (with a
@@ -408,46 +488,40 @@ impl TokenStore {
         tokens: &StoredTokens,
         key: &SealKey,
     ) -> Result<(), StoreError> {
-        let plain = Zeroizing::new(
-            serde_json::to_vec(&Payload2::from_tokens(tokens)).expect("token record serialises"),
-        );
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce);
-        let params = key.params();
-        let salt = key.salt();
-        let aad = associated_data(account, params, &salt);
-        let ciphertext = XChaCha20Poly1305::new(key.seal_key().into())
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encrypts any length this small");
-        let env = Envelope {
-            version: FORMAT_VERSION,
-            account: account.to_owned(),
-            refresh_token: None,
-            access_token: None,
-            expires_at: None,
-            sealed: Some(SealFields {
-                kdf: KDF_ARGON2ID.to_owned(),
-                memory_kib: params.memory_kib,
-                iterations: params.iterations,
-                lanes: params.lanes,
-                salt: B64.encode(salt),
-                check: B64.encode(key.check_value()),
-                nonce: B64.encode(nonce),
-                ciphertext: B64.encode(ciphertext),
-            }),
+        self.lock()?.save_sealed(account, tokens, key)
+    }
+
+    /// Takes the store's cross-process lock (waiting for another process
+    /// that holds it) for a read-modify-write.
+    pub fn lock(&self) -> Result<StoreLock<'_>, StoreError> {
+        self.ensure_dir()?;
+        let path = self.dir.with_file_name(LOCK_FILE);
+        let mut options = fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let io = |action| {
+            let path = path.clone();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
         };
-        self.write(account, &env)
+        let file = options.open(&path).map_err(io("open"))?;
+        file.lock().map_err(io("lock"))?;
+        Ok(StoreLock {
+            store: self,
+            _file: file,
+        })
     }
 
     fn write(&self, account: &str, env: &Envelope) -> Result<(), StoreError> {
         let bytes = Zeroizing::new(serde_json::to_vec_pretty(env).expect("envelope serialises"));
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.write_lock.lock();
         self.ensure_dir()?;
         let path = self.path_for(account);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -490,7 +564,7 @@ impl TokenStore {
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|age| age >= STALE_TEMP_AGE);
             if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
-                let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let _guard = self.write_lock.lock();
                 if fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
@@ -501,8 +575,12 @@ impl TokenStore {
 
     /// Removes `account`'s tokens; true when there were any.
     pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
+        self.lock()?.remove(account)
+    }
+
+    fn remove_unlocked(&self, account: &str) -> Result<bool, StoreError> {
         let path = self.path_for(account);
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.write_lock.lock();
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

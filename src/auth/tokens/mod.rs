@@ -1,0 +1,297 @@
+//! Access tokens per account: cached in memory, refreshed with the
+//! refresh-token grant when less than a margin is left, one refresh in flight
+//! per account (the others wait for it and share its outcome), and a rotated
+//! refresh token on disk before the access token that came with it is used.
+//!
+//! Delegated accounts (no `password_hash`) keep their tokens sealed with a
+//! key derived from the local password ([`TokenManager::login`]). The first
+//! login of an account in this process runs the KDF (on a blocking thread)
+//! and opens the seal, or binds the password when the entry is still pending
+//! from `authorize`; it keeps the key, to re-seal rotated refresh tokens, and
+//! a keyed digest of the password, so every later login is one HMAC.
+//!
+//! The module's parts: `state` is one account's record (its configuration,
+//! unlock and token state), `unlock` the password check that opens sealed
+//! tokens, `refresh` the token endpoint exchange, single flight and backoff,
+//! `background` the renewal ahead of expiry, `status` what the page shows.
+
+mod background;
+mod refresh;
+mod state;
+mod status;
+#[cfg(test)]
+mod tests;
+mod unlock;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::SecretString;
+
+use super::by_address::ByAddress;
+use super::http::HttpClient;
+use super::password::{KdfParams, PasswordDigest};
+use super::vault::{StoreError, TokenStore};
+use crate::config::AccountConfig;
+
+pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
+pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
+pub use refresh::{
+    BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
+    backoff_delay,
+};
+use state::{AccountTokens, RefreshState};
+pub use status::{AccountState, AccountStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no account {0} is configured in the proxy")]
+    UnknownAccount(String),
+    /// No tokens, or the refresh token expired or was revoked.
+    #[error("{0}")]
+    NeedsSignIn(String),
+    /// Network, timeouts, 429, 5xx: keep the tokens, try again later.
+    #[error("{0}")]
+    Transient(String),
+    /// The endpoint refused the app itself (client id, secret, scopes), or
+    /// the token store cannot be used.
+    #[error("{0}")]
+    Configuration(String),
+    /// The local password does not open the account's sealed tokens.
+    #[error("wrong password for {0}")]
+    WrongPassword(String),
+}
+
+pub struct TokenManager {
+    /// Per account (and catch-all address) state.
+    accounts: ByAddress<AccountTokens>,
+    http: HttpClient,
+    store: Arc<TokenStore>,
+    margin: Duration,
+    refreshes: std::sync::atomic::AtomicU64,
+    kdf: KdfParams,
+    kdf_runs: std::sync::atomic::AtomicU64,
+    digest: PasswordDigest,
+    /// Refreshes whose exchange or write is still running.
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+/// Counts a refresh task as in flight until it is dropped.
+struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(counter: &Arc<tokio::sync::watch::Sender<usize>>) -> InFlight {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl TokenManager {
+    /// Seals with the production KDF parameters ([`KdfParams::CURRENT`]).
+    pub fn new(
+        accounts: &[AccountConfig],
+        http: HttpClient,
+        store: Arc<TokenStore>,
+        margin: Duration,
+    ) -> TokenManager {
+        Self::with_kdf(accounts, http, store, margin, KdfParams::CURRENT)
+    }
+
+    /// Seals new and re-sealed entries with `kdf` (tests pass cheap ones).
+    pub fn with_kdf(
+        accounts: &[AccountConfig],
+        http: HttpClient,
+        store: Arc<TokenStore>,
+        margin: Duration,
+        kdf: KdfParams,
+    ) -> TokenManager {
+        TokenManager {
+            accounts: ByAddress::new(accounts, AccountTokens::new),
+            http,
+            store,
+            margin,
+            refreshes: Default::default(),
+            kdf,
+            kdf_runs: Default::default(),
+            digest: PasswordDigest::new(),
+            in_flight: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// After a reload: keeps `old`'s state (unlock, cached token, refresh
+    /// state) for every account whose settings did not change, so clients
+    /// of unchanged accounts log in without a KDF run or a token request.
+    pub fn carry_over(mut self, old: &TokenManager) -> TokenManager {
+        self.digest = old.digest.clone();
+        self.accounts.carry_over(&old.accounts, |a| &a.config);
+        self
+    }
+
+    /// Waits up to `limit` for refreshes in flight to finish (their rotated
+    /// refresh tokens written). `false`: some were still running.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let mut in_flight = self.in_flight.subscribe();
+        tokio::time::timeout(limit, in_flight.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+
+    /// How many times this process ran the password KDF (for the benchmark and tests).
+    pub fn kdf_runs(&self) -> u64 {
+        self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The mail server refused the access token of `username` (revoked, or
+    /// its sessions invalidated): drop it, so the next login refreshes
+    /// instead of presenting it again. The refresh token and the unlock are
+    /// kept, and other accounts (even ones sharing its mailbox) are untouched.
+    pub fn discard_access_token(&self, username: &str) {
+        if let Some(account) = self.accounts.exact(username) {
+            *account.cached.write() = None;
+        }
+    }
+
+    /// The `user=` XOAUTH2 sends for `username` (its `mailbox`, if set).
+    pub fn upstream_user(&self, username: &str) -> String {
+        self.account(username)
+            .map(|a| a.config.upstream_user().to_owned())
+            .unwrap_or_else(|_| username.to_owned())
+    }
+
+    /// Moves the cached access token's expiry `by` earlier: to the proxy,
+    /// what a jump of the wall clock (a laptop waking from sleep) looks like.
+    /// For tests.
+    #[doc(hidden)]
+    pub fn age_access_token(&self, username: &str, by: Duration) {
+        if let Ok(account) = self.account(username)
+            && let Some(access) = account.cached.write().as_mut()
+        {
+            access.expires_at = access.expires_at.checked_sub(by).unwrap_or(UNIX_EPOCH);
+            access.cached_at = access.cached_at.checked_sub(by).unwrap_or(access.cached_at);
+        }
+    }
+
+    /// How many refresh requests this process has sent (for status and tests).
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The account of `username`: its own, or the entry of the address under
+    /// its domain's catch-all (made on first use).
+    fn account(&self, username: &str) -> Result<Arc<AccountTokens>, TokenError> {
+        self.accounts
+            .get(username, AccountTokens::new)
+            .ok_or_else(|| TokenError::UnknownAccount(username.to_owned()))
+    }
+
+    /// What the local page shows: every account (catch-alls as one row, plus
+    /// The settings of `username` (an address under a catch-all gets the
+    /// catch-all's, with its own address).
+    pub fn account_config(&self, username: &str) -> Option<AccountConfig> {
+        self.account(username).ok().map(|a| a.config.clone())
+    }
+
+    /// A sign-in outside the login path (the local page) stored new tokens
+    /// for `username`: forget the old unlock, cached token and refresh state,
+    /// so the next client login binds its password to the new tokens.
+    pub async fn signed_in(&self, username: &str) {
+        if let Ok(account) = self.account(username) {
+            let mut state = account.refresh.lock().await;
+            account.relock();
+            *state = RefreshState::default();
+        }
+    }
+
+    /// The token store, for sign-ins that write new tokens.
+    pub fn store(&self) -> &Arc<TokenStore> {
+        &self.store
+    }
+
+    /// The HTTP client for token endpoints (timeouts and roots set).
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// Every account with an entry: configured ones and catch-all addresses seen.
+    fn all(&self) -> Vec<Arc<AccountTokens>> {
+        self.accounts.all()
+    }
+
+    /// A client login: for a delegated account the password must open (or,
+    /// on the first login after a sign-in, binds) the sealed tokens; then a
+    /// valid access token, refreshed when needed. Accounts with
+    /// `password_hash` are checked by `Accounts` before this is called.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<SecretString, TokenError> {
+        let account = self.account(username)?;
+        let key = if account.sealed {
+            Some(self.unlock(&account, password).await?)
+        } else {
+            None
+        };
+        self.token(&account, key).await
+    }
+
+    /// A valid access token for `username` without a password: for a
+    /// delegated account only once a client login unlocked it in this process.
+    pub async fn access_token(&self, username: &str) -> Result<SecretString, TokenError> {
+        let account = self.account(username)?;
+        let key = match (account.sealed, account.current_key()) {
+            (false, _) => None,
+            (true, Some(key)) => Some(key),
+            (true, None) => {
+                return Err(TokenError::NeedsSignIn(format!(
+                    "the tokens of {username} are sealed; they open at the next login with its password"
+                )));
+            }
+        };
+        self.token(&account, key).await
+    }
+}
+
+/// Runs file and KDF work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TokenError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TokenError::Transient(format!("token store task failed: {e}")))
+}
+
+fn not_signed_in(username: &str) -> TokenError {
+    TokenError::NeedsSignIn(format!(
+        "{username} has not been signed in yet: run `xoauth2-proxy authorize {username}`"
+    ))
+}
+
+fn replaced(username: &str) -> TokenError {
+    TokenError::NeedsSignIn(format!(
+        "the stored tokens of {username} were replaced or removed since the last login; log in again"
+    ))
+}
+
+/// A token file that cannot be used: a damaged one needs a new sign-in, the
+/// others (permissions, a newer format) are the installation's to fix.
+fn store_error(username: &str, e: StoreError) -> TokenError {
+    match e {
+        StoreError::Corrupt { .. } => TokenError::NeedsSignIn(format!(
+            "{e}: run `xoauth2-proxy authorize {username}` to sign in again"
+        )),
+        e => TokenError::Configuration(format!("cannot read the token store: {e}")),
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

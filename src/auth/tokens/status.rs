@@ -1,0 +1,117 @@
+//! What the local page shows of each account.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::state::{AccountTokens, Health};
+use super::{TokenManager, blocking};
+use crate::auth::vault::Entry;
+use crate::config::Flow;
+
+/// Where an account stands, for the local page and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountState {
+    /// No usable tokens: someone must sign in.
+    NeedsSignIn,
+    /// Signed in; the sealed tokens open at the first client login with the
+    /// local password (which that login binds, after a new sign-in).
+    Locked,
+    /// Signed in (a `password_hash` account); no access token fetched yet.
+    Ready,
+    /// In use: the access token's life left, if one is cached.
+    Active { expires_in: Option<Duration> },
+    /// App-only access (client credentials): no sign-in, tokens in memory.
+    AppOnly { expires_in: Option<Duration> },
+    /// `@domain`: each address signs in on its own.
+    CatchAll,
+    /// The token file cannot be read (the reason).
+    Unreadable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountStatus {
+    pub username: String,
+    pub flow: Flow,
+    pub state: AccountState,
+    /// The last token request's failure, with the reason the endpoint gave.
+    pub last_error: Option<String>,
+    /// While backing off after transient failures: when the next try goes out.
+    pub retry_in: Option<Duration>,
+}
+
+impl TokenManager {
+    /// each of their addresses used in this process), by address.
+    pub async fn status(&self) -> Vec<AccountStatus> {
+        let mut rows: Vec<AccountStatus> = self
+            .accounts
+            .catch_alls()
+            .iter()
+            .map(|a| AccountStatus {
+                username: a.username.clone(),
+                flow: a.flow,
+                state: AccountState::CatchAll,
+                last_error: None,
+                retry_in: None,
+            })
+            .collect();
+        for account in self.all() {
+            rows.push(self.status_of(&account).await);
+        }
+        rows.sort_by(|a, b| a.username.cmp(&b.username));
+        rows
+    }
+
+    async fn status_of(&self, account: &Arc<AccountTokens>) -> AccountStatus {
+        let username = account.config.username.clone();
+        // A refresh in flight holds the lock: show no error rather than wait for it.
+        let (last_error, retry_in) = match account.refresh.try_lock() {
+            Ok(state) => (
+                state
+                    .last_failure
+                    .as_ref()
+                    .map(|e| match (state.health, account.cached_life()) {
+                        (Health::SignInNeeded, Some((left, _))) if !left.is_zero() => format!(
+                            "{e}; the current access token works for {} more minutes: sign in \
+                             again before then",
+                            left.as_secs().div_ceil(60)
+                        ),
+                        _ => e.to_string(),
+                    }),
+                state
+                    .health
+                    .retry_at()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .filter(|d| !d.is_zero()),
+            ),
+            Err(_) => (None, None),
+        };
+        let expires_in = account.cached_life().map(|(left, _)| left);
+        let state = if account.config.flow == Flow::ClientCredentials {
+            AccountState::AppOnly { expires_in }
+        } else if expires_in.is_some() || account.current_key().is_some() {
+            AccountState::Active { expires_in }
+        } else {
+            let store = self.store.clone();
+            let name = username.clone();
+            match blocking(move || store.load_entry(&name)).await {
+                Ok(Ok(None)) => AccountState::NeedsSignIn,
+                Ok(Ok(Some(Entry::Unsealed(t)))) if t.refresh_token.is_none() => {
+                    AccountState::NeedsSignIn
+                }
+                Ok(Ok(Some(_))) if account.sealed => AccountState::Locked,
+                Ok(Ok(Some(_))) => AccountState::Ready,
+                Ok(Err(e)) => AccountState::Unreadable(e.to_string()),
+                Err(e) => AccountState::Unreadable(e.to_string()),
+            }
+        };
+        AccountStatus {
+            username,
+            flow: account.config.flow,
+            state,
+            last_error,
+            retry_in,
+        }
+    }
+}

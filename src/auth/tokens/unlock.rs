@@ -1,0 +1,123 @@
+//! The password of a delegated account: it opens the sealed tokens (the
+//! KDF once per account per process), or binds them on the first login
+//! after a sign-in; later logins are checked against a keyed digest.
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::refresh::{Expect, Saved};
+use super::state::AccountTokens;
+use super::{TokenError, TokenManager, blocking, not_signed_in, replaced, store_error};
+use crate::auth::password::{KdfParams, SealKey, random_salt};
+use crate::auth::vault::{Entry, OpenError, StoredTokens};
+
+impl TokenManager {
+    /// Checks `password` for a delegated account and returns its sealing key.
+    pub(super) async fn unlock(
+        &self,
+        account: &AccountTokens,
+        password: &SecretString,
+    ) -> Result<Arc<SealKey>, TokenError> {
+        if let Some(key) = account.check_unlocked(&self.digest, password)? {
+            return Ok(key);
+        }
+        let _one_at_a_time = account.unlocking.lock().await;
+        if let Some(key) = account.check_unlocked(&self.digest, password)? {
+            return Ok(key);
+        }
+        let username = account.config.username.clone();
+        let store = self.store.clone();
+        let name = username.clone();
+        let entry = blocking(move || store.load_entry(&name))
+            .await?
+            .map_err(|e| store_error(&username, e))?;
+        let key = match entry {
+            None => return Err(not_signed_in(&username)),
+            Some(Entry::Unsealed(tokens)) => {
+                // Pending since `authorize`: this login binds its password.
+                let key = self.derive(password, self.kdf, random_salt()).await?;
+                let expect = Expect::Unsealed(tokens.refresh_token.clone());
+                let saved = self
+                    .save_sealed(&username, tokens, key.clone(), expect)
+                    .await
+                    .map_err(|e| {
+                        TokenError::Configuration(format!(
+                            "cannot seal the tokens of {username}: {e}"
+                        ))
+                    })?;
+                if saved == Saved::Replaced {
+                    return Err(replaced(&username));
+                }
+                tracing::info!(account = %username, "local password bound; tokens sealed");
+                key
+            }
+            Some(Entry::Sealed(sealed)) => {
+                let key = self
+                    .derive(password, sealed.params(), sealed.salt())
+                    .await?;
+                let tokens = match sealed.open(&key) {
+                    Ok(tokens) => tokens,
+                    Err(OpenError::WrongPassword) => {
+                        return Err(TokenError::WrongPassword(username));
+                    }
+                    Err(OpenError::Damaged(e)) => return Err(store_error(&username, e)),
+                };
+                if sealed.params() == self.kdf {
+                    key
+                } else {
+                    self.reseal(&username, password, tokens, key).await?
+                }
+            }
+        };
+        account.set_unlocked(
+            self.digest.tag(password.expose_secret().as_bytes()),
+            key.clone(),
+        );
+        Ok(key)
+    }
+
+    /// Seals `tokens` again under the current KDF parameters and a new salt.
+    /// If the disk refuses, the entry stays as it was and `old` keeps working.
+    async fn reseal(
+        &self,
+        username: &str,
+        password: &SecretString,
+        tokens: StoredTokens,
+        old: Arc<SealKey>,
+    ) -> Result<Arc<SealKey>, TokenError> {
+        let key = self.derive(password, self.kdf, random_salt()).await?;
+        let expect = Expect::SealedWith(old.clone());
+        match self
+            .save_sealed(username, tokens, key.clone(), expect)
+            .await
+        {
+            Ok(Saved::Replaced) => Err(replaced(username)),
+            Ok(Saved::Written) => {
+                tracing::info!(account = %username, from = ?old.params(), to = ?self.kdf,
+                    "tokens re-sealed with the current key derivation parameters");
+                Ok(key)
+            }
+            Err(e) => {
+                tracing::warn!(account = %username, error = %e,
+                    "cannot re-seal the tokens with the current parameters; keeping the old seal");
+                Ok(old)
+            }
+        }
+    }
+
+    async fn derive(
+        &self,
+        password: &SecretString,
+        params: KdfParams,
+        salt: [u8; crate::auth::password::SALT_LEN],
+    ) -> Result<Arc<SealKey>, TokenError> {
+        self.kdf_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let password = zeroize::Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        blocking(move || SealKey::derive(&password, params, salt))
+            .await?
+            .map(Arc::new)
+            .map_err(|e| TokenError::Configuration(e.to_string()))
+    }
+}
