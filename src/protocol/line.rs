@@ -102,6 +102,26 @@ pub(crate) fn push_unique(out: &mut Vec<String>, line: String) {
     }
 }
 
+/// Why a STARTTLS (POP3's STLS) is refused.
+pub(crate) enum TlsRefusal {
+    NotOffered,
+    Argument,
+}
+
+/// TLS is offered once (RFC 2595 §4, RFC 3207 §4.2: never again on the
+/// upgraded connection) and the command takes no argument. `Ok` withdraws
+/// the offer.
+pub(crate) fn take_tls_offer(offered: &mut bool, arg: &[u8]) -> Result<(), TlsRefusal> {
+    if !*offered {
+        Err(TlsRefusal::NotOffered)
+    } else if !arg.trim_ascii().is_empty() {
+        Err(TlsRefusal::Argument)
+    } else {
+        *offered = false;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 
 use secrecy::SecretString;
 
-use super::line::{Taken, push_unique, split_verb, take_line};
+use super::line::{Taken, TlsRefusal, push_unique, split_verb, take_line, take_tls_offer};
 use super::sasl_dialogue::{self, Dialogue, Wording};
 use super::{Credentials, Failure, one_line};
 
@@ -146,13 +146,10 @@ impl Frontend {
     }
 
     fn stls(&mut self, arg: &[u8]) -> Action {
-        if !self.offer_stls {
-            reply("-ERR STLS not offered")
-        } else if !arg.trim_ascii().is_empty() {
-            reply("-ERR STLS takes no argument")
-        } else {
-            self.offer_stls = false;
-            Action::StartTls
+        match take_tls_offer(&mut self.offer_stls, arg) {
+            Ok(()) => Action::StartTls,
+            Err(TlsRefusal::NotOffered) => reply("-ERR STLS not offered"),
+            Err(TlsRefusal::Argument) => reply("-ERR STLS takes no argument"),
         }
     }
 

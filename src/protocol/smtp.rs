@@ -16,7 +16,9 @@
 //! The upstream helpers ([`ehlo_reply`], [`parse_reply`], [`render_reply`]) are
 //! pure functions the driver uses on the server's side of the dialogue.
 
-use super::line::{Scan, Taken, discard, push_unique, scan_line, split_verb, take_line};
+use super::line::{
+    Scan, Taken, TlsRefusal, discard, push_unique, scan_line, split_verb, take_line, take_tls_offer,
+};
 use super::sasl_dialogue::{self, Dialogue, Wording};
 use super::{Credentials, Failure, one_line};
 
@@ -192,15 +194,14 @@ impl Frontend {
     }
 
     fn starttls(&mut self, arg: &[u8]) -> Action {
-        if !self.offer_starttls {
-            reply("502 5.5.1 STARTTLS not offered")
-        } else if !arg.trim_ascii().is_empty() {
-            reply("501 5.5.4 Syntax: STARTTLS (no parameters)")
-        } else {
-            // RFC 3207 §4.2: forget everything learnt before TLS.
-            self.offer_starttls = false;
-            self.greeted = false;
-            Action::StartTls
+        match take_tls_offer(&mut self.offer_starttls, arg) {
+            Ok(()) => {
+                // RFC 3207 §4.2: forget everything learnt before TLS.
+                self.greeted = false;
+                Action::StartTls
+            }
+            Err(TlsRefusal::NotOffered) => reply("502 5.5.1 STARTTLS not offered"),
+            Err(TlsRefusal::Argument) => reply("501 5.5.4 Syntax: STARTTLS (no parameters)"),
         }
     }
 
