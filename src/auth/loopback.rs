@@ -153,8 +153,8 @@ fn page(title: &str, text: &str) -> Response {
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
          <body style=\"font-family:sans-serif;margin:3em\"><h1>{t}</h1><p>{x}</p>\
          <p>xoauth2-proxy</p></body></html>",
-        t = escape(title),
-        x = escape(text)
+        t = crate::escape::escape(title),
+        x = crate::escape::escape(text)
     );
     (
         [
@@ -164,21 +164,6 @@ fn page(title: &str, text: &str) -> Response {
         Html(body),
     )
         .into_response()
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Asks the desktop to open `url` in the default browser (`xdg-open` on
@@ -227,12 +212,11 @@ pub fn open_browser(url: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn pages_escape_text() {
         assert_eq!(
-            escape("<script>alert('x')</script> & \"y\""),
+            crate::escape::escape("<script>alert('x')</script> & \"y\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
         );
     }

@@ -163,6 +163,21 @@ impl<U: UpstreamLogin> Session<U> {
     }
 }
 
+/// IMAP and POP3 have no code that tells a refused token from a policy or
+/// a limit: any refusal counts as the token's.
+fn any_refusal_is_the_token(outcome: AuthOutcome) -> Outcome {
+    match outcome {
+        AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
+        AuthOutcome::Refused {
+            reply, challenge, ..
+        } => Outcome::Refused {
+            reply,
+            challenge,
+            token_refused: true,
+        },
+    }
+}
+
 impl UpstreamLogin for imap::ImapUpstream {
     type Stream = TlsStream<TcpStream>;
 
@@ -179,17 +194,9 @@ impl UpstreamLogin for imap::ImapUpstream {
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        let outcome = upstream::authenticate(self, tag, user, token).await?;
-        Ok(match outcome {
-            AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
-            AuthOutcome::Refused {
-                reply, challenge, ..
-            } => Outcome::Refused {
-                reply,
-                challenge,
-                token_refused: true,
-            },
-        })
+        upstream::authenticate(self, tag, user, token)
+            .await
+            .map(any_refusal_is_the_token)
     }
 
     fn failure(tag: &str, failure: &Failure) -> Vec<u8> {
@@ -219,17 +226,9 @@ impl UpstreamLogin for pop3::Pop3Upstream {
         user: &str,
         token: &SecretString,
     ) -> Result<Outcome, UpstreamError> {
-        let outcome = upstream::authenticate(self, tag, user, token).await?;
-        Ok(match outcome {
-            AuthOutcome::Accepted { reply } => Outcome::Accepted(reply),
-            AuthOutcome::Refused {
-                reply, challenge, ..
-            } => Outcome::Refused {
-                reply,
-                challenge,
-                token_refused: true,
-            },
-        })
+        upstream::authenticate(self, tag, user, token)
+            .await
+            .map(any_refusal_is_the_token)
     }
 
     fn failure(_tag: &str, failure: &Failure) -> Vec<u8> {
