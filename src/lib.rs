@@ -1,18 +1,19 @@
 //! xoauth2-proxy: password logins in front, SASL XOAUTH2 behind.
 //!
-//! Module map (see ARCHITECTURE.md for the path a connection takes):
+//! Module map (see ARCHITECTURE.md for the layers and the path a connection takes):
 //! - [`admin`]: the local page (`admin_listen`): account states, sign-in, listener health.
 //! - [`config`]: the TOML schema, defaults and validation.
 //! - [`doctor`]: `xoauth2-proxy doctor`, the checks of upstreams, token endpoints and tokens.
 //! - [`control`]: reload requests (SIGHUP, `xoauth2-proxy reload`, the Windows service).
 //! - [`drain`]: client connections as tracked tasks; the bounded drain at shutdown.
 //! - [`listener`]: accept loops, `allow_from`, connection limits.
-//! - [`session`]: one client connection, from greeting to relay, per protocol.
+//! - [`session`]: one client connection, from greeting to relay: one driver, a small part per protocol.
 //! - [`protocol`]: sans-IO pre-authentication parsers and state machines.
 //! - [`sasl`]: PLAIN/LOGIN decoding, XOAUTH2 encoding, error challenges.
 //! - [`upstream`]: TCP, TLS, STARTTLS and XOAUTH2 towards the real server.
 //! - [`relay`]: the byte pipe after authentication.
-//! - [`auth`]: accounts, the token store, token refresh and sign-in flows.
+//! - [`auth`]: the login gate, accounts, the token store, token refresh and sign-in flows.
+//! - `escape`: the one HTML/XML escape.
 //! - [`tls`]: rustls configurations (ring provider) and the local certificate.
 
 pub mod admin;
