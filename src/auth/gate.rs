@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::accounts::{self, Accounts};
+use super::accounts::Accounts;
 use super::tokens::{TokenError, TokenManager};
 use crate::config::AccountConfig;
 use crate::sasl::Credentials;
@@ -115,14 +115,9 @@ impl Gate {
 
     async fn judge(&self, credentials: &Credentials) -> Result<Grant, LoginError> {
         let user = crate::protocol::one_line(&credentials.username);
-        let account = self.accounts.verify(credentials).await.map_err(|e| {
+        let account = self.accounts.lookup(credentials).map_err(|e| {
             tracing::warn!(%user, reason = %e, "login refused locally");
-            match e {
-                accounts::LoginError::UnknownAccount(_)
-                | accounts::LoginError::EmptyPassword
-                | accounts::LoginError::WrongPassword(_) => LoginError::Refused(e.to_string()),
-                accounts::LoginError::Unverifiable(_) => LoginError::Unavailable(e.to_string()),
-            }
+            LoginError::Refused(e.to_string())
         })?;
         let token = self
             .tokens

@@ -223,21 +223,16 @@ impl TokenManager {
         self.accounts.all()
     }
 
-    /// A client login: for a delegated account the password must open (or,
-    /// on the first login after a sign-in, binds) the sealed tokens; then a
-    /// valid access token, refreshed when needed. Accounts with
-    /// `password_hash` are checked by `Accounts` before this is called.
+    /// A client login: the password must match `password_hash`, or open
+    /// (on the first login after a sign-in: bind) the sealed tokens; then a
+    /// valid access token, refreshed when needed.
     pub async fn login(
         &self,
         username: &str,
         password: &SecretString,
     ) -> Result<SecretString, TokenError> {
         let account = self.account(username)?;
-        let key = if account.sealed {
-            Some(self.unlock(&account, password).await?)
-        } else {
-            None
-        };
+        let key = self.unlock(&account, password).await?;
         self.token(&account, key).await
     }
 

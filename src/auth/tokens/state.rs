@@ -71,10 +71,15 @@ impl Health {
     }
 }
 
-/// A delegated account whose password was verified in this process.
+/// What a verified password opens: the sealing key of a delegated
+/// account's tokens, nothing for a `password_hash` account (unsealed tokens).
+pub(super) type Opened = Option<Arc<SealKey>>;
+
+/// An account whose local password was verified in this process: the one
+/// record of it, for sealed and `password_hash` accounts alike.
 pub(super) struct Unlocked {
     pub(super) tag: Tag,
-    pub(super) key: Arc<SealKey>,
+    pub(super) key: Opened,
 }
 
 pub(super) struct AccountTokens {
@@ -85,7 +90,8 @@ pub(super) struct AccountTokens {
     pub(super) cached: RwLock<Option<Access>>,
     pub(super) refresh: tokio::sync::Mutex<RefreshState>,
     pub(super) unlocked: RwLock<Option<Unlocked>>,
-    /// One KDF run per account at a time: the others wait and then take the fast path.
+    /// One password check (KDF) per account at a time: the others wait and
+    /// then take the fast path.
     pub(super) unlocking: tokio::sync::Mutex<()>,
     /// Refreshes finished (either way), so a caller that waited for one
     /// can tell it happened meanwhile and share its outcome.
@@ -106,13 +112,13 @@ impl AccountTokens {
         })
     }
 
-    /// The fast path: `Some(key)` for the password this account was unlocked
-    /// with, `WrongPassword` for another, `None` while still locked.
+    /// The fast path: `Some(opened)` for the password this account was
+    /// unlocked with, `WrongPassword` for another, `None` while still locked.
     pub(super) fn check_unlocked(
         &self,
         digest: &PasswordDigest,
         password: &SecretString,
-    ) -> Result<Option<Arc<SealKey>>, TokenError> {
+    ) -> Result<Option<Opened>, TokenError> {
         let unlocked = self.unlocked.read();
         match unlocked.as_ref() {
             None => Ok(None),
@@ -125,10 +131,10 @@ impl AccountTokens {
 
     pub(super) fn current_key(&self) -> Option<Arc<SealKey>> {
         let unlocked = self.unlocked.read();
-        unlocked.as_ref().map(|u| u.key.clone())
+        unlocked.as_ref().and_then(|u| u.key.clone())
     }
 
-    pub(super) fn set_unlocked(&self, tag: Tag, key: Arc<SealKey>) {
+    pub(super) fn set_unlocked(&self, tag: Tag, key: Opened) {
         *self.unlocked.write() = Some(Unlocked { tag, key });
     }
 

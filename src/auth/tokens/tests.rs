@@ -219,28 +219,62 @@ async fn no_tokens_damaged_tokens_and_forget() {
     assert_eq!(at.expose_secret(), "at-2");
 }
 
-#[tokio::test]
-async fn password_hash_accounts_are_not_sealed() {
-    let (_dir, store) = signed_in();
+/// A PHC string with cheap parameters (production ones are tested in `password`).
+fn cheap_phc(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(64, 1, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(
+            password.as_bytes(),
+            &SaltString::encode_b64(b"sixteen byte slt").unwrap(),
+        )
+        .unwrap()
+        .to_string()
+}
+
+fn hash_manager(store: &Arc<TokenStore>, phc: &str) -> TokenManager {
     let tls = crate::tls::client_config(None).unwrap();
     let http = HttpClient::new(tls, Duration::from_secs(1)).unwrap();
-    let tokens = TokenManager::with_kdf(
-        &[account(Some(
-            "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
-        ))],
+    TokenManager::with_kdf(
+        &[account(Some(phc))],
         http,
         store.clone(),
         Duration::from_secs(60),
         TEST_PARAMS,
-    );
-    // The password itself is checked by `Accounts`; here it plays no part.
-    tokens.login(USER, &pw("anything")).await.unwrap();
-    assert_eq!(tokens.kdf_runs(), 0);
+    )
+}
+
+#[tokio::test]
+async fn password_hash_accounts_are_not_sealed() {
+    let (_dir, store) = signed_in();
+    let tokens = hash_manager(&store, &cheap_phc("printer-pw"));
+    tokens.login(USER, &pw("printer-pw")).await.unwrap();
     assert_eq!(sealed_params(&store), None);
     assert_eq!(
         tokens.access_token(USER).await.unwrap().expose_secret(),
         "at-1"
     );
+}
+
+#[tokio::test]
+async fn password_hash_is_checked_once_then_by_digest() {
+    let (_dir, store) = signed_in();
+    let tokens = hash_manager(&store, &cheap_phc("printer-pw"));
+    let wrong = pw("printer-PW");
+    assert!(matches!(
+        tokens.login(USER, &wrong).await,
+        Err(TokenError::WrongPassword(_))
+    ));
+    assert_eq!(tokens.kdf_runs(), 1, "a locked account pays a KDF per try");
+    for _ in 0..50 {
+        tokens.login(USER, &pw("printer-pw")).await.unwrap();
+    }
+    assert_eq!(tokens.kdf_runs(), 2);
+    assert!(matches!(
+        tokens.login(USER, &wrong).await,
+        Err(TokenError::WrongPassword(_))
+    ));
+    assert_eq!(tokens.kdf_runs(), 2, "then wrong ones cost no KDF either");
 }
 
 #[test]

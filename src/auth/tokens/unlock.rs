@@ -1,24 +1,27 @@
-//! The password of a delegated account: it opens the sealed tokens (the
-//! KDF once per account per process), or binds them on the first login
-//! after a sign-in; later logins are checked against a keyed digest.
+//! The local password of an account, the one check of it: for a delegated
+//! account it opens the sealed tokens (or binds them on the first login
+//! after a sign-in), for an unattended one it must match `password_hash`.
+//! Either way the KDF runs once per account per process; later logins are
+//! checked against a keyed digest.
 
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::refresh::{Expect, Saved};
-use super::state::AccountTokens;
+use super::state::{AccountTokens, Opened};
 use super::{TokenError, TokenManager, blocking, not_signed_in, replaced, store_error};
-use crate::auth::password::{KdfParams, SealKey, random_salt};
+use crate::auth::password::{KdfParams, SealKey, random_salt, verify_phc};
 use crate::auth::vault::{Entry, OpenError, StoredTokens};
 
 impl TokenManager {
-    /// Checks `password` for a delegated account and returns its sealing key.
+    /// Checks `password` for the account and returns what it opens (the
+    /// sealing key of a delegated account's tokens).
     pub(super) async fn unlock(
         &self,
         account: &AccountTokens,
         password: &SecretString,
-    ) -> Result<Arc<SealKey>, TokenError> {
+    ) -> Result<Opened, TokenError> {
         if let Some(key) = account.check_unlocked(&self.digest, password)? {
             return Ok(key);
         }
@@ -27,6 +30,11 @@ impl TokenManager {
             return Ok(key);
         }
         let username = account.config.username.clone();
+        if let Some(phc) = &account.config.password_hash {
+            self.check_hash(&username, phc, password).await?;
+            account.set_unlocked(self.digest.tag(password.expose_secret().as_bytes()), None);
+            return Ok(None);
+        }
         let store = self.store.clone();
         let name = username.clone();
         let entry = blocking(move || store.load_entry(&name))
@@ -72,9 +80,31 @@ impl TokenManager {
         };
         account.set_unlocked(
             self.digest.tag(password.expose_secret().as_bytes()),
-            key.clone(),
+            Some(key.clone()),
         );
-        Ok(key)
+        Ok(Some(key))
+    }
+
+    /// An unattended account's password against its `password_hash` (the
+    /// KDF the PHC string names).
+    async fn check_hash(
+        &self,
+        username: &str,
+        phc: &SecretString,
+        password: &SecretString,
+    ) -> Result<(), TokenError> {
+        self.kdf_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let candidate = zeroize::Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        let phc = phc.clone();
+        let verdict = blocking(move || verify_phc(&candidate, phc.expose_secret()))
+            .await?
+            .map_err(|e| TokenError::Configuration(format!("cannot check the password: {e}")))?;
+        if verdict {
+            Ok(())
+        } else {
+            Err(TokenError::WrongPassword(username.to_owned()))
+        }
     }
 
     /// Seals `tokens` again under the current KDF parameters and a new salt.
