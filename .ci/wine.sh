@@ -113,6 +113,28 @@ wait_port_closed() {
   die "$2: 127.0.0.1:$1 still accepts after 60 s"
 }
 
+# boot_prefix: creates the wine prefix. wineboot once failed within seconds
+# on a fresh CI machine, silently (WINEDEBUG=-all) and never here, so it runs
+# with wine's error channel on, shows its exit code and last lines, and gets
+# up to WINEBOOT_TRIES fresh prefixes before the step fails.
+WINEBOOT_TRIES=3
+boot_prefix() {
+  local try rc
+  for ((try = 1; try <= WINEBOOT_TRIES; try++)); do
+    rm -rf "$WINEPREFIX"
+    mkdir -p "$WINEPREFIX"
+    rc=0
+    WINEDEBUG=err+all timeout --kill-after=5 180 wineboot -i >"$RUN/wineboot.log" 2>&1 || rc=$?
+    ((rc == 0)) && return 0
+    log "wineboot -i exited $rc (try $try of $WINEBOOT_TRIES); its last lines:"
+    tail -n 20 "$RUN/wineboot.log" | sed 's/^/#   /'
+    df -h "$RUN" | sed 's/^/#   /'
+    timeout 30 wineserver -k >/dev/null 2>&1 || true
+    timeout 30 wineserver -w >/dev/null 2>&1 || true
+  done
+  die "wineboot -i failed $WINEBOOT_TRIES times ($(wine --version 2>&1))"
+}
+
 install_packages() {
   local need=() pkg
   for pkg in wine wine64 gcc-mingw-w64-x86-64; do
@@ -191,10 +213,8 @@ main() {
   # No Mono or Gecko installers; no display.
   export WINEDLLOVERRIDES="mscoree,mshtml="
   unset DISPLAY WAYLAND_DISPLAY
-  mkdir -p "$WINEPREFIX"
   WINE_UP=1
-  timeout --kill-after=5 180 wineboot -i >"$RUN/wineboot.log" 2>&1 ||
-    die "wineboot -i failed"
+  boot_prefix
   # The wineserver wineboot started goes away by itself; then one that stays
   # (without it, wine ends the service when `net` exits).
   timeout 60 wineserver -w || die "the wineserver of wineboot did not exit"
