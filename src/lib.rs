@@ -12,6 +12,7 @@
 //! - [`sasl`]: PLAIN/LOGIN decoding, XOAUTH2 encoding, error challenges.
 //! - [`upstream`]: TCP, TLS, STARTTLS and XOAUTH2 towards the real server.
 //! - [`relay`]: the byte pipe after authentication.
+//! - [`net`]: what the OS says of a connection's other end (the local user of a loopback client).
 //! - [`auth`]: the login gate, accounts, the token store, token refresh and sign-in flows.
 //! - `escape`: the one HTML/XML escape.
 //! - [`tls`]: rustls configurations (ring provider) and the local certificate.
@@ -26,6 +27,7 @@ pub(crate) mod escape;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod net;
 pub mod protocol;
 pub mod relay;
 pub mod sasl;

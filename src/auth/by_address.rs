@@ -1,6 +1,13 @@
 //! Per-account state by address, for `accounts` and `tokens` alike: the
 //! configured accounts, plus the addresses of catch-all (`@domain`)
-//! accounts, each made on first use with the catch-all's settings.
+//! accounts that earned an entry of their own.
+//!
+//! An address under a catch-all earns its entry only by having tokens on
+//! disk or a finished sign-in (or, under a catch-all with a
+//! `password_hash`, by the right password): things a stranger cannot do.
+//! Any other address a client names gets no entry at all, so probing random
+//! addresses takes no memory here and cannot crowd out a real one; those
+//! attempts are throttled as names that are no account (`auth::throttle`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,18 +16,23 @@ use parking_lot::RwLock;
 
 use crate::config::AccountConfig;
 
-/// How many addresses the catch-all accounts hold in memory. Each address
-/// a client tries costs an entry; this bounds what probing random addresses
-/// can take (an entry is a few hundred bytes).
-pub const MAX_CATCH_ALL_ADDRESSES: usize = 10_000;
-
 pub struct ByAddress<T> {
     /// Accounts of their own, by lowercase address.
     exact: HashMap<String, Arc<T>>,
     /// `@domain` accounts, in configuration order.
     catch_all: Vec<AccountConfig>,
-    /// Addresses of catch-all accounts used so far, lowercase.
-    seen: RwLock<HashMap<String, Arc<T>>>,
+    /// Addresses of catch-all accounts that earned an entry, lowercase.
+    known: RwLock<HashMap<String, Arc<T>>>,
+}
+
+/// What an address is to the proxy.
+pub enum Lookup<'a, T> {
+    /// A configured account, or a catch-all address with an entry.
+    Found(Arc<T>),
+    /// An address a catch-all covers that has no entry yet: this catch-all.
+    Candidate(&'a AccountConfig),
+    /// No account covers it.
+    Unknown,
 }
 
 impl<T> ByAddress<T> {
@@ -36,14 +48,39 @@ impl<T> ByAddress<T> {
                 .filter(|a| a.is_catch_all())
                 .cloned()
                 .collect(),
-            seen: RwLock::new(HashMap::new()),
+            known: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The entry of `username`: its own account, else the address under its
-    /// domain's catch-all (made with `make` on first use). `None`: no
-    /// account covers it, or the catch-all table is full.
-    pub fn get(
+    /// What `username` is: its own account, a catch-all address with an
+    /// entry, a candidate under a catch-all, or nothing. Makes nothing.
+    pub fn lookup(&self, username: &str) -> Lookup<'_, T> {
+        let key = username.to_lowercase();
+        if let Some(entry) = self.exact.get(&key) {
+            return Lookup::Found(entry.clone());
+        }
+        let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(username)) else {
+            return Lookup::Unknown;
+        };
+        match self.known.read().get(&key) {
+            Some(entry) => Lookup::Found(entry.clone()),
+            None => Lookup::Candidate(catch_all),
+        }
+    }
+
+    /// The entry of `username` if it has one (no candidate is made one).
+    pub fn get(&self, username: &str) -> Option<Arc<T>> {
+        match self.lookup(username) {
+            Lookup::Found(entry) => Some(entry),
+            Lookup::Candidate(_) | Lookup::Unknown => None,
+        }
+    }
+
+    /// Gives a catch-all address its entry, after it earned one (tokens on
+    /// disk, a finished sign-in): `make` builds it from the catch-all's
+    /// settings for the address, unless one is there already. `None`: no
+    /// catch-all covers `username` (a configured account is returned as is).
+    pub fn admit(
         &self,
         username: &str,
         make: impl FnOnce(AccountConfig) -> Arc<T>,
@@ -53,19 +90,10 @@ impl<T> ByAddress<T> {
             return Some(entry.clone());
         }
         let catch_all = self.catch_all.iter().find(|a| a.covers(username))?;
-        if let Some(entry) = self.seen.read().get(&key) {
-            return Some(entry.clone());
-        }
-        let mut seen = self.seen.write();
-        if seen.len() >= MAX_CATCH_ALL_ADDRESSES && !seen.contains_key(&key) {
-            tracing::warn!(
-                limit = MAX_CATCH_ALL_ADDRESSES,
-                "catch-all address table full; new addresses refused"
-            );
-            return None;
-        }
+        let mut known = self.known.write();
         Some(
-            seen.entry(key.clone())
+            known
+                .entry(key.clone())
                 .or_insert_with(|| make(catch_all.for_address(&key)))
                 .clone(),
         )
@@ -81,10 +109,15 @@ impl<T> ByAddress<T> {
         &self.catch_all
     }
 
-    /// Every entry: configured accounts and catch-all addresses seen.
+    /// Catch-all addresses with an entry (for tests and status).
+    pub fn known_addresses(&self) -> usize {
+        self.known.read().len()
+    }
+
+    /// Every entry: configured accounts and catch-all addresses with one.
     pub fn all(&self) -> Vec<Arc<T>> {
-        let seen = self.seen.read();
-        self.exact.values().chain(seen.values()).cloned().collect()
+        let known = self.known.read();
+        self.exact.values().chain(known.values()).cloned().collect()
     }
 
     /// After a reload: takes `old`'s entry for every account (and catch-all
@@ -97,14 +130,14 @@ impl<T> ByAddress<T> {
                 *entry = before.clone();
             }
         }
-        let old_seen = old.seen.read();
-        let seen = self.seen.get_mut();
-        for (name, before) in old_seen.iter() {
+        let old_known = old.known.read();
+        let known = self.known.get_mut();
+        for (name, before) in old_known.iter() {
             if !self.exact.contains_key(name)
                 && let Some(catch_all) = self.catch_all.iter().find(|a| a.covers(name))
                 && catch_all.for_address(name).same_as(config(before))
             {
-                seen.insert(name.clone(), before.clone());
+                known.insert(name.clone(), before.clone());
             }
         }
     }

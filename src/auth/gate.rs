@@ -1,6 +1,7 @@
 //! The login gate: the one place that decides whether a client login may
-//! go upstream, and with which token. Account lookup, the throttle, the
-//! local password and the access token are checked here in that order;
+//! go upstream, and with which token. Who the client is (its local user on
+//! loopback) and what it names (an account, or no account), then the
+//! throttle, the local password and the access token, in that order;
 //! sessions only turn a [`LoginError`] into their protocol's reply.
 
 use std::net::SocketAddr;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::accounts::Accounts;
-use super::tokens::{TokenError, TokenManager};
+use super::throttle::Subject;
+use super::tokens::{Standing, TokenError, TokenManager};
 use crate::config::AccountConfig;
 use crate::sasl::Credentials;
 
@@ -40,6 +42,21 @@ impl std::fmt::Debug for Grant {
             .field("account", &self.account.username)
             .field("token", &"<redacted>")
             .finish()
+    }
+}
+
+/// Where a login comes from: the client's address and, when known, the
+/// proxy's address it reached (with both, the OS can say which local user
+/// owns a loopback client's socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+impl From<SocketAddr> for Origin {
+    fn from(peer: SocketAddr) -> Origin {
+        Origin { peer, local: None }
     }
 }
 
@@ -91,23 +108,46 @@ impl Gate {
         &self.accounts
     }
 
-    /// A client login from `peer`: throttled per source, then the account,
-    /// its password and a valid access token.
+    /// A client login from `origin`: throttled per source and account
+    /// (the attempt is counted as it is admitted), then the account, its
+    /// password and a valid access token.
     pub async fn login(
         &self,
         credentials: &Credentials,
-        peer: SocketAddr,
+        origin: impl Into<Origin>,
     ) -> Result<Grant, LoginError> {
+        let Origin { peer, local } = origin.into();
         let throttle = &self.accounts.throttle;
-        if let Err(wait) = throttle.admit(peer.ip()).await {
-            tracing::warn!(%peer, user = %crate::protocol::one_line(&credentials.username),
-                "login refused: too many failures from this address");
-            return Err(LoginError::Throttled(wait));
+        let source = throttle.source(peer, local).await;
+        let user = crate::protocol::one_line(&credentials.username);
+        let (subject, no_account) = match self.tokens.standing(&credentials.username).await {
+            Standing::Account(name) => (Subject::Account(name), None),
+            Standing::NotAnAccount(e) => (Subject::NotAnAccount, Some(e)),
+        };
+        let attempt = match throttle.admit(source.clone(), subject).await {
+            Ok(attempt) => attempt,
+            Err(wait) => {
+                tracing::warn!(%peer, %source, %user,
+                    "login refused: too many failures from this source for this name");
+                return Err(LoginError::Throttled(wait));
+            }
+        };
+        if let Some(e) = no_account {
+            // Counted against the source, never against an account.
+            attempt.failed();
+            tracing::warn!(%peer, %source, %user, reason = %e, "login refused locally");
+            return Err(match e {
+                TokenError::UnknownAccount(name) => LoginError::Refused(
+                    super::accounts::LoginError::UnknownAccount(name).to_string(),
+                ),
+                e => token_error(e),
+            });
         }
         let result = self.judge(credentials).await;
         match &result {
-            Ok(_) => throttle.succeeded(peer.ip()),
-            Err(LoginError::Refused(_)) => throttle.failed(peer.ip()),
+            Ok(_) => attempt.succeeded(),
+            Err(LoginError::Refused(_)) => attempt.failed(),
+            // Not judged (no tokens, endpoint down): released when dropped.
             Err(_) => {}
         }
         result

@@ -1,57 +1,151 @@
-//! Repeated wrong passwords from one source address: a growing delay before
-//! each further try, then a refusal for a while. Tokio time, so tests can
-//! pause the clock.
+//! Failed logins, counted per source and per account: a growing delay
+//! before each further try, then a refusal for a while. Tokio time, so
+//! tests can pause the clock.
+//!
+//! A record is kept per (source, subject). The source is the client's
+//! address, or on loopback the local user who owns the client's socket
+//! where the OS tells it (`net::peer_user`), because there every client is
+//! `127.0.0.1`. The subject is the account the login names, or one shared
+//! subject for every name that is no account: guesses at unknown names never
+//! count against a real account, and guesses from one local user or host
+//! never lock out the account's owner on another.
+//!
+//! An attempt is reserved when it is admitted, before the password is
+//! checked: a success releases the reservation, a judged failure keeps it.
+//! So parallel guesses are counted as they arrive, not after they were
+//! all judged.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::net::peer_user::{self, PeerUser};
 
 /// Failures forgiven without delay: a typo, a client trying an old password once.
 pub const FREE_FAILURES: u32 = 2;
 /// The delay after the first failure beyond the free ones; it doubles with each further one.
 pub const FIRST_DELAY: Duration = Duration::from_secs(1);
 /// The longest delay: guessing stays slow, and a person's next try still
-/// comes well within clients' login timeouts (30 s and more).
+/// comes well within clients' login timeouts (30 s and more). An attempt
+/// that would have to wait longer (parallel attempts queue behind each
+/// other) is refused for now instead.
 pub const MAX_DELAY: Duration = Duration::from_secs(16);
-/// This many failures within [`WINDOW`] refuse the source for [`LOCKOUT`]:
-/// more than any person mistyping, few enough that guessing gets nowhere.
+/// This many failures within [`WINDOW`] refuse the (source, account) for
+/// [`LOCKOUT`]: more than any person mistyping, few enough that guessing
+/// gets nowhere. Attempts in flight count: no more than this many are
+/// ever judged in a window.
 pub const LOCKOUT_FAILURES: u32 = 10;
 /// Failures older than this are forgotten.
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
-/// How long a source that reached [`LOCKOUT_FAILURES`] is refused.
+/// How long a (source, account) that reached [`LOCKOUT_FAILURES`] is refused.
 pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
-/// Sources remembered at most, so a flood of addresses cannot grow memory
-/// without bound; past it the stalest record is dropped.
-pub const MAX_SOURCES: usize = 4096;
+/// Records kept at most, so a flood of addresses cannot grow memory
+/// without bound; past it the stalest record is dropped. A source makes at
+/// most one record per account plus one for names that are no account.
+pub const MAX_RECORDS: usize = 4096;
+
+/// Who a login comes from, as failures are counted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A loopback client whose local user the OS named.
+    LocalUser(PeerUser),
+    /// Any other client, by address (an IPv4-mapped one as IPv4). On
+    /// loopback where the OS names no user (macOS), every local client
+    /// shares `127.0.0.1`.
+    Address(IpAddr),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::LocalUser(user) => write!(f, "local {user}"),
+            Source::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// What a login names, as failures are counted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// An account of this proxy (its lowercase address, or a catch-all's
+    /// name when the catch-all's shared `password_hash` is what is tried).
+    Account(String),
+    /// Any name that is no account: unknown, or a catch-all address that
+    /// has no tokens. One subject for all of them, so trying many names
+    /// gains nothing and costs no real account anything.
+    NotAnAccount,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Account(name) => f.write_str(name),
+            Subject::NotAnAccount => f.write_str("names that are no account"),
+        }
+    }
+}
+
+type Key = (Source, Subject);
 
 struct Record {
+    /// Judged failures in this window.
     failures: u32,
+    /// Admitted attempts not judged yet: they count as failures until they
+    /// are settled.
+    pending: u32,
     window_start: Instant,
-    last_failure: Instant,
+    /// When the latest attempt was allowed to start, or failed: the next
+    /// one's delay counts from here.
+    last: Instant,
     locked_until: Option<Instant>,
 }
 
 impl Record {
+    fn new(now: Instant) -> Record {
+        Record {
+            failures: 0,
+            pending: 0,
+            window_start: now,
+            last: now,
+            locked_until: None,
+        }
+    }
+
+    fn locked(&self, now: Instant) -> Option<Duration> {
+        self.locked_until
+            .filter(|until| now < *until)
+            .map(|until| until - now)
+    }
+
     fn expired(&self, now: Instant) -> bool {
-        self.locked_until.is_none_or(|t| now >= t) && now >= self.window_start + WINDOW
+        self.pending == 0 && self.locked(now).is_none() && now >= self.window_start + WINDOW
+    }
+
+    fn empty(&self, now: Instant) -> bool {
+        self.pending == 0 && self.failures == 0 && self.locked(now).is_none()
     }
 }
 
-/// What to do with a login attempt from a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go ahead after this delay (zero for a source without recent failures).
-    Proceed(Duration),
-    /// Refuse without checking anything; the source may try again after this.
-    Refuse(Duration),
+/// How the throttle learns who a loopback client is.
+type Identify = Arc<dyn Fn(SocketAddr, SocketAddr) -> Option<PeerUser> + Send + Sync>;
+
+pub struct Throttle {
+    records: Mutex<HashMap<Key, Record>>,
+    /// `None`: ask the OS (`net::peer_user`), on a blocking thread.
+    identify: RwLock<Option<Identify>>,
 }
 
-#[derive(Default)]
-pub struct Throttle {
-    sources: Mutex<HashMap<IpAddr, Record>>,
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle {
+            records: Mutex::new(HashMap::new()),
+            identify: RwLock::new(None),
+        }
+    }
 }
 
 /// The delay before the next try after `failures` recent failures.
@@ -65,190 +159,213 @@ pub fn delay_after(failures: u32) -> Duration {
     }
 }
 
+/// An admitted attempt, counted until it is settled: [`Reservation::succeeded`]
+/// releases it and clears the record, [`Reservation::failed`] keeps it as a
+/// failure; dropped unsettled (not judged: the token endpoint was down, the
+/// client went away) it is released.
+pub struct Reservation {
+    throttle: Arc<Throttle>,
+    key: Option<Key>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl Reservation {
+    /// The right password: the record of this (source, account) is cleared
+    /// (a refusal already running is not lifted).
+    pub fn succeeded(mut self) {
+        if let Some(key) = self.key.take() {
+            self.throttle.settle(&key, Settled::Success);
+        }
+    }
+
+    /// Judged and refused: the attempt stays counted.
+    pub fn failed(mut self) {
+        if let Some(key) = self.key.take() {
+            self.throttle.settle(&key, Settled::Failure);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.throttle.settle(&key, Settled::NotJudged);
+        }
+    }
+}
+
+enum Settled {
+    Success,
+    Failure,
+    NotJudged,
+}
+
 impl Throttle {
     pub fn new() -> Throttle {
         Throttle::default()
     }
 
-    pub fn verdict(&self, source: IpAddr) -> Verdict {
-        let now = Instant::now();
-        let mut sources = self.sources.lock();
-        let Some(record) = sources.get(&source) else {
-            return Verdict::Proceed(Duration::ZERO);
-        };
-        if record.expired(now) {
-            sources.remove(&source);
-            return Verdict::Proceed(Duration::ZERO);
-        }
-        if let Some(until) = record.locked_until
-            && now < until
-        {
-            return Verdict::Refuse(until - now);
-        }
-        let delay = delay_after(record.failures);
-        // The delay counts from the last failure: a person who waited is not held again.
-        let waited = now.saturating_duration_since(record.last_failure);
-        Verdict::Proceed(delay.saturating_sub(waited))
+    /// Replaces the OS lookup of a loopback client's user (tests: two
+    /// sockets of one process have the same owner).
+    #[doc(hidden)]
+    pub fn identify_peers_with(
+        &self,
+        identify: impl Fn(SocketAddr, SocketAddr) -> Option<PeerUser> + Send + Sync + 'static,
+    ) {
+        *self.identify.write() = Some(Arc::new(identify));
     }
 
-    /// Waits out the source's delay; `Err(retry_after)` while it is refused.
-    pub async fn admit(&self, source: IpAddr) -> Result<(), Duration> {
-        match self.verdict(source) {
-            Verdict::Refuse(left) => Err(left),
-            Verdict::Proceed(delay) if delay.is_zero() => Ok(()),
-            Verdict::Proceed(delay) => {
-                tokio::time::sleep(delay).await;
-                // A refusal may have started while this attempt waited.
-                match self.verdict(source) {
-                    Verdict::Refuse(left) => Err(left),
-                    Verdict::Proceed(_) => Ok(()),
+    /// Who the client at `peer`, connected to the proxy's `local`, counts
+    /// as: its local user on loopback when the OS tells it, else its address.
+    pub async fn source(&self, peer: SocketAddr, local: Option<SocketAddr>) -> Source {
+        let ip = peer.ip().to_canonical();
+        if let Some(local) = local
+            && ip.is_loopback()
+        {
+            let identify = self.identify.read().clone();
+            let user = match identify {
+                Some(identify) => identify(local, peer),
+                None => tokio::task::spawn_blocking(move || peer_user::owner(local, peer))
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            if let Some(user) = user {
+                return Source::LocalUser(user);
+            }
+        }
+        Source::Address(ip)
+    }
+
+    /// Admits an attempt of `source` at `subject` after its delay, counting
+    /// it at once; `Err(retry_after)` while refused, and when the attempts
+    /// already in flight fill what the window allows or would make this one
+    /// wait longer than [`MAX_DELAY`].
+    pub async fn admit(
+        self: &Arc<Self>,
+        source: Source,
+        subject: Subject,
+    ) -> Result<Reservation, Duration> {
+        let key = (source, subject);
+        let start = self.reserve(&key)?;
+        let reservation = Reservation {
+            throttle: self.clone(),
+            key: Some(key),
+        };
+        if start > Instant::now() {
+            tokio::time::sleep_until(start).await;
+            // A refusal may have started while this attempt waited.
+            let key = reservation.key.as_ref().expect("unsettled");
+            let locked = self
+                .records
+                .lock()
+                .get(key)
+                .and_then(|r| r.locked(Instant::now()));
+            if let Some(left) = locked {
+                return Err(left);
+            }
+        }
+        Ok(reservation)
+    }
+
+    /// Counts an attempt on `key`; `Ok(when it may start)`.
+    fn reserve(&self, key: &Key) -> Result<Instant, Duration> {
+        let now = Instant::now();
+        let mut records = self.records.lock();
+        if !records.contains_key(key) && records.len() >= MAX_RECORDS {
+            make_room(&mut records, now);
+        }
+        let record = records
+            .entry(key.clone())
+            .or_insert_with(|| Record::new(now));
+        if record.expired(now) {
+            *record = Record::new(now);
+        }
+        if let Some(left) = record.locked(now) {
+            return Err(left);
+        }
+        let prior = record.failures + record.pending;
+        if prior >= LOCKOUT_FAILURES {
+            // The window's attempts are all in flight: their outcome decides.
+            return Err(MAX_DELAY);
+        }
+        // The delay counts from the last failure or start: a person who
+        // waited is not held again; parallel attempts queue behind each other.
+        let start = (record.last + delay_after(prior)).max(now);
+        if start - now > MAX_DELAY {
+            return Err(start - now);
+        }
+        record.last = start;
+        record.pending += 1;
+        Ok(start)
+    }
+
+    fn settle(&self, key: &Key, settled: Settled) {
+        let now = Instant::now();
+        let mut records = self.records.lock();
+        let Some(record) = records.get_mut(key) else {
+            return;
+        };
+        record.pending = record.pending.saturating_sub(1);
+        match settled {
+            Settled::NotJudged => {}
+            Settled::Success => {
+                if record.locked(now).is_none() {
+                    record.failures = 0;
+                    record.last = now;
+                }
+            }
+            Settled::Failure => {
+                record.failures += 1;
+                record.last = record.last.max(now);
+                let (source, subject) = key;
+                if record.failures >= LOCKOUT_FAILURES {
+                    record.locked_until = Some(now + LOCKOUT);
+                    // The window restarts when the refusal ends.
+                    record.window_start = now + LOCKOUT;
+                    record.failures = 0;
+                    tracing::warn!(%source, account = %subject, failures = LOCKOUT_FAILURES,
+                        refuse_secs = LOCKOUT.as_secs(),
+                        "too many failed logins from this source for this account; refusing them for a while");
+                } else if record.failures > FREE_FAILURES {
+                    tracing::warn!(%source, account = %subject, failures = record.failures,
+                        delay_secs = delay_after(record.failures).as_secs(),
+                        "repeated failed logins from this source for this account; slowing them down");
                 }
             }
         }
-    }
-
-    /// Records a wrong password (or unknown user) from `source`.
-    pub fn failed(&self, source: IpAddr) {
-        let now = Instant::now();
-        let mut sources = self.sources.lock();
-        if !sources.contains_key(&source) && sources.len() >= MAX_SOURCES {
-            sources.retain(|_, r| !r.expired(now));
-            if sources.len() >= MAX_SOURCES
-                && let Some(stalest) = sources
-                    .iter()
-                    .min_by_key(|(_, r)| r.last_failure)
-                    .map(|(ip, _)| *ip)
-            {
-                sources.remove(&stalest);
-            }
-        }
-        let record = sources.entry(source).or_insert(Record {
-            failures: 0,
-            window_start: now,
-            last_failure: now,
-            locked_until: None,
-        });
-        if record.expired(now) {
-            *record = Record {
-                failures: 0,
-                window_start: now,
-                last_failure: now,
-                locked_until: None,
-            };
-        }
-        record.failures += 1;
-        record.last_failure = now;
-        if record.failures >= LOCKOUT_FAILURES {
-            record.locked_until = Some(now + LOCKOUT);
-            // The window restarts when the refusal ends.
-            record.window_start = now + LOCKOUT;
-            record.failures = 0;
-            tracing::warn!(%source, failures = LOCKOUT_FAILURES, refuse_secs = LOCKOUT.as_secs(),
-                "too many failed logins from this address; refusing it for a while");
-        } else if record.failures > FREE_FAILURES {
-            tracing::warn!(%source, failures = record.failures,
-                delay_secs = delay_after(record.failures).as_secs(),
-                "repeated failed logins from this address; slowing it down");
+        if record.empty(now) {
+            records.remove(key);
         }
     }
 
-    /// A successful login clears the source's record.
-    pub fn succeeded(&self, source: IpAddr) {
-        let mut sources = self.sources.lock();
-        if sources
-            .get(&source)
-            .is_some_and(|r| r.locked_until.is_none())
-        {
-            sources.remove(&source);
-        }
-    }
-
-    /// Sources with a record (for status and tests).
+    /// Records kept (for status and tests).
     pub fn tracked(&self) -> usize {
-        self.sources.lock().len()
+        self.records.lock().len()
+    }
+}
+
+/// Drops expired records, then, if still full, the stalest one without an
+/// attempt in flight.
+fn make_room(records: &mut HashMap<Key, Record>, now: Instant) {
+    records.retain(|_, r| !r.expired(now));
+    if records.len() >= MAX_RECORDS
+        && let Some(stalest) = records
+            .iter()
+            .min_by_key(|(_, r)| (r.pending > 0, r.last))
+            .map(|(key, _)| key.clone())
+    {
+        records.remove(&stalest);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
-    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-
-    #[test]
-    fn delays_grow_from_zero_and_are_capped() {
-        let secs: Vec<u64> = (0..10).map(|n| delay_after(n).as_secs()).collect();
-        assert_eq!(secs, [0, 0, 1, 2, 4, 8, 16, 16, 16, 16]);
-        assert_eq!(delay_after(u32::MAX), MAX_DELAY);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_slow_a_source_down_then_refuse_it_then_expire() {
-        let t = Throttle::new();
-        for _ in 0..FREE_FAILURES {
-            assert_eq!(t.verdict(A), Verdict::Proceed(Duration::ZERO));
-            t.failed(A);
-        }
-        assert_eq!(t.verdict(A), Verdict::Proceed(FIRST_DELAY));
-        assert_eq!(t.verdict(B), Verdict::Proceed(Duration::ZERO), "per source");
-        // admit waits the delay on tokio's clock.
-        let started = Instant::now();
-        t.admit(A).await.unwrap();
-        assert_eq!(started.elapsed(), FIRST_DELAY);
-        t.failed(A);
-        assert_eq!(t.verdict(A), Verdict::Proceed(2 * FIRST_DELAY));
-        tokio::time::advance(Duration::from_millis(1500)).await;
-        assert_eq!(
-            t.verdict(A),
-            Verdict::Proceed(Duration::from_millis(500)),
-            "time already waited counts"
-        );
-        for _ in 3..LOCKOUT_FAILURES {
-            t.failed(A);
-        }
-        assert_eq!(t.verdict(A), Verdict::Refuse(LOCKOUT));
-        assert_eq!(t.admit(A).await, Err(LOCKOUT));
-        t.succeeded(A);
-        assert!(
-            matches!(t.verdict(A), Verdict::Refuse(_)),
-            "a success does not lift a refusal"
-        );
-        tokio::time::advance(LOCKOUT - Duration::from_secs(1)).await;
-        assert_eq!(t.verdict(A), Verdict::Refuse(Duration::from_secs(1)));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(t.verdict(A), Verdict::Proceed(Duration::ZERO));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn success_and_time_clear_failures() {
-        let t = Throttle::new();
-        for _ in 0..5 {
-            t.failed(A);
-        }
-        t.succeeded(A);
-        assert_eq!(t.verdict(A), Verdict::Proceed(Duration::ZERO));
-        assert_eq!(t.tracked(), 0);
-        for _ in 0..5 {
-            t.failed(B);
-        }
-        tokio::time::advance(WINDOW).await;
-        assert_eq!(t.verdict(B), Verdict::Proceed(Duration::ZERO));
-        t.failed(B);
-        assert_eq!(
-            t.verdict(B),
-            Verdict::Proceed(Duration::ZERO),
-            "a new window starts"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn memory_is_bounded() {
-        let t = Throttle::new();
-        for i in 0..(MAX_SOURCES as u32 + 100) {
-            t.failed(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
-        assert_eq!(t.tracked(), MAX_SOURCES);
-    }
-}
+#[path = "throttle_tests.rs"]
+mod tests;

@@ -24,6 +24,15 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
+    /// The proxy's address this client reached (`None` once closed).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            ClientStream::Plain(tcp) => tcp.local_addr().ok(),
+            ClientStream::Tls(tls) => tls.get_ref().0.local_addr().ok(),
+            ClientStream::Closed => None,
+        }
+    }
+
     /// Runs the TLS handshake on the plain connection, by `deadline`. The
     /// caller must already have discarded every byte it read before: only
     /// what arrives through TLS may be taken as the client's.

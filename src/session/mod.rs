@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
-use crate::auth::gate::{Gate, Grant, LoginError};
+use crate::auth::gate::{Gate, Grant, LoginError, Origin};
 use crate::config::{ListenerConfig, Protocol};
 use crate::protocol::Failure;
 use crate::sasl::Credentials;
@@ -82,10 +82,10 @@ impl Context {
     pub async fn login(
         &self,
         credentials: &Credentials,
-        peer: SocketAddr,
+        origin: impl Into<Origin>,
     ) -> Result<Grant, Failure> {
         self.gate
-            .login(credentials, peer)
+            .login(credentials, origin)
             .await
             .map_err(|e| self.failure(e))
     }
@@ -98,6 +98,9 @@ impl Context {
                 Some(page) => format!("{m}; or sign in at {page}"),
                 None => m,
             }),
+            // Not judged: the temporary reply (NO [UNAVAILABLE], -ERR
+            // [SYS/TEMP], 454 4.7.0), so a client retries rather than
+            // asking its user for a new password.
             e @ LoginError::Throttled(_) => Failure::Unavailable(e.to_string()),
             LoginError::Unavailable(m) => Failure::Unavailable(m),
         }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::driver::Session;
-use crate::auth::gate::Grant;
+use crate::auth::gate::{Grant, Origin};
 use crate::config::UpstreamTls;
 use crate::protocol::Failure;
 use crate::sasl::{Credentials, ErrorChallenge};
@@ -80,9 +80,13 @@ impl<U: UpstreamLogin> Session<U> {
         tag: &str,
         credentials: &Credentials,
     ) -> Result<(String, Vec<u8>), Vec<u8>> {
+        let origin = Origin {
+            peer: self.peer,
+            local: self.client.local_addr(),
+        };
         let grant = self
             .ctx
-            .login(credentials, self.peer)
+            .login(credentials, origin)
             .await
             .map_err(|f| U::failure(tag, &f))?;
         let reply = self.authenticate(hello, tag, &grant).await?;

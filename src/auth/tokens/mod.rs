@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
 
-use super::by_address::ByAddress;
+use super::by_address::{ByAddress, Lookup};
 use super::http::HttpClient;
 use super::password::{KdfParams, PasswordDigest};
 use super::vault::{StoreError, TokenStore};
@@ -42,6 +42,18 @@ pub use refresh::{
 };
 use state::{AccountTokens, RefreshState};
 pub use status::{AccountState, AccountStatus};
+
+/// What a name is to the proxy before its password is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// An account, by the name its failed logins count under: its address,
+    /// or a catch-all's name when the catch-all's one `password_hash` is
+    /// what a login tries.
+    Account(String),
+    /// No account: unknown, or a catch-all address without tokens. The
+    /// error says which.
+    NotAnAccount(TokenError),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -182,26 +194,75 @@ impl TokenManager {
         self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The account of `username`: its own, or the entry of the address under
-    /// its domain's catch-all (made on first use).
+    /// The entry of `username`: its own account, or a catch-all address
+    /// that earned one (see [`TokenManager::standing`]).
     fn account(&self, username: &str) -> Result<Arc<AccountTokens>, TokenError> {
-        self.accounts
-            .get(username, AccountTokens::new)
-            .ok_or_else(|| TokenError::UnknownAccount(username.to_owned()))
+        match self.accounts.lookup(username) {
+            Lookup::Found(account) => Ok(account),
+            Lookup::Candidate(_) => Err(not_signed_in(&username.to_lowercase())),
+            Lookup::Unknown => Err(TokenError::UnknownAccount(username.to_owned())),
+        }
     }
 
-    /// What the local page shows: every account (catch-alls as one row, plus
+    /// Where `username` stands before any password is checked, for the
+    /// throttle: an account, or a name that is none. A catch-all address
+    /// earns its entry here when tokens for it are on disk (written by
+    /// `authorize` or a sign-in, perhaps by another process); any other
+    /// address under a catch-all gets none, so probing addresses takes no
+    /// memory and crowds out no one.
+    pub async fn standing(&self, username: &str) -> Standing {
+        let catch_all = match self.accounts.lookup(username) {
+            Lookup::Found(account) => return Standing::Account(account.config.username.clone()),
+            Lookup::Unknown => {
+                return Standing::NotAnAccount(TokenError::UnknownAccount(username.to_owned()));
+            }
+            Lookup::Candidate(catch_all) => catch_all,
+        };
+        if catch_all.password_hash.is_some() {
+            // One password for every address: a guess tries the catch-all's.
+            return Standing::Account(catch_all.username.to_lowercase());
+        }
+        let address = username.to_lowercase();
+        let store = self.store.clone();
+        let name = address.clone();
+        match blocking(move || store.load_entry(&name)).await {
+            Ok(Ok(None)) => Standing::NotAnAccount(not_signed_in(&address)),
+            // Tokens, or a file that cannot be read: the login says which.
+            Ok(Ok(Some(_)) | Err(_)) => {
+                self.accounts.admit(&address, AccountTokens::new);
+                Standing::Account(address)
+            }
+            Err(e) => Standing::NotAnAccount(e),
+        }
+    }
+
+    /// Catch-all addresses with an entry (for tests: probing makes none).
+    pub fn catch_all_addresses(&self) -> usize {
+        self.accounts.known_addresses()
+    }
+
     /// The settings of `username` (an address under a catch-all gets the
-    /// catch-all's, with its own address).
+    /// catch-all's, with its own address). A fixed account named in the
+    /// configuration under a catch-all with a `password_hash` gets its entry
+    /// here: the administrator named it, not a client.
     pub fn account_config(&self, username: &str) -> Option<AccountConfig> {
-        self.account(username).ok().map(|a| a.config.clone())
+        match self.accounts.lookup(username) {
+            Lookup::Found(account) => Some(account.config.clone()),
+            Lookup::Candidate(catch_all) if catch_all.password_hash.is_some() => self
+                .accounts
+                .admit(username, AccountTokens::new)
+                .map(|a| a.config.clone()),
+            Lookup::Candidate(catch_all) => Some(catch_all.for_address(&username.to_lowercase())),
+            Lookup::Unknown => None,
+        }
     }
 
     /// A sign-in outside the login path (the local page) stored new tokens
     /// for `username`: forget the old unlock, cached token and refresh state,
-    /// so the next client login binds its password to the new tokens.
+    /// so the next client login binds its password to the new tokens. A
+    /// catch-all address earns its entry by this.
     pub async fn signed_in(&self, username: &str) {
-        if let Ok(account) = self.account(username) {
+        if let Some(account) = self.accounts.admit(username, AccountTokens::new) {
             let mut state = account.refresh.lock().await;
             account.relock();
             *state = RefreshState::default();
@@ -231,14 +292,37 @@ impl TokenManager {
         username: &str,
         password: &SecretString,
     ) -> Result<SecretString, TokenError> {
-        let account = self.account(username)?;
+        let (account, earns) = match self.accounts.lookup(username) {
+            Lookup::Found(account) => (account, false),
+            // Under a catch-all with a `password_hash`, the right password
+            // earns the address its entry; a wrong one leaves nothing behind.
+            Lookup::Candidate(catch_all) if catch_all.password_hash.is_some() => (
+                AccountTokens::new(catch_all.for_address(&username.to_lowercase())),
+                true,
+            ),
+            Lookup::Candidate(_) => return Err(not_signed_in(&username.to_lowercase())),
+            Lookup::Unknown => return Err(TokenError::UnknownAccount(username.to_owned())),
+        };
         let key = self.unlock(&account, password).await?;
+        let account = match earns {
+            true => {
+                let made = account.clone();
+                self.accounts
+                    .admit(username, move |_| made)
+                    .unwrap_or(account)
+            }
+            false => account,
+        };
         self.token(&account, key).await
     }
 
     /// A valid access token for `username` without a password: for a
     /// delegated account only once a client login unlocked it in this process.
     pub async fn access_token(&self, username: &str) -> Result<SecretString, TokenError> {
+        if self.account(username).is_err() {
+            // A fixed account under a catch-all with a `password_hash`.
+            self.account_config(username);
+        }
         let account = self.account(username)?;
         let key = match (account.sealed, account.current_key()) {
             (false, _) => None,

@@ -1,0 +1,3 @@
+//! What the operating system says about a connection's other end.
+
+pub mod peer_user;
