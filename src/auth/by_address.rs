@@ -142,3 +142,77 @@ impl<T> ByAddress<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Flow, ProviderKind};
+
+    fn account(username: &str, client_id: &str) -> AccountConfig {
+        AccountConfig {
+            username: username.into(),
+            provider: ProviderKind::Office365,
+            tenant: None,
+            client_id: client_id.into(),
+            client_secret: None,
+            flow: Flow::DeviceCode,
+            authorize_url: None,
+            token_url: None,
+            device_code_url: None,
+            scopes: None,
+            password_hash: None,
+            mailbox: None,
+            cloud: None,
+            client_certificate: None,
+            client_key: None,
+        }
+    }
+
+    fn table(client_id: &str) -> ByAddress<AccountConfig> {
+        ByAddress::new(
+            &[
+                account("boss@contoso.com", client_id),
+                account("@contoso.com", client_id),
+            ],
+            Arc::new,
+        )
+    }
+
+    #[test]
+    fn lookups_make_nothing_and_only_admit_makes_an_entry() {
+        let t = table("id");
+        assert!(matches!(t.lookup("Boss@contoso.com"), Lookup::Found(_)));
+        assert!(
+            matches!(t.lookup("new@contoso.com"), Lookup::Candidate(c) if c.username == "@contoso.com")
+        );
+        assert!(matches!(t.lookup("new@fabrikam.com"), Lookup::Unknown));
+        assert!(t.get("new@contoso.com").is_none());
+        assert_eq!(t.known_addresses(), 0);
+        let made = t.admit("New@Contoso.com", Arc::new).unwrap();
+        assert_eq!(made.username, "new@contoso.com");
+        assert!(Arc::ptr_eq(
+            &made,
+            &t.admit("new@contoso.com", Arc::new).unwrap()
+        ));
+        assert!(matches!(t.lookup("NEW@contoso.com"), Lookup::Found(_)));
+        assert!(t.admit("boss@contoso.com", Arc::new).is_some());
+        assert!(t.admit("eve@fabrikam.com", Arc::new).is_none());
+        assert_eq!(
+            t.known_addresses(),
+            1,
+            "the configured account is not a catch-all entry"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_entries_whose_settings_stay() {
+        let old = table("id");
+        let kept = old.admit("new@contoso.com", Arc::new).unwrap();
+        let mut same = table("id");
+        same.carry_over(&old, |a| a);
+        assert!(Arc::ptr_eq(&same.get("new@contoso.com").unwrap(), &kept));
+        let mut changed = table("other-id");
+        changed.carry_over(&old, |a| a);
+        assert_eq!(changed.known_addresses(), 0, "new settings: earned again");
+    }
+}

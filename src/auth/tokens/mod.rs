@@ -212,7 +212,9 @@ impl TokenManager {
     /// memory and crowds out no one.
     pub async fn standing(&self, username: &str) -> Standing {
         let catch_all = match self.accounts.lookup(username) {
-            Lookup::Found(account) => return Standing::Account(account.config.username.clone()),
+            Lookup::Found(account) => {
+                return Standing::Account(account.config.username.to_lowercase());
+            }
             Lookup::Unknown => {
                 return Standing::NotAnAccount(TokenError::UnknownAccount(username.to_owned()));
             }

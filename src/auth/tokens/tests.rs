@@ -406,3 +406,76 @@ async fn a_sealed_account_gives_no_token_without_its_password() {
         "at-1"
     );
 }
+
+fn catch_all_manager(store: &Arc<TokenStore>, phc: Option<&str>) -> TokenManager {
+    let tls = crate::tls::client_config(None).unwrap();
+    let http = HttpClient::new(tls, Duration::from_secs(1)).unwrap();
+    let catch_all = AccountConfig {
+        username: "@contoso.com".into(),
+        ..account(phc)
+    };
+    TokenManager::with_kdf(
+        &[catch_all],
+        http,
+        store.clone(),
+        Duration::from_secs(60),
+        TEST_PARAMS,
+    )
+}
+
+#[tokio::test]
+async fn a_catch_all_address_earns_its_entry_only_with_tokens_or_a_sign_in() {
+    let (_dir, store) = signed_in();
+    let tokens = catch_all_manager(&store, None);
+    // Probing: no tokens, no entry, however many addresses.
+    for i in 0..1000 {
+        let probe = format!("probe{i}@contoso.com");
+        assert_eq!(
+            tokens.standing(&probe).await,
+            Standing::NotAnAccount(not_signed_in(&probe))
+        );
+        assert!(tokens.login(&probe, &pw("x")).await.is_err());
+    }
+    assert_eq!(
+        tokens.standing("a@fabrikam.com").await,
+        Standing::NotAnAccount(TokenError::UnknownAccount("a@fabrikam.com".into()))
+    );
+    assert_eq!(tokens.catch_all_addresses(), 0);
+    // Tokens on disk (`authorize`, perhaps by another process): an account.
+    assert_eq!(
+        tokens.standing("Alice@Contoso.com").await,
+        Standing::Account(USER.into())
+    );
+    assert_eq!(tokens.catch_all_addresses(), 1);
+    tokens.login(USER, &pw("alice-pw")).await.unwrap();
+    // A sign-in finished on the page.
+    tokens.signed_in("bob@contoso.com").await;
+    assert_eq!(
+        tokens.standing("bob@contoso.com").await,
+        Standing::Account("bob@contoso.com".into())
+    );
+    assert_eq!(tokens.catch_all_addresses(), 2);
+    // Not for a name outside every catch-all.
+    tokens.signed_in("eve@fabrikam.com").await;
+    assert_eq!(tokens.catch_all_addresses(), 2);
+}
+
+#[tokio::test]
+async fn under_a_password_hash_catch_all_only_the_right_password_makes_an_entry() {
+    let (_dir, store) = signed_in();
+    let tokens = catch_all_manager(&store, Some(&cheap_phc("shared-pw")));
+    assert_eq!(
+        tokens.standing("x@contoso.com").await,
+        Standing::Account("@contoso.com".into()),
+        "guesses try the catch-all's one password"
+    );
+    assert!(matches!(
+        tokens.login("x@contoso.com", &pw("wrong")).await,
+        Err(TokenError::WrongPassword(_))
+    ));
+    assert_eq!(tokens.catch_all_addresses(), 0);
+    // The right password: its entry (the token request itself fails here:
+    // nothing listens at the token endpoint).
+    let _ = tokens.login(USER, &pw("shared-pw")).await;
+    assert_eq!(tokens.catch_all_addresses(), 1);
+}
