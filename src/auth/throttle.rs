@@ -12,8 +12,12 @@
 //!
 //! An attempt is reserved when it is admitted, before the password is
 //! checked: a success releases the reservation, a judged failure keeps it.
-//! So parallel guesses are counted as they arrive, not after they were
-//! all judged.
+//! Attempts in flight count against the window's [`LOCKOUT_FAILURES`], so
+//! parallel guesses are counted as they arrive, not after they were all
+//! judged: at most that many are ever judged. An attempt that finds the
+//! window taken by attempts in flight waits for one of them to settle (a
+//! client opening many connections with the right password is not held
+//! up for long), at most [`MAX_DELAY`], then gets the temporary reply.
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -21,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::net::peer_user::{self, PeerUser};
@@ -30,9 +35,9 @@ pub const FREE_FAILURES: u32 = 2;
 /// The delay after the first failure beyond the free ones; it doubles with each further one.
 pub const FIRST_DELAY: Duration = Duration::from_secs(1);
 /// The longest delay: guessing stays slow, and a person's next try still
-/// comes well within clients' login timeouts (30 s and more). An attempt
-/// that would have to wait longer (parallel attempts queue behind each
-/// other) is refused for now instead.
+/// comes well within clients' login timeouts (30 s and more). Also how
+/// long an attempt waits for a place when attempts in flight fill the
+/// window, before it is refused for now.
 pub const MAX_DELAY: Duration = Duration::from_secs(16);
 /// This many failures within [`WINDOW`] refuse the (source, account) for
 /// [`LOCKOUT`]: more than any person mistyping, few enough that guessing
@@ -98,8 +103,8 @@ struct Record {
     /// are settled.
     pending: u32,
     window_start: Instant,
-    /// When the latest attempt was allowed to start, or failed: the next
-    /// one's delay counts from here.
+    /// The latest judged failure (or success): the next attempt's delay
+    /// counts from here.
     last: Instant,
     locked_until: Option<Instant>,
 }
@@ -135,6 +140,9 @@ type Identify = Arc<dyn Fn(SocketAddr, SocketAddr) -> Option<PeerUser> + Send + 
 
 pub struct Throttle {
     records: Mutex<HashMap<Key, Record>>,
+    /// Woken whenever an attempt settles: attempts waiting for a place in
+    /// a full window look again.
+    settled: Notify,
     /// `None`: ask the OS (`net::peer_user`), on a blocking thread.
     identify: RwLock<Option<Identify>>,
 }
@@ -143,6 +151,7 @@ impl Default for Throttle {
     fn default() -> Throttle {
         Throttle {
             records: Mutex::new(HashMap::new()),
+            settled: Notify::new(),
             identify: RwLock::new(None),
         }
     }
@@ -201,6 +210,14 @@ impl Drop for Reservation {
     }
 }
 
+/// Why an attempt finds no place.
+enum Full {
+    /// Refused for this long.
+    Locked(Duration),
+    /// Attempts in flight take what is left of the window.
+    InFlight,
+}
+
 enum Settled {
     Success,
     Failure,
@@ -245,38 +262,42 @@ impl Throttle {
     }
 
     /// Admits an attempt of `source` at `subject` after its delay, counting
-    /// it at once; `Err(retry_after)` while refused, and when the attempts
-    /// already in flight fill what the window allows or would make this one
-    /// wait longer than [`MAX_DELAY`].
+    /// it at once; `Err(retry_after)` while refused, and when attempts in
+    /// flight keep the window full for longer than [`MAX_DELAY`].
     pub async fn admit(
         self: &Arc<Self>,
         source: Source,
         subject: Subject,
     ) -> Result<Reservation, Duration> {
         let key = (source, subject);
-        let start = self.reserve(&key)?;
+        let give_up = Instant::now() + MAX_DELAY;
+        let start = loop {
+            // Registered before looking, so a settle in between is not missed.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.reserve(&key) {
+                Ok(start) => break start,
+                Err(Full::Locked(left)) => return Err(left),
+                Err(Full::InFlight) => {
+                    if tokio::time::timeout_at(give_up, settled).await.is_err() {
+                        return Err(MAX_DELAY);
+                    }
+                }
+            }
+        };
         let reservation = Reservation {
             throttle: self.clone(),
             key: Some(key),
         };
         if start > Instant::now() {
             tokio::time::sleep_until(start).await;
-            // A refusal may have started while this attempt waited.
-            let key = reservation.key.as_ref().expect("unsettled");
-            let locked = self
-                .records
-                .lock()
-                .get(key)
-                .and_then(|r| r.locked(Instant::now()));
-            if let Some(left) = locked {
-                return Err(left);
-            }
         }
         Ok(reservation)
     }
 
     /// Counts an attempt on `key`; `Ok(when it may start)`.
-    fn reserve(&self, key: &Key) -> Result<Instant, Duration> {
+    fn reserve(&self, key: &Key) -> Result<Instant, Full> {
         let now = Instant::now();
         let mut records = self.records.lock();
         if !records.contains_key(key) && records.len() >= MAX_RECORDS {
@@ -289,28 +310,24 @@ impl Throttle {
             *record = Record::new(now);
         }
         if let Some(left) = record.locked(now) {
-            return Err(left);
+            return Err(Full::Locked(left));
         }
-        let prior = record.failures + record.pending;
-        if prior >= LOCKOUT_FAILURES {
-            // The window's attempts are all in flight: their outcome decides.
-            return Err(MAX_DELAY);
+        if record.failures + record.pending >= LOCKOUT_FAILURES {
+            // What is left of the window is in flight: its outcome decides.
+            return Err(Full::InFlight);
         }
-        // The delay counts from the last failure or start: a person who
-        // waited is not held again; parallel attempts queue behind each other.
-        let start = (record.last + delay_after(prior)).max(now);
-        if start - now > MAX_DELAY {
-            return Err(start - now);
-        }
-        record.last = start;
         record.pending += 1;
-        Ok(start)
+        // The delay counts from the last failure: a person who waited is
+        // not held again.
+        Ok((record.last + delay_after(record.failures)).max(now))
     }
 
     fn settle(&self, key: &Key, settled: Settled) {
         let now = Instant::now();
         let mut records = self.records.lock();
         let Some(record) = records.get_mut(key) else {
+            drop(records);
+            self.settled.notify_waiters();
             return;
         };
         record.pending = record.pending.saturating_sub(1);
@@ -324,7 +341,7 @@ impl Throttle {
             }
             Settled::Failure => {
                 record.failures += 1;
-                record.last = record.last.max(now);
+                record.last = now;
                 let (source, subject) = key;
                 if record.failures >= LOCKOUT_FAILURES {
                     record.locked_until = Some(now + LOCKOUT);
@@ -344,6 +361,8 @@ impl Throttle {
         if record.empty(now) {
             records.remove(key);
         }
+        drop(records);
+        self.settled.notify_waiters();
     }
 
     /// Records kept (for status and tests).

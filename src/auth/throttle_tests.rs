@@ -7,6 +7,19 @@ fn alice() -> Subject {
     Subject::Account("alice@contoso.com".into())
 }
 
+trait Outcome {
+    fn is_ok_or_positive_wait(&self) -> bool;
+}
+
+impl Outcome for Result<(), Duration> {
+    fn is_ok_or_positive_wait(&self) -> bool {
+        match self {
+            Ok(()) => true,
+            Err(wait) => *wait > Duration::ZERO,
+        }
+    }
+}
+
 fn throttle() -> Arc<Throttle> {
     Arc::new(Throttle::new())
 }
@@ -95,26 +108,48 @@ async fn success_and_time_clear_failures() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn parallel_attempts_are_counted_as_they_arrive() {
+async fn parallel_guesses_are_counted_as_they_arrive() {
     let t = throttle();
     let a = Source::Address(A);
-    let mut admitted = Vec::new();
-    let mut refused = 0;
+    let mut guesses = tokio::task::JoinSet::new();
     for _ in 0..60 {
-        match t.reserve(&(a.clone(), alice())) {
-            Ok(start) => admitted.push(start),
-            Err(wait) => {
-                assert!(wait > Duration::ZERO);
-                refused += 1;
-            }
-        }
+        let (t, a) = (t.clone(), a.clone());
+        guesses.spawn(async move {
+            let attempt = t.admit(a, alice()).await?;
+            // Judging takes a moment: all 60 arrive before any is judged.
+            tokio::task::yield_now().await;
+            attempt.failed();
+            Ok::<(), Duration>(())
+        });
     }
-    // 0, 0, 1, 3, 7, 15 s from now: the seventh would wait 31 s.
-    let now = Instant::now();
-    let waits: Vec<u64> = admitted.iter().map(|s| (*s - now).as_secs()).collect();
-    assert_eq!(waits, [0, 0, 1, 3, 7, 15]);
-    assert_eq!(refused, 54);
-    assert!(admitted.len() as u32 <= LOCKOUT_FAILURES);
+    let outcomes = guesses.join_all().await;
+    let judged = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(judged as u32, LOCKOUT_FAILURES, "never more judged");
+    assert!(
+        outcomes.iter().all(|o| o.is_ok_or_positive_wait()),
+        "the rest: the temporary reply with a wait"
+    );
+    assert_eq!(t.admit(a, alice()).await.unwrap_err(), LOCKOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_connections_with_the_right_password_all_get_in_at_once() {
+    let t = throttle();
+    let a = Source::Address(A);
+    let started = Instant::now();
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (t, a) = (t.clone(), a.clone());
+        logins.spawn(async move {
+            let attempt = t.admit(a, alice()).await?;
+            tokio::task::yield_now().await;
+            attempt.succeeded();
+            Ok::<(), Duration>(())
+        });
+    }
+    assert!(logins.join_all().await.iter().all(Result::is_ok));
+    assert_eq!(started.elapsed(), Duration::ZERO, "waited for places only");
+    assert_eq!(t.tracked(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -122,10 +157,9 @@ async fn in_flight_attempts_fill_the_window_and_settle_one_by_one() {
     let t = throttle();
     let a = Source::Address(A);
     let mut held = Vec::new();
-    // Sequential starts (each after its delay), none settled yet.
+    // None settled yet: the eleventh waits for a place, then gives up.
     while let Ok(r) = t.admit(a.clone(), alice()).await {
         held.push(r);
-        tokio::time::advance(MAX_DELAY).await;
     }
     assert_eq!(held.len() as u32, LOCKOUT_FAILURES, "never more in flight");
     // Not judged (dropped): released, one more may go.
