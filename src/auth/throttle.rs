@@ -240,11 +240,12 @@ impl Throttle {
     }
 
     /// Who the client at `peer`, connected to the proxy's `local`, counts
-    /// as: its local user on loopback when the OS tells it, else its address.
+    /// as: its local user when it runs on this machine (loopback, or the
+    /// machine's own address) and the OS tells it, else its address.
     pub async fn source(&self, peer: SocketAddr, local: Option<SocketAddr>) -> Source {
         let ip = peer.ip().to_canonical();
         if let Some(local) = local
-            && ip.is_loopback()
+            && peer_user::from_this_machine(local, peer)
         {
             let identify = self.identify.read().clone();
             let user = match identify {

@@ -234,6 +234,13 @@ async fn a_loopback_client_counts_as_its_local_user_when_known() {
         "an IPv4-mapped loopback client too"
     );
     assert_eq!(t.source(lan, Some(local)).await, Source::Address(lan.ip()));
+    let own: SocketAddr = "192.0.2.1:143".parse().unwrap();
+    let from_own: SocketAddr = "192.0.2.1:50000".parse().unwrap();
+    assert_eq!(
+        t.source(from_own, Some(own)).await,
+        Source::LocalUser(PeerUser::Uid(1000)),
+        "a local client that dialled the machine's own address"
+    );
     let unknown: SocketAddr = "127.0.0.1:50001".parse().unwrap();
     assert_eq!(
         t.source(unknown, Some(local)).await,

@@ -1,5 +1,5 @@
-//! Which local user opened a loopback connection, where the operating
-//! system tells it: the throttle keys a loopback client's failed logins by
+//! Which local user opened a connection from this machine (loopback, or to
+//! the machine's own address), where the operating system tells it: the throttle keys a loopback client's failed logins by
 //! that user, because on loopback every client has the address `127.0.0.1`.
 //!
 //! - Linux: the owner uid of the client's socket in `/proc/net/tcp{,6}`
@@ -44,10 +44,18 @@ impl std::fmt::Display for PeerUser {
 /// proxy's `local` address, if the OS tells it. Blocking (it reads a
 /// kernel table): call it off the async threads.
 pub fn owner(local: SocketAddr, peer: SocketAddr) -> Option<PeerUser> {
-    if !peer.ip().to_canonical().is_loopback() {
+    if !from_this_machine(local, peer) {
         return None;
     }
     os::owner(local, peer)
+}
+
+/// Whether the client at `peer` runs on this machine: a loopback address,
+/// or the proxy's own address (a local client that dialled the machine's
+/// network address).
+pub fn from_this_machine(local: SocketAddr, peer: SocketAddr) -> bool {
+    let peer = peer.ip().to_canonical();
+    peer.is_loopback() || peer == local.ip().to_canonical()
 }
 
 /// One socket of `/proc/net/tcp` or `/proc/net/tcp6`.

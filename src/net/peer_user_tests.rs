@@ -184,7 +184,25 @@ fn the_client_end_is_found_not_the_server_end_or_a_closed_one() {
 }
 
 #[test]
-fn only_loopback_peers_are_looked_up() {
+fn only_clients_on_this_machine_are_looked_up() {
+    let table: &[(&str, &str, bool)] = &[
+        ("127.0.0.1:143", "127.0.0.1:50000", true),
+        ("127.0.0.1:143", "127.8.9.10:50000", true),
+        ("[::1]:143", "[::1]:50000", true),
+        ("[::]:143", "[::ffff:127.0.0.1]:50000", true),
+        ("192.0.2.1:143", "192.0.2.1:50000", true),
+        ("[::ffff:192.0.2.1]:143", "192.0.2.1:50000", true),
+        ("192.0.2.1:143", "192.0.2.7:50000", false),
+        ("[2001:db8::1]:143", "[2001:db8::2]:50000", false),
+    ];
+    for (local, peer, want) in table {
+        let (local, peer) = (local.parse().unwrap(), peer.parse().unwrap());
+        assert_eq!(from_this_machine(local, peer), *want, "{local} <- {peer}");
+    }
+}
+
+#[test]
+fn other_machines_are_not_looked_up() {
     assert_eq!(
         owner(v4([127, 0, 0, 1], 143), v4([192, 0, 2, 1], 50000)),
         None
