@@ -182,6 +182,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             xoauth2_proxy::run(config, xoauth2_proxy::stop_signal(), reloads).await
         }
         Command::Doctor => {
+            // The folder of the logs to check, as `run` would take it.
+            if let Some(dir) = &cli.log_dir {
+                config.proxy.log_dir = Some(dir.clone());
+            }
             let findings = xoauth2_proxy::doctor::check(&config, |f| println!("{f}")).await;
             let problems = findings
                 .iter()
