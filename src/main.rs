@@ -24,6 +24,7 @@ struct Cli {
     log: String,
     /// `run`: log to daily files in this directory instead of stderr (the
     /// service definitions set it); overrides `log_dir` of the configuration.
+    /// `doctor`: the log folder to check.
     #[arg(long, global = true)]
     log_dir: Option<PathBuf>,
     /// Tokens and runtime state; overrides `state_dir` of the configuration
