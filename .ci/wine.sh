@@ -191,6 +191,59 @@ imap.logout()
 PY
 }
 
+# permissions_check: the data folder, token folder and token files are
+# protected (src/fs_secure.rs), as far as wine can show it. Their writers
+# (authorize, the service) set the DACL with SetNamedSecurityInfoW and fail
+# when it fails, so their success says it was accepted. Whether it was kept:
+# `doctor` reads each DACL back with GetNamedSecurityInfoW, in another
+# process. Upstream wine (8.0 here) keeps no security descriptor for files:
+# it maps a DACL onto the Unix mode and makes one up from the mode when
+# asked (SYSTEM full control, the owner from the user bits, Everyone from the
+# other bits; no Administrators, no protected flag), and a DACL without
+# Everyone does not clear the other bits. Wine-staging stores the real one
+# as the extended attribute user.wine.sd: only with it is "protected"
+# asserted; without, the check says so and asserts what wine can show.
+permissions_check() {
+  local c="$WINEPREFIX/drive_c" rc=0 kept
+  local data="$c/ProgramData/xoauth2-proxy"
+  wx 120 doctor --config "$CONF_WIN" --state-dir "$DATA_WIN" --log-dir "$DATA_WIN\\logs" \
+    >"$RUN/doctor.log" 2>&1 || rc=$?
+  sed 's/^/#   /' "$RUN/doctor.log"
+  kept=$(python3 - "$data" "$data/tokens" "$data"/tokens/* <<'PY'
+import os, sys
+def has(p):
+    try:
+        return "user.wine.sd" in os.listxattr(p)
+    except OSError:
+        return False
+print(sum(has(p) for p in sys.argv[1:]))
+PY
+  )
+  log "Unix modes wine mapped the DACLs onto: $(stat -c '%a %n' "$data" "$data/tokens" "$data"/tokens/* "$data/logs" | sed "s|$c/||" | paste -sd ',')"
+  grep -aq "user@example.test: signed in" "$RUN/doctor.log" ||
+    die "doctor under wine does not see the sealed tokens (exit $rc)"
+  if [[ "$kept" == 0 ]]; then
+    log "this wine keeps no security descriptor for files (no user.wine.sd): the DACLs were set"
+    log "(SetNamedSecurityInfoW succeeded in authorize and the service) but cannot be read back;"
+    log "doctor's read-back was shown to work on the folder before (Everyone reported)"
+    ok "permissions under wine: DACLs set without error; wine cannot keep them, nothing more to assert"
+    return 0
+  fi
+  log "security descriptors wine keeps as user.wine.sd: $kept (data folder, token folder, token files)"
+  local f
+  for f in "state folder" "token folder" "log folder"; do
+    grep -aq "^ok: *$f .*: protected" "$RUN/doctor.log" ||
+      die "doctor does not report the $f protected (exit $rc)"
+  done
+  grep -aqE "^ok: *[0-9]+ token or key file\(s\): protected" "$RUN/doctor.log" ||
+    die "doctor does not report the token files protected (exit $rc)"
+  if grep -aE "^PROBLEM: (state|token|certificate|log) (folder|file)|^PROBLEM: TLS key" "$RUN/doctor.log"; then
+    die "doctor finds a folder or file others can read"
+  fi
+  ((rc == 0)) || die "doctor found problems (exit $rc)"
+  ok "doctor: the data, token and log folders and the token files are protected (DACL read back)"
+}
+
 main() {
   local t0=$SECONDS
   cd "$ROOT"
@@ -290,6 +343,16 @@ EOF
     die "check-config under wine: $(tail -n 3 "$RUN/check-config.log")"
   ok "check-config: $(tail -n 1 "$RUN/check-config.log")"
 
+  # The data folder as an administrator makes it by hand (here: from the
+  # Linux side): what doctor says before the proxy has touched it.
+  # Wine makes its DACL up from the mode (0755): Everyone may read. doctor
+  # must say so (it reads the DACL back with GetNamedSecurityInfoW).
+  chmod 755 "$data"
+  wx 120 doctor --config "$CONF_WIN" --state-dir "$DATA_WIN" >"$RUN/doctor-before.log" 2>&1 || true
+  grep -aq "^PROBLEM: state folder .*Everyone (S-1-1-0) may read it" "$RUN/doctor-before.log" ||
+    die "doctor does not report the data folder readable by Everyone: $(grep -a 'state folder' "$RUN/doctor-before.log")"
+  ok "doctor reads a DACL back: $(grep -a '^PROBLEM: state folder' "$RUN/doctor-before.log" | cut -c1-110)…"
+
   # Sign in the way the README says (device flow; the fake approves it).
   wx 120 authorize "$ACCOUNT" --device --config "$CONF_WIN" --state-dir "$DATA_WIN" \
     >"$RUN/authorize.log" 2>&1 || die "authorize: $(tail -n 3 "$RUN/authorize.log")"
@@ -308,6 +371,8 @@ EOF
 
   imap_check fetch >"$RUN/imap.out" 2>&1 || die "IMAP through the service: $(cat "$RUN/imap.out")"
   ok "imaplib through the service: $(tail -n 1 "$RUN/imap.out")"
+
+  permissions_check
 
   wine_cmd 90 net stop "$SERVICE" >"$RUN/net.log" 2>&1 ||
     die "net stop $SERVICE: $(tail -n 3 "$RUN/net.log")"

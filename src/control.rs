@@ -70,7 +70,7 @@ pub fn listen(state_dir: &Path, sender: mpsc::UnboundedSender<Request>) -> Contr
     let path = socket_path(state_dir);
     let bound = (|| -> std::io::Result<tokio::net::UnixListener> {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(state_dir)?;
+        crate::fs_secure::private_dir(state_dir)?;
         // A socket left by a proxy that did not stop cleanly.
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;

@@ -2,8 +2,10 @@
 //! and for each problem what to do about it. The configuration was already
 //! loaded and validated; this reaches out: each upstream (name, TCP, TLS,
 //! greeting), each token endpoint (any HTTP answer will do: nothing is
-//! sent but a GET), and each account's tokens on disk.
+//! sent but a GET), each account's tokens on disk, and who else can read
+//! the folders and files that hold tokens, the local TLS key and the logs.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::auth::provider::endpoints;
@@ -188,5 +190,208 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             ))),
         }
     }
+    for finding in permissions(config) {
+        note(finding);
+    }
     findings
+}
+
+/// The folders, then the files, that hold secrets (tokens, the local TLS
+/// key) or logs, as far as they exist: `(path, is a folder, what it is)`.
+fn private_paths(config: &Config) -> Vec<(PathBuf, bool, &'static str)> {
+    let state = config.state_dir();
+    let tokens = TokenStore::new(&state).dir().to_owned();
+    let certs = state.join("certs");
+    let mut dirs = vec![
+        (state.clone(), "state folder"),
+        (tokens.clone(), "token folder"),
+        (certs.clone(), "certificate folder"),
+        // The Windows service's logs in the README's layout.
+        (state.join("logs"), "log folder"),
+    ];
+    if let Some(logs) = &config.proxy.log_dir {
+        dirs.push((logs.clone(), "log folder"));
+    }
+    let mut found: Vec<(PathBuf, bool, &'static str)> = Vec::new();
+    for (path, what) in dirs {
+        if path.is_dir() && !found.iter().any(|(p, ..)| *p == path) {
+            found.push((path, true, what));
+        }
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&tokens)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut found_files: Vec<(PathBuf, bool, &'static str)> = files
+        .into_iter()
+        .map(|p| (p, false, "token file"))
+        .collect();
+    let key = config
+        .proxy
+        .key_file
+        .clone()
+        .unwrap_or_else(|| certs.join(crate::tls::local_cert::KEY_FILE_NAME));
+    if key.is_file() {
+        found_files.push((key, false, "TLS key"));
+    }
+    found.extend(found_files);
+    found
+}
+
+/// Who else can read each of [`private_paths`]: an `Ok` per folder and one
+/// for all the files that are fine, a `Problem` per path others can read,
+/// with the command that closes it.
+pub(crate) fn permissions(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut files_ok = 0;
+    for (path, is_dir, what) in private_paths(config) {
+        match crate::fs_secure::exposure(&path) {
+            Ok(found) if found.is_empty() && is_dir => findings.push(Finding::Ok(format!(
+                "{what} {}: {}",
+                path.display(),
+                crate::fs_secure::PRIVATE
+            ))),
+            Ok(found) if found.is_empty() => files_ok += 1,
+            Ok(found) => findings.push(Finding::Problem(format!(
+                "{what} {}: {}: {}",
+                path.display(),
+                found.join("; "),
+                crate::fs_secure::how_to_fix(&path, is_dir)
+            ))),
+            Err(e) => findings.push(Finding::Problem(format!(
+                "{what} {}: cannot read its permissions ({e}): run doctor as the proxy's user \
+                 (or as administrator)",
+                path.display()
+            ))),
+        }
+    }
+    if files_ok > 0 {
+        findings.push(Finding::Ok(format!(
+            "{files_ok} token or key file(s): {}",
+            crate::fs_secure::PRIVATE
+        )));
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Whether `path` is one of the folders or files doctor checks.
+    fn checked(config: &Config, path: &Path) -> bool {
+        private_paths(config).iter().any(|(p, ..)| p == path)
+    }
+
+    fn tokens() -> crate::auth::vault::StoredTokens {
+        crate::auth::vault::StoredTokens {
+            access_token: Some(secrecy::SecretString::from("at".to_owned())),
+            refresh_token: Some(secrecy::SecretString::from("rt".to_owned())),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn what_the_proxy_writes_is_reported_private() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let logs = root.path().join("logs");
+        let config = config(&state, &logs);
+        let store = TokenStore::new(&state);
+        store.save("alice@contoso.com", &tokens()).unwrap();
+        crate::fs_secure::private_dir(&logs).unwrap();
+        assert!(checked(&config, &store.path_for("alice@contoso.com")));
+        assert!(checked(&config, &logs));
+        let findings = permissions(&config);
+        assert_eq!(problems(&findings), Vec::<String>::new(), "{findings:?}");
+        // state, tokens, logs; and the one token file.
+        assert_eq!(findings.len(), 4, "{findings:?}");
+    }
+
+    fn config(state_dir: &Path, log_dir: &Path) -> Config {
+        let text = format!(
+            r#"
+[proxy]
+state_dir = '{}'
+log_dir = '{}'
+
+[[listener]]
+protocol = "imap"
+listen = "127.0.0.1:1143"
+upstream = "outlook.office365.com:993"
+upstream_tls = "implicit"
+
+[[account]]
+username = "alice@contoso.com"
+provider = "office365"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000000"
+"#,
+            state_dir.display(),
+            log_dir.display()
+        );
+        Config::parse(&text, Path::new("proxy.toml")).unwrap()
+    }
+
+    fn problems(findings: &[Finding]) -> Vec<String> {
+        findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::Problem(m) => Some(m.clone()),
+                Finding::Ok(_) => None,
+            })
+            .collect()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_and_folders_others_can_read_are_reported_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let logs = root.path().join("logs");
+        let config = config(&state, &logs);
+        let store = TokenStore::new(&state);
+        let tokens = tokens();
+        store.save("alice@contoso.com", &tokens).unwrap();
+        crate::fs_secure::private_dir(&logs).unwrap();
+        let token_file = store.path_for("alice@contoso.com");
+
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(&state, 0o755).unwrap();
+        mode(&token_file, 0o644).unwrap();
+        mode(&logs, 0o750).unwrap();
+        let found = problems(&permissions(&config));
+        assert_eq!(found.len(), 3, "{found:?}");
+        let about = |path: &Path| {
+            found
+                .iter()
+                .find(|m| m.contains(&format!("{}:", path.display())))
+                .unwrap_or_else(|| panic!("{} not reported: {found:?}", path.display()))
+                .clone()
+        };
+        let state_line = about(&state);
+        assert!(state_line.starts_with("state folder"), "{state_line}");
+        assert!(state_line.contains("mode 0755"), "{state_line}");
+        assert!(state_line.contains("chmod 700"), "{state_line}");
+        let token_line = about(&token_file);
+        assert!(token_line.starts_with("token file"), "{token_line}");
+        assert!(token_line.contains("mode 0644"), "{token_line}");
+        assert!(token_line.contains("chmod 600"), "{token_line}");
+        assert!(about(&logs).contains("mode 0750"));
+
+        // The next write makes the store's folders owner-only again.
+        TokenStore::new(&state)
+            .save("alice@contoso.com", &tokens)
+            .unwrap();
+        let found = problems(&permissions(&config));
+        assert_eq!(found.len(), 1, "only the log folder is left: {found:?}");
+    }
 }

@@ -15,6 +15,7 @@
 //! - [`net`]: what the OS says of a connection's other end (the local user of a loopback client).
 //! - [`auth`]: the login gate, accounts, the token store, token refresh and sign-in flows.
 //! - `escape`: the one HTML/XML escape.
+//! - `fs_secure`: owner-only folders and files (Unix modes, Windows protected DACLs), read back for `doctor`.
 //! - [`tls`]: rustls configurations (ring provider) and the local certificate.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod control;
 pub mod doctor;
 pub mod drain;
 pub(crate) mod escape;
+pub(crate) mod fs_secure;
 pub mod health;
 pub mod listener;
 pub mod logging;

@@ -30,10 +30,15 @@ pub fn to_stderr(default: &str) {
         .try_init();
 }
 
-/// Daily-rotated files in `dir` (created if missing), keeping `keep` files.
+/// Daily-rotated files in `dir` (created if missing, and made owner-only:
+/// log lines name accounts and client addresses), keeping `keep` files.
 pub(crate) fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFileAppender> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", dir.display()))?;
+    crate::fs_secure::private_dir(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the log directory {} (owner-only): {e}",
+            dir.display()
+        )
+    })?;
     Builder::new()
         .rotation(Rotation::DAILY)
         .filename_prefix(FILE_PREFIX)

@@ -24,6 +24,7 @@ struct Cli {
     log: String,
     /// `run`: log to daily files in this directory instead of stderr (the
     /// service definitions set it); overrides `log_dir` of the configuration.
+    /// `doctor`: the log folder to check.
     #[arg(long, global = true)]
     log_dir: Option<PathBuf>,
     /// Tokens and runtime state; overrides `state_dir` of the configuration
@@ -182,6 +183,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             xoauth2_proxy::run(config, xoauth2_proxy::stop_signal(), reloads).await
         }
         Command::Doctor => {
+            // The folder of the logs to check, as `run` would take it.
+            if let Some(dir) = &cli.log_dir {
+                config.proxy.log_dir = Some(dir.clone());
+            }
             let findings = xoauth2_proxy::doctor::check(&config, |f| println!("{f}")).await;
             let problems = findings
                 .iter()

@@ -21,6 +21,19 @@ fn problems(findings: &[Finding]) -> Vec<String> {
         .collect()
 }
 
+/// A state folder as the proxy leaves it, owner-only (tempfile makes it
+/// 0755, which doctor reports): these tests are about other problems.
+fn private_state_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+    }
+    dir
+}
+
 #[tokio::test]
 async fn a_working_setup_has_no_problems() {
     let pki = TestPki::new();
@@ -60,7 +73,7 @@ async fn a_working_setup_has_no_problems() {
 #[tokio::test]
 async fn each_problem_is_reported_with_what_to_do_and_the_exit_fails() {
     let pki = TestPki::new();
-    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = private_state_dir();
     let upstream = dead_addr().await;
     let token_base = format!("http://{}", dead_addr().await);
     // Not signed in: nothing seeded.
@@ -107,7 +120,7 @@ async fn app_only_and_catch_all_accounts_are_checked_for_what_they_are() {
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;
     let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
-    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = private_state_dir();
     tokens.state.set_expected_client_secret(Some("app-s3cret"));
     let phc = xoauth2_proxy::auth::password::hash_password(b"relay-pw").unwrap();
     let mut text = config_text(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers, bottom first; the same table as ARCHITECTURE.md's "Layers".
 const LAYERS: &[&[&str]] = &[
-    &["config"],
+    &["config", "fs_secure"],
     &[
         "sasl", "tls", "health", "drain", "logging", "control", "escape", "store", "net",
     ],

@@ -16,10 +16,10 @@
 //!   are bound to the ciphertext as associated data.
 
 use parking_lot::Mutex;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -311,6 +311,11 @@ pub struct TokenStore {
     /// Writers in other processes are kept out by [`TokenStore::lock`].
     write_lock: Mutex<()>,
     counter: AtomicU64,
+    /// The state and token folders were made owner-only by this store (at
+    /// its first write); after that a write only re-creates a missing one.
+    /// Once, because on Windows setting a folder's DACL rewrites the
+    /// inherited ACEs of everything inside it.
+    secured: AtomicBool,
 }
 
 /// The advisory lock file, beside the token directory (`state_dir`), so the
@@ -362,6 +367,7 @@ impl TokenStore {
             dir: state_dir.join("tokens"),
             write_lock: Mutex::new(()),
             counter: AtomicU64::new(0),
+            secured: AtomicBool::new(false),
         }
     }
 
@@ -592,31 +598,33 @@ impl TokenStore {
         }
     }
 
+    /// Creates the token folder, and on the first call makes it and the state
+    /// folder (which holds the lock file, and on Windows often the
+    /// configuration) owner-only: Unix 0700, a protected DACL on Windows.
     fn ensure_dir(&self) -> Result<(), StoreError> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
+        if self.secured.load(Ordering::Acquire) && self.dir.is_dir() {
+            return Ok(());
         }
-        builder.create(&self.dir).map_err(|source| StoreError::Io {
-            action: "create",
-            path: self.dir.clone(),
-            source,
-        })
+        let secure = |path: &Path| {
+            crate::fs_secure::private_dir(path).map_err(|source| StoreError::Io {
+                action: "create",
+                path: path.to_owned(),
+                source,
+            })
+        };
+        if let Some(state_dir) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            secure(state_dir)?;
+        }
+        secure(&self.dir)?;
+        self.secured.store(true, Ordering::Release);
+        Ok(())
     }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|e| ("create", e))?;
+    // Owner-only from creation (a protected DACL on Windows), so the file
+    // the rename puts in place is too: a rename keeps a file's security.
+    let mut file = crate::fs_secure::create_private_file(path).map_err(|e| ("create", e))?;
     file.write_all(bytes).map_err(|e| ("write", e))?;
     file.sync_all().map_err(|e| ("sync", e))
 }

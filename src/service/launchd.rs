@@ -109,13 +109,13 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
     };
     match action {
         Action::Install => {
-            for dir in [paths.plist.parent(), Some(paths.logs.as_path())]
-                .into_iter()
-                .flatten()
-            {
+            if let Some(dir) = paths.plist.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
             }
+            // The logs name accounts and client addresses: owner-only.
+            crate::fs_secure::private_dir(&paths.logs)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", paths.logs.display()))?;
             if loaded() {
                 super::checked("launchctl", &["bootout", &target])?;
             }

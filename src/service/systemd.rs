@@ -140,7 +140,7 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
             }
             if !d.system {
                 // ReadWritePaths needs the directory to exist.
-                std::fs::create_dir_all(&d.state_dir)
+                crate::fs_secure::private_dir(&d.state_dir)
                     .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.state_dir.display()))?;
             }
             std::fs::write(&path, unit_text(d))

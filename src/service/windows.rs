@@ -251,9 +251,12 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
                 (None, Some(_)) => d.state_dir.clone(),
                 (None, None) => program_data(),
             };
+            // %ProgramData% lets every local user read what is inside: the
+            // service's folders get a protected DACL (SYSTEM, Administrators).
             for dir in [program_data().join("logs"), state_dir.clone()] {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                crate::fs_secure::private_dir(&dir).map_err(|e| {
+                    anyhow::anyhow!("cannot create {} (owner-only): {e}", dir.display())
+                })?;
             }
             let info = ServiceInfo {
                 name: NAME.into(),

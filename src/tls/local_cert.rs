@@ -155,11 +155,10 @@ impl CertSource {
             });
         }
         let (cert_pem, key_pem) = generate(&self.names, now)?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| CertError::Write {
+        crate::fs_secure::private_dir(&self.dir).map_err(|e| CertError::Write {
             path: self.dir.clone(),
             reason: e.to_string(),
         })?;
-        restrict_dir(&self.dir);
         // The key first: a certificate on disk without its key would be
         // reloaded as a mismatch and replaced anyway, but never half-used.
         write_atomic(&key_path, key_pem.as_bytes(), true)?;
@@ -232,7 +231,8 @@ fn to_offset(t: SystemTime) -> Result<time::OffsetDateTime, CertError> {
         .map_err(|e| CertError::Generate(e.to_string()))
 }
 
-/// Temp file, fsync, rename; `secret` files are owner-only from creation.
+/// Temp file, fsync, rename; `secret` files are owner-only from creation
+/// (a protected DACL on Windows, which the rename keeps).
 fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
     let err = |e: std::io::Error| CertError::Write {
         path: path.to_owned(),
@@ -240,30 +240,24 @@ fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError
     };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if secret { 0o600 } else { 0o644 });
+    let mut file = if secret {
+        crate::fs_secure::create_private_file(&tmp)
+    } else {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // The certificate is public: mail clients may be pointed at it.
+            options.mode(0o644);
+        }
+        options.open(&tmp)
     }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(&tmp).map_err(err)?;
+    .map_err(err)?;
     file.write_all(bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(err)
-}
-
-fn restrict_dir(dir: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 /// What `cert show` and the reuse check need from a certificate.
