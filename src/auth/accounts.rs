@@ -89,6 +89,8 @@ mod tests {
             cloud: None,
             client_certificate: None,
             client_key: None,
+            verify_identity: None,
+            catch_all: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
             ("alice@contoso.com", "pw", Ok(())),
@@ -124,6 +126,8 @@ mod tests {
             cloud: None,
             client_certificate: None,
             client_key: None,
+            verify_identity: None,
+            catch_all: None,
         }
     }
 
