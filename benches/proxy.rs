@@ -131,9 +131,19 @@ async fn run(sizes: Sizes) {
             "authorize",
             USER,
             "--device",
+            "--password-stdin",
         ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .status()
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            // The local password is chosen at sign-in; the logins below use it.
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            writeln!(stdin, "{PASSWORD}")?;
+            drop(stdin);
+            child.wait()
+        })
         .expect("run authorize");
     assert!(status.success(), "authorize failed");
 

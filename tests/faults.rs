@@ -157,16 +157,16 @@ async fn rig(opts: RigOptions<'_>) -> Rig {
 /// The state `authorize` leaves: a refresh token the endpoint accepts.
 fn seed(state_dir: &Path, tokens: &TokenState) {
     tokens.seed_refresh_token(SEED_REFRESH);
-    TokenStore::new(state_dir)
-        .save(
-            USER,
-            &StoredTokens {
-                refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
-                access_token: None,
-                expires_at: None,
-            },
-        )
-        .expect("seed the token store");
+    harness::seal_tokens(
+        state_dir,
+        USER,
+        PASSWORD,
+        &StoredTokens {
+            refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
+            access_token: None,
+            expires_at: None,
+        },
+    );
 }
 
 impl Rig {

@@ -257,6 +257,6 @@ async fn sign_in(text: &str, state_dir: &Path, tokens: &FakeTokenServer) -> Vec<
         .flatten()
         .map(|s| s.expose_secret().to_owned())
         .collect();
-    TokenStore::new(state_dir).save(USER, &stored).unwrap();
+    harness::seal_tokens(state_dir, USER, PASSWORD, &stored);
     obtained
 }
