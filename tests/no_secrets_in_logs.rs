@@ -17,7 +17,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use harness::{PASSWORD, SEED_REFRESH, config_text, imap, pop3, smtp, start};
 use secrecy::SecretString;
 use support::*;
-use xoauth2_proxy::auth::vault::TokenStore;
 use xoauth2_proxy::config::Config;
 
 #[derive(Clone, Default)]
