@@ -16,7 +16,7 @@ pub enum AccountState {
     /// No usable tokens: someone must sign in.
     NeedsSignIn,
     /// Signed in; the sealed tokens open at the first client login with the
-    /// local password (which that login binds, after a new sign-in).
+    /// local password chosen at the sign-in.
     Locked,
     /// Signed in (a `password_hash` account); no access token fetched yet.
     Ready,
