@@ -347,7 +347,10 @@ fn choose_password(from_stdin: bool) -> anyhow::Result<LocalPassword> {
             .context("cannot read the password from standard input")?;
         let trimmed = line.trim_end_matches(['\r', '\n']).len();
         line.truncate(trimmed);
-        return Ok(LocalPassword::new(&SecretString::from(line.as_str()), None)?);
+        return Ok(LocalPassword::new(
+            &SecretString::from(line.as_str()),
+            None,
+        )?);
     }
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(

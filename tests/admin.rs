@@ -400,7 +400,10 @@ async fn sign_in_through_the_page_seals_with_the_password_chosen_there() {
     let file = xoauth2_proxy::auth::vault::TokenStore::new(page.state_dir.path()).path_for(USER);
     let text = std::fs::read_to_string(&file).unwrap();
     let issued = page.tokens.state.latest_refresh_token().unwrap();
-    assert!(text.contains("\"sealed\"") && !text.contains(&issued), "{text}");
+    assert!(
+        text.contains("\"sealed\"") && !text.contains(&issued),
+        "{text}"
+    );
 
     // Another local client that logs in first does not choose the password.
     let reply = page.imap_login_with("first come first served").await;
@@ -689,7 +692,9 @@ async fn a_sign_in_by_another_microsoft_user_stores_nothing() {
     let page = Page::start(true).await;
     let file = xoauth2_proxy::auth::vault::TokenStore::new(page.state_dir.path()).path_for(USER);
     let before = std::fs::read(&file).unwrap();
-    page.tokens.state.set_signed_in_user(Some("mallory@evil.test"));
+    page.tokens
+        .state
+        .set_signed_in_user(Some("mallory@evil.test"));
 
     let resp = page.sign_in(USER).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
@@ -699,7 +704,11 @@ async fn a_sign_in_by_another_microsoft_user_stores_nothing() {
         html.contains("signed in as mallory@evil.test, but this sign-in was for user@example.test"),
         "{html}"
     );
-    assert_eq!(page.tokens.state.codes_redeemed(), 1, "the code was exchanged");
+    assert_eq!(
+        page.tokens.state.codes_redeemed(),
+        1,
+        "the code was exchanged"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), before, "the entry is intact");
 
     let csrf = page.csrf().await;
@@ -721,7 +730,11 @@ async fn a_sign_in_by_another_microsoft_user_stores_nothing() {
     assert_eq!(std::fs::read(&file).unwrap(), before, "the entry is intact");
 
     // The owner's password still opens the owner's tokens; the attacker's does not.
-    assert!(page.imap_login_with(SIGN_IN_PASSWORD).await.starts_with("a NO"));
+    assert!(
+        page.imap_login_with(SIGN_IN_PASSWORD)
+            .await
+            .starts_with("a NO")
+    );
     let reply = page.imap_login().await;
     assert!(reply.starts_with("a OK"), "{reply}");
 }
@@ -737,7 +750,9 @@ async fn a_catch_all_sign_in_must_come_from_its_domain() {
     page.sign_in("bob@catchall.test").await;
     assert_eq!(page.state_of("bob@catchall.test").await, "locked");
 
-    page.tokens.state.set_signed_in_user(Some("eve@elsewhere.test"));
+    page.tokens
+        .state
+        .set_signed_in_user(Some("eve@elsewhere.test"));
     page.sign_in("dave@catchall.test").await;
     let html = page.html().await;
     assert!(
@@ -756,7 +771,11 @@ async fn a_bad_password_in_the_form_starts_nothing() {
     let page = Page::start(false).await;
     let cases = [
         ("pw-1234", "pw-1234", "too short"),
-        ("correct horse 1", "correct horse 2", "the two passwords differ"),
+        (
+            "correct horse 1",
+            "correct horse 2",
+            "the two passwords differ",
+        ),
         ("", "", "choose a local password"),
     ];
     for path in ["/signin", "/device"] {

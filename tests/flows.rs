@@ -16,8 +16,8 @@ use support::*;
 use xoauth2_proxy::auth::flows::{self, FlowError, PendingSignIn, callback_error, finish_sign_in};
 use xoauth2_proxy::auth::http::HttpClient;
 use xoauth2_proxy::auth::identity::IdentityError;
-use xoauth2_proxy::auth::provider;
 use xoauth2_proxy::auth::password::SealKey;
+use xoauth2_proxy::auth::provider;
 use xoauth2_proxy::auth::vault::{Entry, StoredTokens, TokenStore};
 use xoauth2_proxy::config::{AccountConfig, Cloud, Config};
 
@@ -28,7 +28,10 @@ const SIGN_IN_PASSWORD: &str = "correct horse 1";
 /// The tokens `authorize` stored for `user` under `state_dir`, opened with
 /// `password` (they are sealed from their first write; `None` if absent).
 fn open_stored(state_dir: &Path, user: &str, password: &str) -> Option<StoredTokens> {
-    match TokenStore::new(state_dir).load_entry(user).expect("a readable store")? {
+    match TokenStore::new(state_dir)
+        .load_entry(user)
+        .expect("a readable store")?
+    {
         Entry::Sealed(s) => {
             let key = SealKey::derive(password.as_bytes(), s.params(), s.salt()).unwrap();
             Some(s.open(&key).expect("sealed with the chosen password"))
@@ -694,18 +697,28 @@ async fn a_sign_in_by_another_user_gives_no_tokens() {
     else {
         panic!("{err:?}");
     };
-    assert_eq!((signed_in.as_str(), expected.as_str()), ("mallory@evil.test", USER));
+    assert_eq!(
+        (signed_in.as_str(), expected.as_str()),
+        ("mallory@evil.test", USER)
+    );
 
     let err = flows::device_code(&device_account(&fake, ""), &http(), |_| {})
         .await
         .unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with(&format!("signed in as mallory@evil.test, but this sign-in was for {USER}")),
+        err.to_string().starts_with(&format!(
+            "signed in as mallory@evil.test, but this sign-in was for {USER}"
+        )),
         "{err}"
     );
     // Every sign-in asked who signed in.
-    assert!(fake.state.authorize_log()[0].scope.as_ref().unwrap().contains("openid"));
+    assert!(
+        fake.state.authorize_log()[0]
+            .scope
+            .as_ref()
+            .unwrap()
+            .contains("openid")
+    );
     let devicecode = fake
         .state
         .recorded_requests()
@@ -744,12 +757,8 @@ async fn authorize_by_another_user_stores_nothing_and_keeps_the_entry() {
     let before = std::fs::read(&file).unwrap();
 
     fake.state.set_signed_in_user(Some("mallory@evil.test"));
-    let (child, lines) = spawn_authorize_with(
-        dir.path(),
-        &account,
-        &["--no-open"],
-        "mallory's password\n",
-    );
+    let (child, lines) =
+        spawn_authorize_with(dir.path(), &account, &["--no-open"], "mallory's password\n");
     let url = printed_url(&lines, &fake);
     let (location, _) = visit(&url).await;
     let callback = location.replacen("http://localhost:", "http://127.0.0.1:", 1);
@@ -759,24 +768,30 @@ async fn authorize_by_another_user_stores_nothing_and_keeps_the_entry() {
     let (status, stderr) = wait_exit(child).await;
     assert!(!status.success());
     assert!(
-        stderr.contains(&format!("signed in as mallory@evil.test, but this sign-in was for {USER}")),
+        stderr.contains(&format!(
+            "signed in as mallory@evil.test, but this sign-in was for {USER}"
+        )),
         "{stderr}"
     );
-    assert_eq!(std::fs::read(&file).unwrap(), before, "browser: entry intact");
-
-    let (child, _lines) = spawn_authorize_with(
-        dir.path(),
-        &account,
-        &["--device"],
-        "mallory's password\n",
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "browser: entry intact"
     );
+
+    let (child, _lines) =
+        spawn_authorize_with(dir.path(), &account, &["--device"], "mallory's password\n");
     let (status, stderr) = wait_exit(child).await;
     assert!(!status.success());
     assert!(
         stderr.contains("signed in as mallory@evil.test") && stderr.contains(USER),
         "{stderr}"
     );
-    assert_eq!(std::fs::read(&file).unwrap(), before, "device: entry intact");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "device: entry intact"
+    );
     let stored = open_stored(&dir.path().join("state"), USER, SIGN_IN_PASSWORD).unwrap();
     assert!(
         fake.state
@@ -798,14 +813,16 @@ async fn authorize_under_a_catch_all_takes_users_of_its_domain_only() {
         fake.devicecode_url()
     );
     let dir = tempfile::tempdir().unwrap();
-    fake.state.set_signed_in_user(Some(&format!("carol@{domain}")));
+    fake.state
+        .set_signed_in_user(Some(&format!("carol@{domain}")));
     let (child, _lines) = spawn_authorize(dir.path(), &account, &["--device"]);
     let (status, stderr) = wait_exit(child).await;
     assert!(status.success(), "{stderr}");
     assert!(open_stored(&dir.path().join("state"), USER, SIGN_IN_PASSWORD).is_some());
 
     let dir = tempfile::tempdir().unwrap();
-    fake.state.set_signed_in_user(Some(&format!("eve@not{domain}")));
+    fake.state
+        .set_signed_in_user(Some(&format!("eve@not{domain}")));
     let (child, _lines) = spawn_authorize(dir.path(), &account, &["--device"]);
     let (status, stderr) = wait_exit(child).await;
     assert!(!status.success());
@@ -838,7 +855,11 @@ async fn authorize_refuses_a_short_or_missing_password_before_signing_in() {
         assert!(!status.success());
         assert!(stderr.contains(says), "{stdin:?}: {stderr}");
         assert!(!stderr.contains("seven77"), "{stderr}");
-        assert!(!TokenStore::new(&dir.path().join("state")).path_for(USER).exists());
+        assert!(
+            !TokenStore::new(&dir.path().join("state"))
+                .path_for(USER)
+                .exists()
+        );
     }
     assert_eq!(fake.state.total_requests(), 0);
     assert_eq!(fake.state.devicecode_requests(), 0);
@@ -864,7 +885,11 @@ async fn verify_identity_false_for_a_provider_without_id_tokens() {
     assert!(!status.success());
     assert!(stderr.contains("returned no id_token"), "{stderr}");
     assert!(stderr.contains("verify_identity = false"), "{stderr}");
-    assert!(!TokenStore::new(&dir.path().join("state")).path_for(USER).exists());
+    assert!(
+        !TokenStore::new(&dir.path().join("state"))
+            .path_for(USER)
+            .exists()
+    );
 
     let (child, _lines) = spawn_authorize(
         dir.path(),

@@ -272,7 +272,11 @@ fn accounts(html: &mut String, page: &Page) {
             } else {
                 String::new()
             };
-            let action = if row.browser_sign_in { "/signin" } else { "/device" };
+            let action = if row.browser_sign_in {
+                "/signin"
+            } else {
+                "/device"
+            };
             let _ = write!(
                 html,
                 "<form method=\"post\" action=\"{action}\">{}{account_field}{password_fields}",
@@ -535,8 +539,16 @@ mod tests {
         );
         assert!(html.contains("action=\"/signin\"") && html.contains("formaction=\"/device\""));
         // The local password is chosen here, typed twice, never filled in.
-        assert_eq!(html.matches("type=\"password\" name=\"password\" required").count(), 2);
-        assert_eq!(html.matches("type=\"password\" name=\"password2\" required").count(), 2);
+        assert_eq!(
+            html.matches("type=\"password\" name=\"password\" required")
+                .count(),
+            2
+        );
+        assert_eq!(
+            html.matches("type=\"password\" name=\"password2\" required")
+                .count(),
+            2
+        );
         assert!(html.contains(&format!("minlength=\"{MIN_PASSWORD_LEN}\"")));
         assert!(!html.contains("type=\"password\" name=\"password\" value"));
         let unattended = render(&Page {
@@ -546,7 +558,10 @@ mod tests {
             }],
             ..Page::default()
         });
-        assert!(!unattended.contains("type=\"password\""), "password_hash: none asked");
+        assert!(
+            !unattended.contains("type=\"password\""),
+            "password_hash: none asked"
+        );
         assert!(!html.contains("http-equiv=\"refresh\""));
         assert!(!html.contains("<script") && !html.contains(" src="));
     }

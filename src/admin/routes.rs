@@ -22,8 +22,8 @@ use crate::auth::flows::{self, FlowError, PendingSignIn, callback_error, finish_
 use crate::auth::provider::endpoints;
 use crate::auth::signin::{LocalPassword, PasswordError, save_signed_in};
 use crate::auth::vault::StoredTokens;
-use secrecy::SecretString;
 use crate::config::{AccountConfig, Flow};
+use secrecy::SecretString;
 
 pub(super) fn router(state: Arc<AppState>) -> Router {
     Router::new()

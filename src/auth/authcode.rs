@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(q["redirect_uri"], "http://localhost:1234/callback");
         assert!(q["scope"].contains("https://outlook.office.com/IMAP.AccessAsUser.All"));
         assert!(q["scope"].contains("offline_access"));
-        assert!(q["scope"].split(' ').any(|s| s == "openid"), "who signed in");
+        assert!(
+            q["scope"].split(' ').any(|s| s == "openid"),
+            "who signed in"
+        );
         assert_eq!(q["state"], pending.state());
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(

@@ -7,8 +7,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oauth2::basic::{
-    BasicClient, BasicErrorResponse, BasicRevocationErrorResponse,
-    BasicTokenIntrospectionResponse, BasicTokenResponse, BasicTokenType,
+    BasicClient, BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenResponse, BasicTokenType,
 };
 use oauth2::{
     AuthType, Client, ClientId, DeviceAuthorizationUrl, EndpointNotSet, EndpointSet,
@@ -125,8 +125,8 @@ pub(crate) fn sign_in_client(account: &AccountConfig) -> Result<SignInClient, Fl
         StandardRevocableToken,
         BasicRevocationErrorResponse,
     >::new(ClientId::new(account.client_id.clone()))
-        .set_token_uri(token_url)
-        .set_auth_type(AuthType::RequestBody))
+    .set_token_uri(token_url)
+    .set_auth_type(AuthType::RequestBody))
 }
 
 /// The tokens of a finished delegated sign-in, once its id_token shows that

@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(verify(&bob, Some(&carol)), Ok(()));
         let outsider = jwt(serde_json::json!({"preferred_username": "eve@notcontoso.com"}));
         let err = verify(&bob, Some(&outsider)).unwrap_err().to_string();
-        assert!(err.contains("eve@notcontoso.com") && err.contains("@contoso.com"), "{err}");
+        assert!(
+            err.contains("eve@notcontoso.com") && err.contains("@contoso.com"),
+            "{err}"
+        );
     }
 
     #[test]

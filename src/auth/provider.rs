@@ -269,7 +269,10 @@ mod tests {
         let e = endpoints(&a);
         assert_eq!(e.token_url, "http://127.0.0.1:1/token");
         // Configured scopes, plus the identity ones (not repeated if listed).
-        assert_eq!(e.scopes, ["x", "openid", "profile", "email"].map(String::from));
+        assert_eq!(
+            e.scopes,
+            ["x", "openid", "profile", "email"].map(String::from)
+        );
         a.scopes = Some(vec!["x".into(), "openid".into()]);
         assert_eq!(
             endpoints(&a).scopes,
@@ -278,14 +281,21 @@ mod tests {
         assert!(e.device_code_url.unwrap().contains("devicecode"));
         a.scopes = Some(vec!["x".into()]);
         a.flow = Flow::ClientCredentials;
-        assert_eq!(endpoints(&a).scopes, vec!["x".to_string()], "app-only: no user");
+        assert_eq!(
+            endpoints(&a).scopes,
+            vec!["x".to_string()],
+            "app-only: no user"
+        );
         let mut c = account(ProviderKind::Custom, None);
         c.token_url = Some("https://idp.example/token".into());
         c.scopes = Some(vec!["mail".into()]);
         let e = endpoints(&c);
         assert_eq!(e.authorize_url, None);
         assert_eq!(e.token_url, "https://idp.example/token");
-        assert_eq!(e.scopes, ["mail", "openid", "profile", "email"].map(String::from));
+        assert_eq!(
+            e.scopes,
+            ["mail", "openid", "profile", "email"].map(String::from)
+        );
         // A custom provider without OpenID Connect opts out: its scopes as given.
         c.verify_identity = Some(false);
         assert_eq!(endpoints(&c).scopes, vec!["mail".to_string()]);

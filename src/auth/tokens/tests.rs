@@ -104,7 +104,11 @@ fn sealed_params(store: &TokenStore) -> Option<KdfParams> {
 async fn first_login_opens_the_seal_and_later_ones_cost_no_kdf() {
     let (_dir, store) = signed_in_with("correct horse");
     let tokens = manager(&store, TEST_PARAMS);
-    assert_eq!(sealed_params(&store), Some(TEST_PARAMS), "sealed at sign-in");
+    assert_eq!(
+        sealed_params(&store),
+        Some(TEST_PARAMS),
+        "sealed at sign-in"
+    );
     let at = tokens.login(USER, &pw("correct horse")).await.unwrap();
     assert_eq!(at.expose_secret(), "at-1");
     let text = std::fs::read_to_string(store.path_for(USER)).unwrap();
