@@ -75,7 +75,7 @@ fn main() {
             &key,
         )
         .expect("seed");
-    let bind = started.elapsed();
+    let sign_in = started.elapsed();
 
     runtime.block_on(async {
         let mut first = Vec::with_capacity(FIRST_RUNS);
@@ -105,7 +105,7 @@ fn main() {
         );
         println!("| login | median | runs |");
         println!("|---|---:|---:|");
-        println!("| sign-in (KDF, seal, write) | {bind:.2?} | 1 |");
+        println!("| sign-in (KDF, seal, write) | {sign_in:.2?} | 1 |");
         println!("| first in a process (KDF, open seal) | {first:.2?} | {FIRST_RUNS} |");
         println!("| later (in-memory digest) | {later:.2?} | {LATER_RUNS} |");
         println!(

@@ -131,6 +131,22 @@ pub fn seed_tokens(state_dir: &Path, tokens: &FakeTokenServer) {
     );
 }
 
+/// The signed-in state of an unattended (`password_hash`) account: its
+/// sign-in stores the tokens unsealed (its password is in the configuration).
+pub fn seed_unattended_tokens(state_dir: &Path, tokens: &FakeTokenServer) {
+    tokens.state.seed_refresh_token(SEED_REFRESH);
+    TokenStore::new(state_dir)
+        .save(
+            USER,
+            &StoredTokens {
+                refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
+                access_token: None,
+                expires_at: None,
+            },
+        )
+        .expect("seed the token store");
+}
+
 /// Stores `tokens` for `user` as a sign-in does: sealed under `password`
 /// with the proxy's KDF parameters (so its first login runs the KDF once).
 pub fn seal_tokens(state_dir: &Path, user: &str, password: &str, tokens: &StoredTokens) {
