@@ -82,7 +82,7 @@ pub enum FlowError {
 /// The OpenID Connect part of a sign-in's token response: the id_token that
 /// says who signed in. `Debug` does not show it.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct IdTokenFields {
+pub(crate) struct IdTokenFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id_token: Option<String>,
 }

@@ -17,7 +17,7 @@ use crate::config::{AccountConfig, ProviderKind};
 
 /// The scopes that make the token endpoint return an id_token naming the
 /// user (`profile` for `preferred_username`, `email` for `email`).
-pub const IDENTITY_SCOPES: [&str; 3] = ["openid", "profile", "email"];
+pub(crate) const IDENTITY_SCOPES: [&str; 3] = ["openid", "profile", "email"];
 
 /// An id_token bigger than this is not one (Entra's are 1–3 KB; groups
 /// overage keeps them small); refused before decoding.
@@ -141,9 +141,9 @@ fn expected(account: &AccountConfig) -> String {
     }
 }
 
-/// Checks that the user of `id_token` is `account`'s. Also
-/// account opted out (`verify_identity = false`): `Ok`, logged as a warning.
-pub fn verify(account: &AccountConfig, id_token: Option<&str>) -> Result<(), IdentityError> {
+/// Checks that the user of `id_token` is `account`'s. An account that
+/// opted out (`verify_identity = false`) passes, with a warning in the log.
+pub(crate) fn verify(account: &AccountConfig, id_token: Option<&str>) -> Result<(), IdentityError> {
     if !account.verifies_identity() {
         tracing::warn!(account = %account.username,
             "verify_identity = false: the sign-in is stored without checking who signed in");
