@@ -100,6 +100,8 @@ async fn run(sizes: Sizes) {
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;
     tokens.state.set_pending_polls(0);
+    // The device sign-in below completes as the bench's own user.
+    tokens.state.set_signed_in_user(Some(USER));
     let upstream = start_upstream(pki.server_config.clone(), tokens.state.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("proxy.toml");
