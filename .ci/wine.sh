@@ -4,7 +4,7 @@
 # README's Windows steps in it against the tests' fake IMAP server and token
 # endpoint (examples/fake_mail_server.rs, on the Linux side):
 #
-#   authorize (device flow) → service install (starts it) → IMAP LOGIN,
+#   authorize (device flow, password on stdin) → service install (starts it) → IMAP LOGIN,
 #   SELECT, FETCH byte-exact → net stop → net start → the same login again
 #   (a new process opens the sealed tokens) and a wrong password refused →
 #   net stop → service uninstall → gone (service status, sc query).
@@ -19,7 +19,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$ROOT/.ci/wine"
 TARGET=x86_64-pc-windows-gnu
 ACCOUNT=user@example.test
-# The local password the mail client uses: the first login binds it.
+# The local password the mail client uses: chosen at sign-in (authorize
+# --password-stdin), which seals the tokens under it.
 PASSWORD='wine test "pass"'
 SERVICE=xoauth2-proxy # src/service/mod.rs: NAME
 # Where the README puts things on Windows.
@@ -353,9 +354,12 @@ EOF
     die "doctor does not report the data folder readable by Everyone: $(grep -a 'state folder' "$RUN/doctor-before.log")"
   ok "doctor reads a DACL back: $(grep -a '^PROBLEM: state folder' "$RUN/doctor-before.log" | cut -c1-110)…"
 
-  # Sign in the way the README says (device flow; the fake approves it).
-  wx 120 authorize "$ACCOUNT" --device --config "$CONF_WIN" --state-dir "$DATA_WIN" \
-    >"$RUN/authorize.log" 2>&1 || die "authorize: $(tail -n 3 "$RUN/authorize.log")"
+  # Sign in the way the README says (device flow; the fake approves it as
+  # the account's own user), choosing the local password on standard input.
+  printf '%s\n' "$PASSWORD" |
+    wx 120 authorize "$ACCOUNT" --device --password-stdin --config "$CONF_WIN" \
+      --state-dir "$DATA_WIN" >"$RUN/authorize.log" 2>&1 ||
+    die "authorize: $(tail -n 3 "$RUN/authorize.log")"
   ok "authorize (device flow): $(grep -a '^Signed in' "$RUN/authorize.log")"
 
   local t2=$SECONDS

@@ -100,6 +100,8 @@ async fn run(sizes: Sizes) {
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;
     tokens.state.set_pending_polls(0);
+    // The device sign-in below completes as the bench's own user.
+    tokens.state.set_signed_in_user(Some(USER));
     let upstream = start_upstream(pki.server_config.clone(), tokens.state.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("proxy.toml");
@@ -131,9 +133,19 @@ async fn run(sizes: Sizes) {
             "authorize",
             USER,
             "--device",
+            "--password-stdin",
         ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .status()
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            // The local password is chosen at sign-in; the logins below use it.
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            writeln!(stdin, "{PASSWORD}")?;
+            drop(stdin);
+            child.wait()
+        })
         .expect("run authorize");
     assert!(status.success(), "authorize failed");
 

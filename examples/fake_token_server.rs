@@ -61,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
 
     let state = Arc::new(TokenState::new());
     state.set_introspection_username(Some(&args.username));
+    // Sign-ins (`authorize --device`) complete as the account's own user.
+    state.set_signed_in_user(Some(&args.username));
     for token in &args.refresh_tokens {
         state.seed_refresh_token(token);
     }

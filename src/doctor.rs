@@ -158,12 +158,19 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
                 )))
             }
             Ok(Some(Entry::Sealed(_))) => note(Finding::Ok(format!(
-                "{user}: signed in; tokens sealed with the mail client's password"
+                "{user}: signed in; tokens sealed with the local password chosen at sign-in"
             ))),
             Ok(Some(Entry::Unsealed(tokens))) if tokens.refresh_token.is_none() => {
                 note(Finding::Problem(format!(
                     "{user}: the stored sign-in has no refresh token: run `xoauth2-proxy authorize {user}` \
                      (with the offline_access scope)"
+                )))
+            }
+            Ok(Some(Entry::Unsealed(_))) if a.password_hash.is_none() => {
+                note(Finding::Problem(format!(
+                    "{user}: the tokens were stored without a local password (by an older \
+                     version); no login opens them: run `xoauth2-proxy authorize {user}` and choose \
+                     the password there"
                 )))
             }
             Ok(Some(Entry::Unsealed(tokens))) => {
@@ -177,12 +184,9 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
                     }
                     _ => "access token refreshed at the next login".to_owned(),
                 };
-                let state = if a.password_hash.is_some() {
-                    "signed in (unattended account)"
-                } else {
-                    "signed in; the next client login binds its password"
-                };
-                note(Finding::Ok(format!("{user}: {state}; {access}")));
+                note(Finding::Ok(format!(
+                    "{user}: signed in (unattended account); {access}"
+                )));
             }
             Err(e) => note(Finding::Problem(format!(
                 "{user}: the token file cannot be used ({e}): run `xoauth2-proxy authorize {user}` \

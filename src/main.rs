@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use secrecy::SecretString;
 use xoauth2_proxy::auth::flows;
+use xoauth2_proxy::auth::signin::LocalPassword;
 use xoauth2_proxy::auth::vault::TokenStore;
 use xoauth2_proxy::config::Config;
 
@@ -62,8 +64,13 @@ enum Command {
         /// With the browser: only print the URL, do not try to open a browser.
         #[arg(long)]
         no_open: bool,
+        /// Read the local password (the one mail clients will log in with;
+        /// it seals the tokens) as one line of standard input instead of
+        /// prompting for it twice.
+        #[arg(long)]
+        password_stdin: bool,
     },
-    /// Remove an account's stored tokens (to sign in again and bind a new local password).
+    /// Remove an account's stored tokens (signing in again also replaces them, with a new local password).
     Forget {
         /// The account's address.
         account: String,
@@ -221,13 +228,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             browser,
             device,
             no_open,
+            password_stdin,
         } => {
             let how = match (browser, device) {
                 (true, _) => Some(SignIn::Browser { open: !no_open }),
                 (_, true) => Some(SignIn::Device),
                 _ => None,
             };
-            authorize(&config, &account, how, !no_open).await
+            authorize(&config, &account, how, !no_open, password_stdin).await
         }
         Command::Forget { account } => forget(&config, &account),
         Command::HashPassword => unreachable!("handled before loading the configuration"),
@@ -280,8 +288,8 @@ fn forget(config: &Config, name: &str) -> anyhow::Result<()> {
     let path = store.path_for(name);
     if store.remove(name)? {
         println!(
-            "Removed the tokens of {name} ({}). Sign in again with `xoauth2-proxy authorize {name}`; \
-             the next login of a mail client binds its password. A proxy that is running keeps \
+            "Removed the tokens of {name} ({}). Sign in again with `xoauth2-proxy authorize {name}` \
+             and choose the local password there. A proxy that is running keeps \
              the access token it holds until it expires (at most an hour); restart it to drop it now.",
             path.display()
         );
@@ -333,11 +341,50 @@ enum SignIn {
     Device,
 }
 
+/// The local password for a delegated sign-in: one line of standard input
+/// (`--password-stdin`), or typed twice at a prompt without echo.
+fn choose_password(from_stdin: bool) -> anyhow::Result<LocalPassword> {
+    use std::io::IsTerminal;
+    if from_stdin {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let trimmed = line.trim_end_matches(['\r', '\n']).len();
+        line.truncate(trimmed);
+        return Ok(LocalPassword::new(
+            &SecretString::from(line.as_str()),
+            None,
+        )?);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "no terminal to ask for the local password on: pass it as one line of standard \
+             input with --password-stdin"
+        );
+    }
+    println!(
+        "Choose the local password your mail clients will log in with (at least {} \
+         characters); it seals the tokens on this machine.",
+        xoauth2_proxy::auth::signin::MIN_PASSWORD_LEN
+    );
+    let read = |prompt: &str| -> anyhow::Result<SecretString> {
+        Ok(SecretString::from(
+            rpassword::prompt_password(prompt).context("cannot read the password")?,
+        ))
+    };
+    let first = read("Local password: ")?;
+    LocalPassword::new(&first, None)?;
+    let again = read("Again: ")?;
+    Ok(LocalPassword::new(&first, Some(&again))?)
+}
+
 async fn authorize(
     config: &Config,
     name: &str,
     how: Option<SignIn>,
     open: bool,
+    password_stdin: bool,
 ) -> anyhow::Result<()> {
     use xoauth2_proxy::config::Flow;
     let resolved = config.account(name).with_context(|| {
@@ -359,6 +406,13 @@ async fn authorize(
         (_, Some(how)) => how,
         (Flow::AuthorizationCode, None) => SignIn::Browser { open },
         (Flow::DeviceCode, None) => SignIn::Device,
+    };
+    // Asked before the sign-in, so nothing waits on a person at the end:
+    // the tokens are sealed with it from their first write.
+    let password = if account.password_hash.is_none() {
+        Some(choose_password(password_stdin)?)
+    } else {
+        None
     };
     let tokens = match how {
         SignIn::Device => {
@@ -398,12 +452,21 @@ async fn authorize(
         );
     }
     let store = TokenStore::new(&config.state_dir());
-    store
-        .save(&account.username, &tokens)
-        .with_context(|| "cannot save the tokens")?;
+    xoauth2_proxy::auth::signin::save_signed_in(
+        &store,
+        account,
+        &tokens,
+        password.as_ref(),
+        xoauth2_proxy::auth::password::KdfParams::CURRENT,
+    )?;
     println!(
-        "Signed in {}. Tokens saved to {}",
+        "Signed in {}. Tokens saved{} to {}.",
         account.username,
+        if password.is_some() {
+            ", sealed with the local password,"
+        } else {
+            ""
+        },
         store.path_for(&account.username).display()
     );
     Ok(())

@@ -24,6 +24,8 @@ type Form<'a> = Vec<(&'a str, &'a str)>;
 
 /// A catch-all account added to every test's configuration.
 const DOMAIN: &str = "@catchall.test";
+/// The local password chosen in the page's sign-in form.
+const SIGN_IN_PASSWORD: &str = "correct horse 1";
 
 struct Page {
     pki: TestPki,
@@ -32,6 +34,9 @@ struct Page {
     state_dir: tempfile::TempDir,
     running: Running,
     http: reqwest::Client,
+    /// What the account's tokens are sealed with: the seeded entry's, or
+    /// the one chosen at the page's sign-in.
+    password: &'static str,
 }
 
 fn config(
@@ -81,6 +86,7 @@ impl Page {
             state_dir,
             running,
             http,
+            password: if seeded { PASSWORD } else { SIGN_IN_PASSWORD },
         }
     }
 
@@ -142,7 +148,12 @@ impl Page {
         let resp = self
             .post(
                 "/signin",
-                &[("account", account), ("csrf", &csrf)],
+                &[
+                    ("account", account),
+                    ("csrf", &csrf),
+                    ("password", SIGN_IN_PASSWORD),
+                    ("password2", SIGN_IN_PASSWORD),
+                ],
                 Some(&self.origin()),
             )
             .await;
@@ -163,9 +174,13 @@ impl Page {
     }
 
     async fn imap_login(&self) -> String {
+        self.imap_login_with(self.password).await
+    }
+
+    async fn imap_login_with(&self, password: &str) -> String {
         let mut c = TestClient::connect(self.running.addrs[0]).await;
         c.read_line().await;
-        c.send(format!("a LOGIN {USER} {PASSWORD}\r\n").as_bytes())
+        c.send(format!("a LOGIN {USER} \"{password}\"\r\n").as_bytes())
             .await;
         let lines = c.read_until_tagged("a").await;
         String::from_utf8_lossy(lines.last().expect("tagged")).into_owned()
@@ -204,7 +219,7 @@ async fn the_page_shows_accounts_states_and_listeners() {
     );
     assert_eq!(page.state_of(USER).await, "locked");
     assert!(
-        html.contains("locked until the first client login"),
+        html.contains("locked until a client logs in with the password chosen at sign-in"),
         "{html}"
     );
     assert_eq!(page.state_of(DOMAIN).await, "catch-all");
@@ -355,7 +370,7 @@ async fn posts_need_our_origin_and_the_csrf_token() {
 }
 
 #[tokio::test]
-async fn sign_in_through_the_page_then_the_first_client_login_binds_the_password() {
+async fn sign_in_through_the_page_seals_with_the_password_chosen_there() {
     let page = Page::start(false).await;
     assert_eq!(page.state_of(USER).await, "needs-sign-in");
     let resp = page.sign_in(USER).await;
@@ -367,8 +382,8 @@ async fn sign_in_through_the_page_then_the_first_client_login_binds_the_password
         html.contains("signed in. Now log in from your mail client"),
         "{html}"
     );
-    // The code was exchanged with PKCE, and the tokens are on disk, unsealed
-    // until the first login.
+    // The code was exchanged with PKCE, and the tokens are on disk, sealed
+    // from their first write under the password chosen in the form.
     let form = page
         .tokens
         .state
@@ -383,8 +398,16 @@ async fn sign_in_through_the_page_then_the_first_client_login_binds_the_password
         Some(format!("http://localhost:{}/callback", page.port()).as_str())
     );
     let file = xoauth2_proxy::auth::vault::TokenStore::new(page.state_dir.path()).path_for(USER);
-    assert!(file.exists());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let issued = page.tokens.state.latest_refresh_token().unwrap();
+    assert!(
+        text.contains("\"sealed\"") && !text.contains(&issued),
+        "{text}"
+    );
 
+    // Another local client that logs in first does not choose the password.
+    let reply = page.imap_login_with("first come first served").await;
+    assert!(reply.starts_with("a NO"), "{reply}");
     let reply = page.imap_login().await;
     assert!(reply.starts_with("a OK"), "{reply}");
     assert_eq!(page.state_of(USER).await, "active");
@@ -427,7 +450,12 @@ async fn a_denied_or_forged_answer_signs_nothing_in() {
     let resp = page
         .post(
             "/signin",
-            &[("account", USER), ("csrf", &csrf)],
+            &[
+                ("account", USER),
+                ("csrf", &csrf),
+                ("password", SIGN_IN_PASSWORD),
+                ("password2", SIGN_IN_PASSWORD),
+            ],
             Some(&page.origin()),
         )
         .await;
@@ -468,7 +496,12 @@ async fn device_code_sign_in_from_the_page() {
     let resp = page
         .post(
             "/device",
-            &[("account", USER), ("csrf", &csrf)],
+            &[
+                ("account", USER),
+                ("csrf", &csrf),
+                ("password", SIGN_IN_PASSWORD),
+                ("password2", SIGN_IN_PASSWORD),
+            ],
             Some(&page.origin()),
         )
         .await;
@@ -566,8 +599,9 @@ async fn a_page_that_cannot_bind_does_not_stop_the_proxy() {
 
 /// The sign-in in a real Chromium (`tests/browser/signin.mjs`, driven by
 /// `.ci/browser.sh`): click Sign in, the fake provider sends the browser
-/// back, the row reads "locked until the first client login"; then an IMAP
-/// login through the proxy succeeds with the token the page obtained.
+/// back, the row reads "locked until a client logs in…"; then an IMAP login
+/// with the password typed into the form succeeds with the token the page
+/// obtained.
 #[tokio::test]
 #[ignore = "needs Chromium and node (run by .ci/browser.sh)"]
 async fn browser_sign_in() {
@@ -586,6 +620,7 @@ async fn browser_sign_in() {
             .arg(&url)
             .arg(USER)
             .arg(&shots)
+            .env("SIGN_IN_PASSWORD", SIGN_IN_PASSWORD)
             .spawn()
             .expect("node runs");
         let deadline = Instant::now() + Duration::from_secs(180);
@@ -631,4 +666,142 @@ async fn a_listener_line_counts_its_connections_and_names_an_upstream_failure() 
     );
     assert!(html.contains(&dead.to_string()), "{html}");
     drop(client);
+}
+
+/// Waits until the page's HTML contains `needle` (a device sign-in finishing
+/// in the background); bounded.
+async fn wait_for_page(page: &Page, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let html = page.html().await;
+        if html.contains(needle) {
+            return html;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in {html}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The attack: a local process starts a sign-in for the account from the
+/// page and completes it with its own Microsoft account. Neither the browser
+/// sign-in nor the device code one stores anything: the owner's sealed entry
+/// stays byte for byte, the page names who signed in and who was expected,
+/// and the owner's password still works.
+#[tokio::test]
+async fn a_sign_in_by_another_microsoft_user_stores_nothing() {
+    let page = Page::start(true).await;
+    let file = xoauth2_proxy::auth::vault::TokenStore::new(page.state_dir.path()).path_for(USER);
+    let before = std::fs::read(&file).unwrap();
+    page.tokens
+        .state
+        .set_signed_in_user(Some("mallory@evil.test"));
+
+    let resp = page.sign_in(USER).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&resp), "/");
+    let html = page.html().await;
+    assert!(
+        html.contains("signed in as mallory@evil.test, but this sign-in was for user@example.test"),
+        "{html}"
+    );
+    assert_eq!(
+        page.tokens.state.codes_redeemed(),
+        1,
+        "the code was exchanged"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the entry is intact");
+
+    let csrf = page.csrf().await;
+    let resp = page
+        .post(
+            "/device",
+            &[
+                ("account", USER),
+                ("csrf", &csrf),
+                ("password", SIGN_IN_PASSWORD),
+                ("password2", SIGN_IN_PASSWORD),
+            ],
+            Some(&page.origin()),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let html = wait_for_page(&page, "but this sign-in was for user@example.test").await;
+    assert!(html.contains("mallory@evil.test"), "{html}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the entry is intact");
+
+    // The owner's password still opens the owner's tokens; the attacker's does not.
+    assert!(
+        page.imap_login_with(SIGN_IN_PASSWORD)
+            .await
+            .starts_with("a NO")
+    );
+    let reply = page.imap_login().await;
+    assert!(reply.starts_with("a OK"), "{reply}");
+}
+
+/// A catch-all takes any user of its domain for an address under it, and
+/// no one outside it.
+#[tokio::test]
+async fn a_catch_all_sign_in_must_come_from_its_domain() {
+    let page = Page::start(false).await;
+    page.tokens
+        .state
+        .set_signed_in_user(Some("Carol@CatchAll.test"));
+    page.sign_in("bob@catchall.test").await;
+    assert_eq!(page.state_of("bob@catchall.test").await, "locked");
+
+    page.tokens
+        .state
+        .set_signed_in_user(Some("eve@elsewhere.test"));
+    page.sign_in("dave@catchall.test").await;
+    let html = page.html().await;
+    assert!(
+        html.contains("signed in as eve@elsewhere.test")
+            && html.contains("dave@catchall.test (an address @catchall.test)"),
+        "{html}"
+    );
+    let store = xoauth2_proxy::auth::vault::TokenStore::new(page.state_dir.path());
+    assert!(!store.path_for("dave@catchall.test").exists());
+}
+
+/// The password is chosen in the form: too short, or typed differently
+/// twice, and nothing starts (no provider request), nothing is stored.
+#[tokio::test]
+async fn a_bad_password_in_the_form_starts_nothing() {
+    let page = Page::start(false).await;
+    let cases = [
+        ("pw-1234", "pw-1234", "too short"),
+        (
+            "correct horse 1",
+            "correct horse 2",
+            "the two passwords differ",
+        ),
+        ("", "", "choose a local password"),
+    ];
+    for path in ["/signin", "/device"] {
+        for (password, again, says) in cases {
+            let csrf = page.csrf().await;
+            let resp = page
+                .post(
+                    path,
+                    &[
+                        ("account", USER),
+                        ("csrf", &csrf),
+                        ("password", password),
+                        ("password2", again),
+                    ],
+                    Some(&page.origin()),
+                )
+                .await;
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+            assert_eq!(location(&resp), "/", "{path} {says}");
+            let html = page.html().await;
+            assert!(html.contains(says), "{path}: {html}");
+            assert!(!html.contains(password) || password.is_empty(), "{html}");
+        }
+    }
+    assert_eq!(page.tokens.state.authorize_requests(), 0);
+    assert_eq!(page.tokens.state.devicecode_requests(), 0);
+    assert_eq!(page.tokens.state.total_requests(), 0);
+    assert_eq!(page.state_of(USER).await, "needs-sign-in");
 }

@@ -63,7 +63,9 @@ async fn a_working_setup_has_no_problems() {
         "{lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("next client login binds")),
+        lines
+            .iter()
+            .any(|l| l.contains("sealed with the local password chosen at sign-in")),
         "{lines:?}"
     );
     // Nothing but a GET reached the token endpoint: no grant was tried.

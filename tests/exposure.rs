@@ -383,6 +383,7 @@ async fn fixed_relay(s: &Setup, server: &FakeSmtpServer) -> xoauth2_proxy::Runni
     );
     let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay").unwrap();
     text.push_str(&format!("password_hash = \"{hash}\"\n"));
+    harness::seed_unattended_tokens(s.state_dir.path(), &s.tokens);
     start(&text).await
 }
 

@@ -157,16 +157,16 @@ async fn rig(opts: RigOptions<'_>) -> Rig {
 /// The state `authorize` leaves: a refresh token the endpoint accepts.
 fn seed(state_dir: &Path, tokens: &TokenState) {
     tokens.seed_refresh_token(SEED_REFRESH);
-    TokenStore::new(state_dir)
-        .save(
-            USER,
-            &StoredTokens {
-                refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
-                access_token: None,
-                expires_at: None,
-            },
-        )
-        .expect("seed the token store");
+    harness::seal_tokens(
+        state_dir,
+        USER,
+        PASSWORD,
+        &StoredTokens {
+            refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
+            access_token: None,
+            expires_at: None,
+        },
+    );
 }
 
 impl Rig {
@@ -985,32 +985,19 @@ async fn a_read_only_state_dir_is_reported_and_the_old_tokens_stay_usable() {
     let _serial = SERIAL.lock().await;
     let rig = rig(RigOptions::default()).await;
     let tokens_dir = TokenStore::new(rig.state_dir.path()).dir().to_owned();
-    let baseline = capability_warm_up(&rig).await;
-    let pending = rig.token_file();
-
-    // The first login must seal the tokens: the client hears that it could not.
-    {
-        let Some(_read_only) = ReadOnly::new(&tokens_dir) else {
-            eprintln!("skipped: this system cannot make a directory read-only");
-            return;
-        };
-        let (mut c, line) = imap_login(rig.addr(0), "r1").await;
-        unavailable(&line, "r1");
-        assert!(line.contains("cannot seal"), "{line}");
-        noop_and_logout(&mut c).await;
-        drop(c);
-        rig.upstreams_closed().await;
-        no_leaked_fds(baseline).await;
-        assert_eq!(rig.token_file(), pending, "the old tokens are untouched");
-    }
-    // Writable again: the same tokens work.
+    capability_warm_up(&rig).await;
+    // Tokens are sealed at sign-in: the first login opens them, writes
+    // only the rotated refresh token.
     rig.next_client_logs_in().await;
     let sealed = rig.token_file();
 
     // A refresh whose result cannot be written still serves the client, and
     // the tokens on disk stay the ones that open with the password.
     {
-        let _read_only = ReadOnly::new(&tokens_dir).expect("read-only worked before");
+        let Some(_read_only) = ReadOnly::new(&tokens_dir) else {
+            eprintln!("skipped: this system cannot make a directory read-only");
+            return;
+        };
         rig.running.context.gate.tokens().discard_access_token(USER);
         rig.next_client_logs_in().await;
         assert_eq!(rig.token_file(), sealed);

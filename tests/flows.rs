@@ -15,11 +15,30 @@ use support::token_server::{GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS};
 use support::*;
 use xoauth2_proxy::auth::flows::{self, FlowError, PendingSignIn, callback_error, finish_sign_in};
 use xoauth2_proxy::auth::http::HttpClient;
+use xoauth2_proxy::auth::identity::IdentityError;
+use xoauth2_proxy::auth::password::SealKey;
 use xoauth2_proxy::auth::provider;
-use xoauth2_proxy::auth::vault::TokenStore;
+use xoauth2_proxy::auth::vault::{Entry, StoredTokens, TokenStore};
 use xoauth2_proxy::config::{AccountConfig, Cloud, Config};
 
 const CERT: &str = include_str!("fixtures/client_cert.pem");
+/// The local password `authorize` is given (`--password-stdin`).
+const SIGN_IN_PASSWORD: &str = "correct horse 1";
+
+/// The tokens `authorize` stored for `user` under `state_dir`, opened with
+/// `password` (they are sealed from their first write; `None` if absent).
+fn open_stored(state_dir: &Path, user: &str, password: &str) -> Option<StoredTokens> {
+    match TokenStore::new(state_dir)
+        .load_entry(user)
+        .expect("a readable store")?
+    {
+        Entry::Sealed(s) => {
+            let key = SealKey::derive(password.as_bytes(), s.params(), s.salt()).unwrap();
+            Some(s.open(&key).expect("sealed with the chosen password"))
+        }
+        Entry::Unsealed(_) => panic!("stored unsealed"),
+    }
+}
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -437,6 +456,16 @@ fn spawn_authorize(
     account: &str,
     args: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    spawn_authorize_with(dir, account, args, &format!("{SIGN_IN_PASSWORD}\n"))
+}
+
+/// [`spawn_authorize`] with `--password-stdin` fed `stdin`.
+fn spawn_authorize_with(
+    dir: &Path,
+    account: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let state_dir = dir.join("state");
     let file = dir.join("proxy.toml");
     std::fs::write(
@@ -452,12 +481,19 @@ fn spawn_authorize(
         .arg(&file)
         .arg("authorize")
         .arg(USER)
+        .arg("--password-stdin")
         .args(args)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run authorize");
+    {
+        use std::io::Write as _;
+        let mut input = child.stdin.take().unwrap();
+        // A child that exits before reading (a refused flag) closes the pipe.
+        let _ = input.write_all(stdin.as_bytes());
+    }
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -526,12 +562,12 @@ async fn authorize_browser_end_to_end() {
     assert!(body.contains("Signed in"), "{body}");
     let (status, stderr) = wait_exit(child).await;
     assert!(status.success(), "{stderr}");
-    let stored = TokenStore::new(&dir.path().join("state"))
-        .load(USER)
-        .expect("a readable store")
-        .expect("tokens saved");
+    let state = dir.path().join("state");
+    let text = std::fs::read_to_string(TokenStore::new(&state).path_for(USER)).unwrap();
+    let stored = open_stored(&state, USER, SIGN_IN_PASSWORD).expect("tokens saved");
     let refresh = stored.refresh_token.expect("a refresh token");
     assert!(fake.state.is_valid_refresh_token(refresh.expose_secret()));
+    assert!(!text.contains(refresh.expose_secret()), "sealed: {text}");
     assert_eq!(fake.state.codes_redeemed(), 1);
 }
 
@@ -624,8 +660,266 @@ async fn authorize_signs_in_an_address_under_a_catch_all() {
     assert!(status.success(), "{stderr}");
     let store = TokenStore::new(&dir.path().join("state"));
     assert!(
-        store.load(USER).unwrap().is_some(),
+        open_stored(store.dir().parent().unwrap(), USER, SIGN_IN_PASSWORD).is_some(),
         "saved under the address"
     );
-    assert!(store.load(&format!("@{domain}")).unwrap().is_none());
+    assert!(store.load_entry(&format!("@{domain}")).unwrap().is_none());
+}
+
+/// An account of `flow` whose device code and token URLs are the fake's.
+fn device_account(fake: &FakeTokenServer, extra: &str) -> AccountConfig {
+    account(
+        fake,
+        "device_code",
+        &format!("device_code_url = \"{}\"\n{extra}", fake.devicecode_url()),
+    )
+}
+
+/// The attack, in the library: the sign-in started for the account is
+/// completed by another Microsoft user. Both grants refuse it, naming who
+/// signed in and which address was expected.
+#[tokio::test]
+async fn a_sign_in_by_another_user_gives_no_tokens() {
+    let fake = FakeTokenServer::start().await;
+    fake.state.set_pending_polls(0);
+    fake.state.set_signed_in_user(Some("mallory@evil.test"));
+    let a = account(&fake, "authorization_code", "");
+    let (url, pending) = PendingSignIn::start(&a, REDIRECT).unwrap();
+    let (_, params) = visit(&url).await;
+    let state = params["state"].clone();
+    let err = finish_sign_in(pending, &a, &http(), &state, &params["code"])
+        .await
+        .unwrap_err();
+    let FlowError::Identity(IdentityError::Mismatch {
+        signed_in,
+        expected,
+    }) = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(
+        (signed_in.as_str(), expected.as_str()),
+        ("mallory@evil.test", USER)
+    );
+
+    let err = flows::device_code(&device_account(&fake, ""), &http(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "signed in as mallory@evil.test, but this sign-in was for {USER}"
+        )),
+        "{err}"
+    );
+    // Every sign-in asked who signed in.
+    assert!(
+        fake.state.authorize_log()[0]
+            .scope
+            .as_ref()
+            .unwrap()
+            .contains("openid")
+    );
+    let devicecode = fake
+        .state
+        .recorded_requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/devicecode"))
+        .unwrap();
+    assert!(devicecode.form["scope"].split(' ').any(|s| s == "openid"));
+    // The account's own user is accepted.
+    fake.state.set_signed_in_user(Some(&USER.to_uppercase()));
+    flows::device_code(&device_account(&fake, ""), &http(), |_| {})
+        .await
+        .expect("the owner signs in");
+}
+
+/// The attack through `authorize` (browser and device code): the owner's
+/// sealed entry stays byte for byte, the error names both users.
+#[tokio::test]
+async fn authorize_by_another_user_stores_nothing_and_keeps_the_entry() {
+    let fake = FakeTokenServer::start().await;
+    fake.state.set_pending_polls(0);
+    let dir = tempfile::tempdir().unwrap();
+    let account = format!(
+        "{}\ndevice_code_url = \"{}\"",
+        browser_account(&fake),
+        fake.devicecode_url()
+    );
+    // The owner signed in first, with the owner's password.
+    let (child, lines) = spawn_authorize(dir.path(), &account, &["--no-open"]);
+    let url = printed_url(&lines, &fake);
+    let (location, _) = visit(&url).await;
+    let callback = location.replacen("http://localhost:", "http://127.0.0.1:", 1);
+    browser().get(&callback).send().await.expect("the callback");
+    let (status, stderr) = wait_exit(child).await;
+    assert!(status.success(), "{stderr}");
+    let file = TokenStore::new(&dir.path().join("state")).path_for(USER);
+    let before = std::fs::read(&file).unwrap();
+
+    fake.state.set_signed_in_user(Some("mallory@evil.test"));
+    let (child, lines) =
+        spawn_authorize_with(dir.path(), &account, &["--no-open"], "mallory's password\n");
+    let url = printed_url(&lines, &fake);
+    let (location, _) = visit(&url).await;
+    let callback = location.replacen("http://localhost:", "http://127.0.0.1:", 1);
+    let page = browser().get(&callback).send().await.expect("the callback");
+    let body = page.text().await.unwrap();
+    assert!(body.contains("mallory@evil.test"), "{body}");
+    let (status, stderr) = wait_exit(child).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "signed in as mallory@evil.test, but this sign-in was for {USER}"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "browser: entry intact"
+    );
+
+    let (child, _lines) =
+        spawn_authorize_with(dir.path(), &account, &["--device"], "mallory's password\n");
+    let (status, stderr) = wait_exit(child).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("signed in as mallory@evil.test") && stderr.contains(USER),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "device: entry intact"
+    );
+    let stored = open_stored(&dir.path().join("state"), USER, SIGN_IN_PASSWORD).unwrap();
+    assert!(
+        fake.state
+            .is_valid_refresh_token(stored.refresh_token.unwrap().expose_secret())
+    );
+}
+
+/// An address under a catch-all: any user of the domain may sign in for
+/// it; a user of another domain may not.
+#[tokio::test]
+async fn authorize_under_a_catch_all_takes_users_of_its_domain_only() {
+    let fake = FakeTokenServer::start().await;
+    fake.state.set_pending_polls(0);
+    let domain = USER.split_once('@').unwrap().1;
+    let account = format!(
+        "username = \"@{domain}\"\nprovider = \"office365\"\nclient_id = \"cid\"\n\
+         token_url = \"{}\"\ndevice_code_url = \"{}\"",
+        fake.token_url(),
+        fake.devicecode_url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    fake.state
+        .set_signed_in_user(Some(&format!("carol@{domain}")));
+    let (child, _lines) = spawn_authorize(dir.path(), &account, &["--device"]);
+    let (status, stderr) = wait_exit(child).await;
+    assert!(status.success(), "{stderr}");
+    assert!(open_stored(&dir.path().join("state"), USER, SIGN_IN_PASSWORD).is_some());
+
+    let dir = tempfile::tempdir().unwrap();
+    fake.state
+        .set_signed_in_user(Some(&format!("eve@not{domain}")));
+    let (child, _lines) = spawn_authorize(dir.path(), &account, &["--device"]);
+    let (status, stderr) = wait_exit(child).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("signed in as eve@not{domain}"))
+            && stderr.contains(&format!("(an address @{domain})")),
+        "{stderr}"
+    );
+    assert!(open_stored(&dir.path().join("state"), USER, SIGN_IN_PASSWORD).is_none());
+}
+
+/// The local password is checked before anything is asked of the
+/// provider: too short or missing, and nothing is stored.
+#[tokio::test]
+async fn authorize_refuses_a_short_or_missing_password_before_signing_in() {
+    let fake = FakeTokenServer::start().await;
+    let account = format!(
+        "{}\ndevice_code_url = \"{}\"",
+        browser_account(&fake),
+        fake.devicecode_url()
+    );
+    for (stdin, says) in [
+        ("seven77\n", "too short: use at least 8 characters"),
+        ("\n", "choose a local password"),
+        ("", "choose a local password"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, _lines) = spawn_authorize_with(dir.path(), &account, &["--device"], stdin);
+        let (status, stderr) = wait_exit(child).await;
+        assert!(!status.success());
+        assert!(stderr.contains(says), "{stdin:?}: {stderr}");
+        assert!(!stderr.contains("seven77"), "{stderr}");
+        assert!(
+            !TokenStore::new(&dir.path().join("state"))
+                .path_for(USER)
+                .exists()
+        );
+    }
+    assert_eq!(fake.state.total_requests(), 0);
+    assert_eq!(fake.state.devicecode_requests(), 0);
+}
+
+/// A custom provider without OpenID Connect: refused unless the account
+/// says `verify_identity = false`, which works and is logged as a warning.
+/// An app-only account is not affected (no user signs in).
+#[tokio::test]
+async fn verify_identity_false_for_a_provider_without_id_tokens() {
+    let fake = FakeTokenServer::start().await;
+    fake.state.set_pending_polls(0);
+    fake.state.set_id_tokens(false);
+    let custom = format!(
+        "username = \"{USER}\"\nprovider = \"custom\"\nclient_id = \"cid\"\n\
+         token_url = \"{}\"\ndevice_code_url = \"{}\"\nscopes = [\"mail\", \"offline_access\"]",
+        fake.token_url(),
+        fake.devicecode_url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _lines) = spawn_authorize(dir.path(), &custom, &["--device"]);
+    let (status, stderr) = wait_exit(child).await;
+    assert!(!status.success());
+    assert!(stderr.contains("returned no id_token"), "{stderr}");
+    assert!(stderr.contains("verify_identity = false"), "{stderr}");
+    assert!(
+        !TokenStore::new(&dir.path().join("state"))
+            .path_for(USER)
+            .exists()
+    );
+
+    let (child, _lines) = spawn_authorize(
+        dir.path(),
+        &format!("{custom}\nverify_identity = false"),
+        &["--device"],
+    );
+    let (status, stderr) = wait_exit(child).await;
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("without checking who signed in"),
+        "{stderr}"
+    );
+    assert!(open_stored(&dir.path().join("state"), USER, SIGN_IN_PASSWORD).is_some());
+    // The opt-out asks for no identity scopes.
+    let devicecode = fake
+        .state
+        .recorded_requests()
+        .into_iter()
+        .rfind(|r| r.path.ends_with("/devicecode"))
+        .unwrap();
+    assert_eq!(devicecode.form["scope"], "mail offline_access");
+
+    // Office 365 always says who signed in: the opt-out is refused there.
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _lines) = spawn_authorize(
+        dir.path(),
+        &format!("{}\nverify_identity = false", browser_account(&fake)),
+        &["--no-open"],
+    );
+    let (status, stderr) = wait_exit(child).await;
+    assert!(!status.success());
+    assert!(stderr.contains("verify_identity"), "{stderr}");
 }

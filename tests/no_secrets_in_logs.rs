@@ -17,7 +17,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use harness::{PASSWORD, SEED_REFRESH, config_text, imap, pop3, smtp, start};
 use secrecy::SecretString;
 use support::*;
-use xoauth2_proxy::auth::vault::TokenStore;
 use xoauth2_proxy::config::Config;
 
 #[derive(Clone, Default)]
@@ -257,6 +256,6 @@ async fn sign_in(text: &str, state_dir: &Path, tokens: &FakeTokenServer) -> Vec<
         .flatten()
         .map(|s| s.expose_secret().to_owned())
         .collect();
-    TokenStore::new(state_dir).save(USER, &stored).unwrap();
+    harness::seal_tokens(state_dir, USER, PASSWORD, &stored);
     obtained
 }

@@ -24,7 +24,22 @@ async fn proxy_with_extra(account_extra: &str) -> (Proxy, FakeImapServer) {
     let tokens = FakeTokenServer::start().await;
     let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
     let state_dir = tempfile::tempdir().expect("tempdir");
-    seed_tokens(state_dir.path(), &tokens);
+    if account_extra.contains("password_hash") {
+        // An unattended account's sign-in stores its tokens unsealed.
+        tokens.state.seed_refresh_token(harness::SEED_REFRESH);
+        TokenStore::new(state_dir.path())
+            .save(
+                USER,
+                &xoauth2_proxy::auth::vault::StoredTokens {
+                    refresh_token: Some(SecretString::from(harness::SEED_REFRESH.to_owned())),
+                    access_token: None,
+                    expires_at: None,
+                },
+            )
+            .unwrap();
+    } else {
+        seed_tokens(state_dir.path(), &tokens);
+    }
     let mut text = config_text(
         &pki,
         state_dir.path(),
@@ -90,7 +105,7 @@ fn creds(password: &str) -> Credentials {
 }
 
 #[tokio::test]
-async fn first_login_binds_the_password_and_a_wrong_one_never_leaves_the_machine() {
+async fn the_sign_in_password_opens_the_seal_and_a_wrong_one_never_leaves_the_machine() {
     let (proxy, server) = proxy().await;
     let line = imap_login(&proxy, PASSWORD).await;
     assert!(line.starts_with("a1 OK"), "{line}");
@@ -124,7 +139,7 @@ async fn first_login_binds_the_password_and_a_wrong_one_never_leaves_the_machine
 }
 
 #[tokio::test]
-async fn a_restarted_proxy_opens_the_seal_only_with_the_bound_password() {
+async fn a_restarted_proxy_opens_the_seal_only_with_the_chosen_password() {
     let (proxy, server) = proxy().await;
     assert!(imap_login(&proxy, PASSWORD).await.starts_with("a1 OK"));
     let Proxy {
@@ -200,7 +215,7 @@ async fn a_refresh_reseals_the_rotated_token_before_use() {
 }
 
 #[tokio::test]
-async fn forget_then_sign_in_again_binds_a_new_password() {
+async fn forget_then_sign_in_again_with_a_new_password() {
     let (proxy, _server) = proxy().await;
     assert!(imap_login(&proxy, PASSWORD).await.starts_with("a1 OK"));
     assert!(
@@ -222,8 +237,18 @@ async fn forget_then_sign_in_again_binds_a_new_password() {
             .path_for(USER)
             .exists()
     );
-    // A new sign-in: the next login binds whatever password it brings.
-    seed_tokens(proxy.state_dir.path(), &proxy.tokens);
+    // A new sign-in, sealed under the password chosen with it.
+    proxy.tokens.state.seed_refresh_token(harness::SEED_REFRESH);
+    harness::seal_tokens(
+        proxy.state_dir.path(),
+        USER,
+        "a new password",
+        &xoauth2_proxy::auth::vault::StoredTokens {
+            refresh_token: Some(SecretString::from(harness::SEED_REFRESH.to_owned())),
+            access_token: None,
+            expires_at: None,
+        },
+    );
     ctx.token_for(&creds("a new password")).await.unwrap();
     assert!(matches!(
         ctx.token_for(&creds(PASSWORD)).await,
@@ -465,19 +490,19 @@ async fn a_catch_all_account_gives_each_address_its_own_tokens_and_password() {
             "{stranger}"
         );
     }
-    // Its own sign-in, then its own password, bound by its first login.
+    // Its own sign-in with its own password.
     let store = TokenStore::new(proxy.state_dir.path());
     proxy.tokens.state.seed_refresh_token("rt-other");
-    store
-        .save(
-            "other@example.test",
-            &xoauth2_proxy::auth::vault::StoredTokens {
-                refresh_token: Some(SecretString::from("rt-other".to_owned())),
-                access_token: None,
-                expires_at: None,
-            },
-        )
-        .unwrap();
+    harness::seal_tokens(
+        proxy.state_dir.path(),
+        "other@example.test",
+        "other-password",
+        &xoauth2_proxy::auth::vault::StoredTokens {
+            refresh_token: Some(SecretString::from("rt-other".to_owned())),
+            access_token: None,
+            expires_at: None,
+        },
+    );
     let (user, _token) = ctx
         .token_for(&creds_for(other, "other-password"))
         .await
@@ -606,9 +631,101 @@ async fn stale_temp_files_of_a_killed_write_are_removed_at_start() {
     assert!(in_progress.exists(), "a recent temp file is left alone");
     assert!(
         TokenStore::new(state_dir.path())
-            .load(USER)
+            .load_entry(USER)
             .unwrap()
             .is_some()
     );
     running.shutdown().await;
+}
+
+/// The race the sign-in closes: `authorize --device --password-stdin`
+/// seals the tokens under the password given there, on their first write
+/// (no refresh token in clear in the file at any point it exists); a local
+/// client that logs in first with another password is refused as a wrong
+/// password, and the real password works.
+#[tokio::test]
+async fn authorize_password_stdin_seals_before_any_client_logs_in() {
+    const CHOSEN: &str = "the owner's password";
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    tokens.state.set_pending_polls(0);
+    let server = FakeImapServer::start(&pki, tokens.state.clone(), ImapOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[imap(server.addr)],
+        "",
+    );
+    let config = state_dir.path().join("proxy.toml");
+    std::fs::write(&config, &text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xoauth2-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .args(["authorize", USER, "--device", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        writeln!(child.stdin.take().unwrap(), "{CHOSEN}").unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let file = file_of(state_dir.path());
+    let text_on_disk = String::from_utf8(file).unwrap();
+    let issued = tokens.state.latest_refresh_token().unwrap();
+    assert!(
+        text_on_disk.contains("\"sealed\"") && !text_on_disk.contains(&issued),
+        "{text_on_disk}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(CHOSEN));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(CHOSEN));
+
+    let proxy = Proxy {
+        running: start(&text).await,
+        pki,
+        tokens,
+        state_dir,
+    };
+    let before = file_of(proxy.state_dir.path());
+    let line = imap_login(&proxy, "first come first served").await;
+    assert!(line.starts_with("a1 NO [AUTHENTICATIONFAILED] "), "{line}");
+    assert_eq!(file_of(proxy.state_dir.path()), before, "nothing rebound");
+    assert_eq!(server.state.auth_attempts(), 0, "refused locally");
+    let line = imap_login(&proxy, CHOSEN).await;
+    assert!(line.starts_with("a1 OK"), "{line}");
+    // And the first client's password stays wrong after the owner's login.
+    let line = imap_login(&proxy, "first come first served").await;
+    assert!(line.starts_with("a1 NO"), "{line}");
+}
+
+/// Tokens left unsealed for a sealed account (by an older `authorize`) are
+/// not bound by whichever client logs in first: every login is told to
+/// sign in again, and the file is left alone.
+#[tokio::test]
+async fn unsealed_tokens_of_a_sealed_account_are_not_bound_by_a_login() {
+    let (proxy, server) = proxy().await;
+    let store = TokenStore::new(proxy.state_dir.path());
+    store
+        .save(
+            USER,
+            &xoauth2_proxy::auth::vault::StoredTokens {
+                refresh_token: Some(SecretString::from(harness::SEED_REFRESH.to_owned())),
+                access_token: None,
+                expires_at: None,
+            },
+        )
+        .unwrap();
+    let before = file_of(proxy.state_dir.path());
+    let line = imap_login(&proxy, "whoever comes first").await;
+    assert!(line.starts_with("a1 NO [AUTHENTICATIONFAILED] "), "{line}");
+    assert!(line.contains("sign in again"), "{line}");
+    assert_eq!(file_of(proxy.state_dir.path()), before);
+    assert_eq!(server.state.auth_attempts(), 0);
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::authcode::PendingSignIn;
+use crate::auth::signin::LocalPassword;
 use crate::config::{AccountConfig, AdminListen, Config};
 use crate::drain::Sessions;
 use crate::health::ListenerStats;
@@ -116,7 +117,8 @@ struct AppState {
     csrf: guard::CsrfToken,
     /// `http://localhost:PORT/`.
     page_url: String,
-    pending: Mutex<pending::PendingMap<PendingSignIn>>,
+    /// Each with the local password chosen in its form (sealed accounts).
+    pending: Mutex<pending::PendingMap<(PendingSignIn, Option<LocalPassword>)>>,
     device: device::Panels,
     notices: Mutex<VecDeque<page::Notice>>,
     /// Device code sign-ins running in the background.

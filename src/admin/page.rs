@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use crate::auth::signin::MIN_PASSWORD_LEN;
 use crate::auth::tokens::{AccountState, AccountStatus};
 use crate::config::Flow;
 use crate::escape::escape;
@@ -38,6 +39,9 @@ pub struct AccountRow {
     pub browser_sign_in: bool,
     /// The account has a device code URL: a device code button.
     pub device_sign_in: bool,
+    /// The sign-in form asks for the local password (twice): the tokens
+    /// are sealed with it (no `password_hash`).
+    pub choose_password: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +125,7 @@ pub(crate) fn state_text(state: &AccountState) -> (&'static str, String) {
         AccountState::NeedsSignIn => ("needs-sign-in", "needs sign-in".into()),
         AccountState::Locked => (
             "locked",
-            "signed in — locked until the first client login".into(),
+            "signed in — locked until a client logs in with the password chosen at sign-in".into(),
         ),
         AccountState::Ready => ("ready", "signed in — ready".into()),
         AccountState::Active {
@@ -164,7 +168,7 @@ border-bottom:1px solid #ddd;vertical-align:top}th{font-weight:600}\
 .state{font-weight:600}.needs-sign-in,.unreadable,.failed{color:#b00020}\
 .locked,.ready{color:#8a5a00}.active,.app-only,.done{color:#1b7f3b}\
 .error{color:#b00020;font-size:.9em}form{display:inline;margin:0 .3em 0 0}\
-button{font:inherit;padding:.2em .8em}input[type=email]{font:inherit;width:14em}\
+button{font:inherit;padding:.2em .8em}input[type=email],input[type=password]{font:inherit;width:12em}\
 .notice{padding:.5em .8em;margin:.4em 0;border-radius:4px;background:#eef7f0}\
 .notice.bad{background:#fdecee}.code{font:1.3em monospace;letter-spacing:.1em}\
 .muted{color:#666;font-size:.9em}";
@@ -253,21 +257,46 @@ fn accounts(html: &mut String, page: &Page) {
                 escape(&s.username)
             )
         };
-        if row.browser_sign_in {
+        // One form for both ways of signing in (the code button posts it to
+        // /device), so the password is typed once, beside the address.
+        if row.browser_sign_in || row.device_sign_in {
+            let password_fields = if row.choose_password {
+                format!(
+                    "<input type=\"password\" name=\"password\" required minlength=\"{MIN_PASSWORD_LEN}\" \
+                     autocomplete=\"new-password\" placeholder=\"local password\" \
+                     aria-label=\"local password for your mail client\">\
+                     <input type=\"password\" name=\"password2\" required minlength=\"{MIN_PASSWORD_LEN}\" \
+                     autocomplete=\"new-password\" placeholder=\"again\" \
+                     aria-label=\"the local password again\">"
+                )
+            } else {
+                String::new()
+            };
+            let action = if row.browser_sign_in {
+                "/signin"
+            } else {
+                "/device"
+            };
             let _ = write!(
                 html,
-                "<form method=\"post\" action=\"/signin\">{}{account_field}\
-                 <button type=\"submit\">Sign in</button></form>",
+                "<form method=\"post\" action=\"{action}\">{}{account_field}{password_fields}",
                 csrf_field(&page.csrf)
             );
-        }
-        if row.device_sign_in {
-            let _ = write!(
-                html,
-                "<form method=\"post\" action=\"/device\">{}{account_field}\
-                 <button type=\"submit\">Sign in with a code</button></form>",
-                csrf_field(&page.csrf)
-            );
+            if row.browser_sign_in {
+                html.push_str("<button type=\"submit\">Sign in</button>");
+            }
+            if row.device_sign_in {
+                html.push_str(
+                    "<button type=\"submit\" formaction=\"/device\">Sign in with a code</button>",
+                );
+            }
+            html.push_str("</form>");
+            if row.choose_password {
+                html.push_str(
+                    "<br><span class=\"muted\">The password you choose here seals the tokens; \
+                     your mail client logs in with it.</span>",
+                );
+            }
         }
         if !row.browser_sign_in && !row.device_sign_in {
             html.push_str("<span class=\"muted\">none needed</span>");
@@ -387,6 +416,7 @@ mod tests {
             status,
             browser_sign_in: true,
             device_sign_in: true,
+            choose_password: true,
         }
     }
 
@@ -462,7 +492,7 @@ mod tests {
             (
                 AccountState::Locked,
                 "locked",
-                "signed in — locked until the first client login",
+                "signed in — locked until a client logs in with the password chosen at sign-in",
             ),
             (AccountState::Ready, "ready", "signed in — ready"),
             (
@@ -501,12 +531,37 @@ mod tests {
             ],
             ..Page::default()
         });
-        assert_eq!(html.matches("name=\"csrf\" value=\"tok\"").count(), 4);
+        // One form per row: both buttons post it (the code one to /device).
+        assert_eq!(html.matches("name=\"csrf\" value=\"tok\"").count(), 2);
         assert!(html.contains("name=\"account\" value=\"a@b.test\""));
         assert!(
             html.contains("type=\"email\" name=\"account\" required placeholder=\"name@b.test\"")
         );
-        assert!(html.contains("action=\"/signin\"") && html.contains("action=\"/device\""));
+        assert!(html.contains("action=\"/signin\"") && html.contains("formaction=\"/device\""));
+        // The local password is chosen here, typed twice, never filled in.
+        assert_eq!(
+            html.matches("type=\"password\" name=\"password\" required")
+                .count(),
+            2
+        );
+        assert_eq!(
+            html.matches("type=\"password\" name=\"password2\" required")
+                .count(),
+            2
+        );
+        assert!(html.contains(&format!("minlength=\"{MIN_PASSWORD_LEN}\"")));
+        assert!(!html.contains("type=\"password\" name=\"password\" value"));
+        let unattended = render(&Page {
+            accounts: vec![AccountRow {
+                choose_password: false,
+                ..row(status("scanner@b.test", AccountState::NeedsSignIn))
+            }],
+            ..Page::default()
+        });
+        assert!(
+            !unattended.contains("type=\"password\""),
+            "password_hash: none asked"
+        );
         assert!(!html.contains("http-equiv=\"refresh\""));
         assert!(!html.contains("<script") && !html.contains(" src="));
     }

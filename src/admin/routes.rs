@@ -20,8 +20,10 @@ use super::page::{self, AccountRow, DeviceState, Page};
 use super::{AppState, MAX_BODY_BYTES, View};
 use crate::auth::flows::{self, FlowError, PendingSignIn, callback_error, finish_sign_in};
 use crate::auth::provider::endpoints;
+use crate::auth::signin::{LocalPassword, PasswordError, save_signed_in};
 use crate::auth::vault::StoredTokens;
 use crate::config::{AccountConfig, Flow};
+use secrecy::SecretString;
 
 pub(super) fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -133,6 +135,8 @@ async fn show(State(state): State<Arc<AppState>>) -> Response {
                     && ep.as_ref().is_some_and(|e| e.authorize_url.is_some()),
                 device_sign_in: interactive
                     && ep.as_ref().is_some_and(|e| e.device_code_url.is_some()),
+                choose_password: config_for(&view, &status.username)
+                    .is_some_and(|c| c.password_hash.is_none()),
                 status,
             }
         })
@@ -157,6 +161,25 @@ async fn show(State(state): State<Arc<AppState>>) -> Response {
 struct AccountForm {
     account: Option<String>,
     csrf: Option<String>,
+    /// The local password chosen with the sign-in, and its confirmation.
+    password: Option<SecretString>,
+    password2: Option<SecretString>,
+}
+
+/// The form's local password for `config`: required (typed twice alike,
+/// long enough) for an account whose tokens are sealed with it; none for a
+/// `password_hash` account (its password is in the configuration).
+fn chosen_password(
+    form: &AccountForm,
+    config: &AccountConfig,
+) -> Result<Option<LocalPassword>, PasswordError> {
+    if config.password_hash.is_some() {
+        return Ok(None);
+    }
+    let empty = SecretString::from(String::new());
+    let password = form.password.as_ref().unwrap_or(&empty);
+    let again = form.password2.as_ref().unwrap_or(&empty);
+    LocalPassword::new(password, Some(again)).map(Some)
 }
 
 /// The form's account, once its CSRF token is right.
@@ -202,10 +225,20 @@ async fn sign_in(State(state): State<Arc<AppState>>, Form(form): Form<AccountFor
     let Some(config) = interactive_config(&state, &view, &account) else {
         return back_to_page();
     };
+    let password = match chosen_password(&form, &config) {
+        Ok(p) => p,
+        Err(e) => {
+            state.notify(&config.username, false, e.to_string());
+            return back_to_page();
+        }
+    };
     match PendingSignIn::start(&config, &state.redirect_uri()) {
         Ok((url, pending)) => {
             let key = pending.state().to_owned();
-            state.pending.lock().insert(key, pending, Instant::now());
+            state
+                .pending
+                .lock()
+                .insert(key, (pending, password), Instant::now());
             tracing::info!(account = %config.username, "sign-in started from the local page");
             see_other(&url)
         }
@@ -223,7 +256,7 @@ async fn callback(
     let pending = params
         .get("state")
         .and_then(|s| state.pending.lock().take(s, Instant::now()));
-    let Some(pending) = pending else {
+    let Some((pending, password)) = pending else {
         return (
             StatusCode::BAD_REQUEST,
             Html(
@@ -249,7 +282,7 @@ async fn callback(
     let http = view.context.gate.tokens().http().clone();
     match finish_sign_in(pending, &config, &http, sent_state, code).await {
         Ok(tokens) => {
-            store(&state, &config.username, tokens).await;
+            store(&state, &config, tokens, password).await;
         }
         Err(e) => {
             tracing::warn!(account = %username, error = %e, "sign-in from the local page failed");
@@ -259,29 +292,41 @@ async fn callback(
     back_to_page()
 }
 
-/// Saves new tokens (unsealed: the next client login binds its password)
-/// with the configuration in use now, and tells the token manager.
-/// `false`: they could not be saved (said on the page).
-async fn store(state: &AppState, username: &str, tokens: StoredTokens) -> bool {
+/// Saves the tokens of a sign-in whose user was checked, sealed under the
+/// password chosen in its form, with the configuration in use now, and
+/// tells the token manager. `false`: they could not be saved (said on the page).
+async fn store(
+    state: &AppState,
+    config: &AccountConfig,
+    tokens: StoredTokens,
+    password: Option<LocalPassword>,
+) -> bool {
     let view = state.current();
+    let username = config.username.as_str();
     let store = view.context.gate.tokens().store().clone();
-    let name = username.to_owned();
-    let saved = tokio::task::spawn_blocking(move || store.save(&name, &tokens)).await;
+    let kdf = view.context.gate.tokens().kdf();
+    let account = config.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        save_signed_in(&store, &account, &tokens, password.as_ref(), kdf)
+    })
+    .await;
     match saved {
         Ok(Ok(())) => {
             view.context.gate.tokens().signed_in(username).await;
             tracing::info!(account = %username, "signed in from the local page");
-            state.notify(
-                username,
-                true,
-                "signed in. Now log in from your mail client with this address and a \
-                 password of your choice: the first login sets it.",
-            );
+            let message = if config.password_hash.is_some() {
+                "signed in. Mail clients log in with this address and the password of its \
+                 password_hash."
+            } else {
+                "signed in. Now log in from your mail client with this address and the \
+                 password you chose here."
+            };
+            state.notify(username, true, message);
             true
         }
         Ok(Err(e)) => {
             tracing::error!(account = %username, error = %e, "cannot save the new tokens");
-            state.notify(username, false, format!("cannot save the tokens: {e}"));
+            state.notify(username, false, e.to_string());
             false
         }
         Err(e) => {
@@ -299,6 +344,13 @@ async fn device(State(state): State<Arc<AppState>>, Form(form): Form<AccountForm
     let view = state.current();
     let Some(config) = interactive_config(&state, &view, &account) else {
         return back_to_page();
+    };
+    let password = match chosen_password(&form, &config) {
+        Ok(p) => p,
+        Err(e) => {
+            state.notify(&config.username, false, e.to_string());
+            return back_to_page();
+        }
     };
     if !state.device.begin(&config.username) {
         return back_to_page();
@@ -324,7 +376,7 @@ async fn device(State(state): State<Arc<AppState>>, Form(form): Form<AccountForm
         .await;
         match result {
             Ok(tokens) => {
-                let done = if store(&state, &username, tokens).await {
+                let done = if store(&state, &config, tokens, password).await {
                     DeviceState::Done
                 } else {
                     DeviceState::Failed("signed in, but the tokens could not be saved".into())

@@ -96,6 +96,8 @@ mod tests {
             cloud: None,
             client_certificate: None,
             client_key: None,
+            verify_identity: None,
+            catch_all: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
             ("alice@contoso.com", "pw", Ok(())),
@@ -131,6 +133,8 @@ mod tests {
             cloud: None,
             client_certificate: None,
             client_key: None,
+            verify_identity: None,
+            catch_all: None,
         }
     }
 

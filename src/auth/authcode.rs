@@ -17,7 +17,7 @@ use oauth2::{AuthorizationCode, PkceCodeVerifier, RedirectUrl};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::flows::{FlowError, client_auth_params, describe, stored_tokens, token_client};
+use super::flows::{FlowError, client_auth_params, describe, sign_in_client, signed_in_tokens};
 use super::http::HttpClient;
 use super::password::fill_random;
 use super::provider::endpoints;
@@ -134,7 +134,8 @@ impl PendingSignIn {
 }
 
 /// Checks `state` (constant-time compare) and exchanges the code (with the
-/// code_verifier and the same redirect_uri) for tokens.
+/// code_verifier and the same redirect_uri) for tokens, which are given
+/// only if the id_token's user is the account's ([`FlowError::Identity`]).
 pub async fn finish_sign_in(
     pending: PendingSignIn,
     account: &AccountConfig,
@@ -156,7 +157,7 @@ pub async fn finish_sign_in(
     }
     let redirect = RedirectUrl::new(pending.redirect_uri.clone())
         .map_err(|e| FlowError::Config(format!("the redirect URI is not a URL: {e}")))?;
-    let client = token_client(account)?;
+    let client = sign_in_client(account)?;
     let auth = client_auth_params(account)?;
     let mut request = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -175,7 +176,7 @@ pub async fn finish_sign_in(
         .request_async(&send)
         .await
         .map_err(|e| FlowError::Token(describe(e)))?;
-    Ok(stored_tokens(&response))
+    signed_in_tokens(account, &response)
 }
 
 /// The error of an authorize redirect (`error=access_denied&error_description=…`),
@@ -240,6 +241,10 @@ mod tests {
         assert_eq!(q["redirect_uri"], "http://localhost:1234/callback");
         assert!(q["scope"].contains("https://outlook.office.com/IMAP.AccessAsUser.All"));
         assert!(q["scope"].contains("offline_access"));
+        assert!(
+            q["scope"].split(' ').any(|s| s == "openid"),
+            "who signed in"
+        );
         assert_eq!(q["state"], pending.state());
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(
@@ -264,7 +269,7 @@ mod tests {
         let (url, _) = PendingSignIn::start(&account("gmail"), "http://localhost:1/cb").unwrap();
         assert!(url.starts_with("https://accounts.google.com/o/oauth2/v2/auth?"));
         let q = query(&url);
-        assert_eq!(q["scope"], "https://mail.google.com/");
+        assert_eq!(q["scope"], "https://mail.google.com/ openid profile email");
         assert_eq!(q["access_type"], "offline");
         assert!(q["prompt"].contains("consent"));
     }

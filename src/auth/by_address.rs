@@ -165,6 +165,8 @@ mod tests {
             cloud: None,
             client_certificate: None,
             client_key: None,
+            verify_identity: None,
+            catch_all: None,
         }
     }
 

@@ -6,9 +6,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse};
+use oauth2::basic::{
+    BasicClient, BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenResponse, BasicTokenType,
+};
 use oauth2::{
-    AuthType, ClientId, DeviceAuthorizationUrl, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AuthType, Client, ClientId, DeviceAuthorizationUrl, EndpointNotSet, EndpointSet,
+    ExtraTokenFields, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse, TokenUrl,
 };
 use oauth2::{DeviceAuthorizationResponse, ExtraDeviceAuthorizationFields};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::assertion::{CLIENT_ASSERTION_TYPE, ClientCertificate};
 use super::http::{HttpClient, HttpError};
+use super::identity::{self, IdentityError};
 use super::provider::endpoints;
 use super::vault::StoredTokens;
 use crate::config::AccountConfig;
@@ -67,6 +73,71 @@ pub enum FlowError {
     /// A [`super::authcode::PendingSignIn`] used for another account.
     #[error("this sign-in was started for another account")]
     WrongAccount,
+    /// Someone other than the account's user signed in (or the answer does
+    /// not say who): nothing is stored.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// The OpenID Connect part of a sign-in's token response: the id_token that
+/// says who signed in. `Debug` does not show it.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct IdTokenFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+impl ExtraTokenFields for IdTokenFields {}
+
+impl std::fmt::Debug for IdTokenFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdTokenFields")
+            .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A delegated sign-in's token response (with its id_token).
+pub(crate) type SignInResponse = StandardTokenResponse<IdTokenFields, BasicTokenType>;
+
+/// An oauth2 client whose token responses keep the id_token: for the
+/// grants of a delegated sign-in (authorization code, device code).
+pub(crate) type SignInClient = Client<
+    BasicErrorResponse,
+    SignInResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// [`token_client`] for a delegated sign-in.
+pub(crate) fn sign_in_client(account: &AccountConfig) -> Result<SignInClient, FlowError> {
+    let token_url = TokenUrl::new(endpoints(account).token_url)
+        .map_err(|e| FlowError::Config(format!("token_url is not a URL: {e}")))?;
+    Ok(Client::<
+        BasicErrorResponse,
+        SignInResponse,
+        BasicTokenIntrospectionResponse,
+        StandardRevocableToken,
+        BasicRevocationErrorResponse,
+    >::new(ClientId::new(account.client_id.clone()))
+    .set_token_uri(token_url)
+    .set_auth_type(AuthType::RequestBody))
+}
+
+/// The tokens of a finished delegated sign-in, once its id_token shows that
+/// the account's own user signed in ([`identity::verify`]); otherwise an
+/// error that names who signed in, and nothing to store.
+pub(crate) fn signed_in_tokens(
+    account: &AccountConfig,
+    response: &SignInResponse,
+) -> Result<StoredTokens, FlowError> {
+    identity::verify(account, response.extra_fields().id_token.as_deref())?;
+    Ok(stored_tokens(response))
 }
 
 fn describe_denial(description: &Option<String>) -> String {
@@ -153,7 +224,7 @@ pub async fn device_code(
             account.username
         ))
     })?;
-    let client = token_client(account)?.set_device_authorization_url(
+    let client = sign_in_client(account)?.set_device_authorization_url(
         DeviceAuthorizationUrl::new(device_url).map_err(|e| FlowError::Config(e.to_string()))?,
     );
     let send = move |req| {
@@ -190,7 +261,7 @@ pub async fn device_code(
         .request_async(&send, tokio::time::sleep, Some(details.expires_in()))
         .await
         .map_err(|e| FlowError::Token(describe(e)))?;
-    Ok(stored_tokens(&response))
+    signed_in_tokens(account, &response)
 }
 
 /// One client credentials request (app-only, RFC 6749 §4.4) with the

@@ -1,6 +1,7 @@
 //! Where an account gets its tokens: endpoints and scopes per provider
 //! (Office 365 in each Microsoft cloud, Gmail, or a custom one).
 
+use super::identity::IDENTITY_SCOPES;
 use crate::config::{AccountConfig, Cloud, Flow, ProviderKind};
 
 /// Used when an office365 account names no tenant: work, school and personal accounts.
@@ -123,12 +124,22 @@ pub fn endpoints(account: &AccountConfig) -> Endpoints {
         ),
         ProviderKind::Custom => (None, None, None, Vec::new()),
     };
+    let mut scopes = account.scopes.clone().unwrap_or(scopes);
+    // A delegated sign-in must say who signed in (`auth::identity`): ask
+    // for an id_token, unless the account opted out.
+    if !app_only && account.verifies_identity() {
+        for scope in IDENTITY_SCOPES {
+            if !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+    }
     Endpoints {
         authorize_url: account.authorize_url.clone().or(authorize),
         // Validation guarantees a custom provider has a token_url.
         token_url: account.token_url.clone().or(token).unwrap_or_default(),
         device_code_url: account.device_code_url.clone().or(device),
-        scopes: account.scopes.clone().unwrap_or(scopes),
+        scopes,
     }
 }
 
@@ -167,10 +178,9 @@ mod tests {
                 "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
             )
         );
-        assert_eq!(
-            e.scopes,
-            OFFICE365_DELEGATED_SCOPES.map(String::from).to_vec()
-        );
+        let mut want = OFFICE365_DELEGATED_SCOPES.map(String::from).to_vec();
+        want.extend(IDENTITY_SCOPES.map(String::from));
+        assert_eq!(e.scopes, want, "mail scopes, then who signed in");
         let e = endpoints(&account(ProviderKind::Office365, None));
         assert!(e.token_url.contains("/common/"));
     }
@@ -215,6 +225,7 @@ mod tests {
             );
             assert_eq!(e.scopes[0], imap_scope, "{cloud:?}");
             assert!(e.scopes.iter().all(|s| s == "offline_access"
+                || IDENTITY_SCOPES.contains(&s.as_str())
                 || s.starts_with(imap_scope.trim_end_matches("IMAP.AccessAsUser.All"))));
             assert!(e.scopes.contains(&"offline_access".to_owned()));
             a.flow = Flow::ClientCredentials;
@@ -244,7 +255,10 @@ mod tests {
             e.device_code_url.as_deref(),
             Some("https://oauth2.googleapis.com/device/code")
         );
-        assert_eq!(e.scopes, vec!["https://mail.google.com/".to_owned()]);
+        assert_eq!(
+            e.scopes,
+            ["https://mail.google.com/", "openid", "profile", "email"].map(String::from)
+        );
     }
 
     #[test]
@@ -254,14 +268,36 @@ mod tests {
         a.scopes = Some(vec!["x".into()]);
         let e = endpoints(&a);
         assert_eq!(e.token_url, "http://127.0.0.1:1/token");
-        assert_eq!(e.scopes, vec!["x".to_string()]);
+        // Configured scopes, plus the identity ones (not repeated if listed).
+        assert_eq!(
+            e.scopes,
+            ["x", "openid", "profile", "email"].map(String::from)
+        );
+        a.scopes = Some(vec!["x".into(), "openid".into()]);
+        assert_eq!(
+            endpoints(&a).scopes,
+            ["x", "openid", "profile", "email"].map(String::from)
+        );
         assert!(e.device_code_url.unwrap().contains("devicecode"));
+        a.scopes = Some(vec!["x".into()]);
         a.flow = Flow::ClientCredentials;
-        assert_eq!(endpoints(&a).scopes, vec!["x".to_string()]);
+        assert_eq!(
+            endpoints(&a).scopes,
+            vec!["x".to_string()],
+            "app-only: no user"
+        );
         let mut c = account(ProviderKind::Custom, None);
         c.token_url = Some("https://idp.example/token".into());
+        c.scopes = Some(vec!["mail".into()]);
         let e = endpoints(&c);
         assert_eq!(e.authorize_url, None);
         assert_eq!(e.token_url, "https://idp.example/token");
+        assert_eq!(
+            e.scopes,
+            ["mail", "openid", "profile", "email"].map(String::from)
+        );
+        // A custom provider without OpenID Connect opts out: its scopes as given.
+        c.verify_identity = Some(false);
+        assert_eq!(endpoints(&c).scopes, vec!["mail".to_string()]);
     }
 }

@@ -4,9 +4,10 @@
 //! owner-only, so a crash leaves either the old or the new tokens, never
 //! neither. The file is a versioned JSON envelope in one of two states:
 //!
-//! - unsealed: the tokens in clear (owner-only). `authorize` writes this; for
-//!   a delegated account it is *pending*: the next client login binds its
-//!   password by sealing the entry. Accounts with `password_hash` stay so.
+//! - unsealed: the tokens in clear (owner-only), for accounts with
+//!   `password_hash` only. A delegated account's tokens are sealed from
+//!   their first write ([`super::signin`]); an unsealed entry of one (an
+//!   older version's pending state) is refused at login, never bound.
 //!   Version 1 files (before sealing existed) read as unsealed.
 //! - sealed: the tokens encrypted with XChaCha20-Poly1305 under a key
 //!   derived from the local password ([`SealKey`]); beside the ciphertext,
@@ -82,7 +83,8 @@ impl std::fmt::Debug for StoredTokens {
 /// What an account's file holds.
 #[derive(Debug)]
 pub enum Entry {
-    /// Tokens in clear: pending a password binding, or a `password_hash` account.
+    /// Tokens in clear: a `password_hash` account's (or an older version's
+    /// pending entry, which a login refuses).
     Unsealed(StoredTokens),
     Sealed(SealedTokens),
 }

@@ -354,6 +354,13 @@ pub struct AccountConfig {
     pub client_certificate: Option<PathBuf>,
     /// The RSA private key (PEM: PKCS#8 or PKCS#1, unencrypted) of `client_certificate`.
     pub client_key: Option<PathBuf>,
+    /// Whether a sign-in must prove that the account's own user signed in
+    /// (the id_token's user is its address; default true). `false` only
+    /// for a custom provider that returns no id_token.
+    pub verify_identity: Option<bool>,
+    /// For an address under a catch-all: the catch-all's `@domain`.
+    #[serde(skip)]
+    pub(crate) catch_all: Option<String>,
 }
 
 impl AccountConfig {
@@ -387,6 +394,8 @@ impl AccountConfig {
             cloud,
             client_certificate,
             client_key,
+            verify_identity,
+            catch_all,
         } = self;
         let secret_eq = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
             (None, None) => true,
@@ -408,6 +417,22 @@ impl AccountConfig {
             && *cloud == other.cloud
             && *client_certificate == other.client_certificate
             && *client_key == other.client_key
+            && *verify_identity == other.verify_identity
+            && *catch_all == other.catch_all
+    }
+
+    /// Whether a sign-in's id_token must name this account's user (`verify_identity`, default true).
+    pub fn verifies_identity(&self) -> bool {
+        self.verify_identity.unwrap_or(true)
+    }
+
+    /// The `@domain` whose users may sign in for this account: a catch-all's
+    /// own, or the catch-all's of an address under it.
+    pub fn catch_all_domain(&self) -> Option<&str> {
+        if self.is_catch_all() {
+            return Some(&self.username);
+        }
+        self.catch_all.as_deref()
     }
 
     /// `username = "@contoso.com"`: every address at the domain, each with
@@ -430,6 +455,7 @@ impl AccountConfig {
     pub(crate) fn for_address(&self, address: &str) -> AccountConfig {
         AccountConfig {
             username: address.to_owned(),
+            catch_all: Some(self.username.clone()),
             ..self.clone()
         }
     }

@@ -262,6 +262,13 @@ impl Config {
                 "only applies with provider = \"office365\" (the Microsoft cloud of the tenant)",
             ));
         }
+        if a.verify_identity == Some(false) && a.provider != ProviderKind::Custom {
+            return Err(self.invalid(
+                key("verify_identity"),
+                "can only be turned off for provider = \"custom\": Office 365 and Gmail always \
+                 say who signed in, and the check keeps another person's sign-in out of this account",
+            ));
+        }
         if a.tenant.is_some() && a.provider == ProviderKind::Gmail {
             return Err(self.invalid(key("tenant"), "only applies with provider = \"office365\""));
         }

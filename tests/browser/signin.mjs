@@ -1,10 +1,12 @@
-// The local page in a real browser: open it, click the account's Sign in
-// button, let the (fake) provider send the browser back, and check the row
-// now reads "locked until the first client login". Screenshots before and
-// after go to SHOT_DIR (signin-before.png, signin.png).
+// The local page in a real browser: open it, type the local password twice
+// into the account's sign-in form, click Sign in, let the (fake) provider
+// send the browser back, and check the row now reads "locked until a client
+// logs in with the password chosen at sign-in". Screenshots before and after
+// go to SHOT_DIR (signin-before.png, signin.png).
 //
 // usage: node signin.mjs PAGE_URL ACCOUNT [SHOT_DIR]
-// env:   CHROMIUM (default /usr/bin/chromium)
+// env:   CHROMIUM (default /usr/bin/chromium), SIGN_IN_PASSWORD (the local
+//        password to choose; tests/admin.rs logs in with it afterwards)
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -16,7 +18,12 @@ if (!url || !account) {
 }
 mkdirSync(shotDir, { recursive: true });
 
-const LOCKED = "signed in — locked until the first client login";
+const LOCKED = "signed in — locked until a client logs in with the password chosen at sign-in";
+const password = process.env.SIGN_IN_PASSWORD;
+if (!password) {
+  console.error("SIGN_IN_PASSWORD is not set");
+  process.exit(2);
+}
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const browser = await chromium.launch({
   executablePath,
@@ -38,6 +45,9 @@ try {
   console.log(`before: ${(await row.locator(".state").innerText()).trim()}`);
   await page.screenshot({ path: join(shotDir, "signin-before.png"), fullPage: true });
 
+  // The local password, typed twice (the form refuses to submit without it).
+  await row.locator('input[name="password"]').fill(password);
+  await row.locator('input[name="password2"]').fill(password);
   // Sign in: POST /signin -> 303 to the provider -> 302 back to /callback -> 303 to /.
   await Promise.all([
     page.waitForRequest((r) => new URL(r.url()).pathname === "/callback", { timeout: 30_000 }),

@@ -115,8 +115,25 @@ pub fn config_text_listeners(
 }
 
 /// Writes the signed-in state `authorize` leaves behind: a refresh token, no
-/// access token, and tells the fake token endpoint to accept it.
+/// access token, sealed under [`PASSWORD`] (chosen at sign-in), and tells
+/// the fake token endpoint to accept it.
 pub fn seed_tokens(state_dir: &Path, tokens: &FakeTokenServer) {
+    tokens.state.seed_refresh_token(SEED_REFRESH);
+    seal_tokens(
+        state_dir,
+        USER,
+        PASSWORD,
+        &StoredTokens {
+            refresh_token: Some(SecretString::from(SEED_REFRESH.to_owned())),
+            access_token: None,
+            expires_at: None,
+        },
+    );
+}
+
+/// The signed-in state of an unattended (`password_hash`) account: its
+/// sign-in stores the tokens unsealed (its password is in the configuration).
+pub fn seed_unattended_tokens(state_dir: &Path, tokens: &FakeTokenServer) {
     tokens.state.seed_refresh_token(SEED_REFRESH);
     TokenStore::new(state_dir)
         .save(
@@ -127,6 +144,17 @@ pub fn seed_tokens(state_dir: &Path, tokens: &FakeTokenServer) {
                 expires_at: None,
             },
         )
+        .expect("seed the token store");
+}
+
+/// Stores `tokens` for `user` as a sign-in does: sealed under `password`
+/// with the proxy's KDF parameters (so its first login runs the KDF once).
+pub fn seal_tokens(state_dir: &Path, user: &str, password: &str, tokens: &StoredTokens) {
+    use xoauth2_proxy::auth::password::{KdfParams, SealKey, random_salt};
+    let key = SealKey::derive(password.as_bytes(), KdfParams::CURRENT, random_salt())
+        .expect("derive the sealing key");
+    TokenStore::new(state_dir)
+        .save_sealed(user, tokens, &key)
         .expect("seed the token store");
 }
 

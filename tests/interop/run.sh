@@ -18,8 +18,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
 ACCOUNT=user@example.test
-# One local password for every client: the first login binds it to the
-# sealed tokens. A space, quotes and a backslash: imaplib sends it as a
+# One local password for every client: chosen at sign-in (`authorize
+# --password-stdin`), which seals the tokens under it. A space, quotes and a backslash: imaplib sends it as a
 # quoted string with escapes, curl quotes it too, and one check sends it as
 # an IMAP literal.
 PASSWORD='s3cret "quoted" \ pass'
@@ -49,6 +49,14 @@ show_logs() {
 # check NAME COMMAND...: runs COMMAND (a function or a program) in a subshell
 # with errexit, prints `ok - NAME` or `FAIL - NAME` with its output and the
 # logs' tails. Every client call inside is bounded by its own timeout.
+# authorize_device CONFIG: signs the account in with the device flow (the
+# fake approves it as the account's own user), choosing the local password
+# on standard input; the tokens are sealed under it from their first write.
+authorize_device() {
+  printf '%s\n' "$PASSWORD" |
+    timeout 60 "$PROXY" authorize "$ACCOUNT" --device --password-stdin --config "$1"
+}
+
 check() {
   local name=$1
   shift
@@ -553,8 +561,8 @@ main() {
     PY "$HERE/clients.py" dovecot-tokens rt-interop-direct
 
   proxy_config none "$RUN/proxy-none.toml"
-  check "xoauth2-proxy authorize --device against the fake token server" \
-    timeout 60 "$PROXY" authorize "$ACCOUNT" --device --config "$RUN/proxy-none.toml"
+  check "xoauth2-proxy authorize --device --password-stdin against the fake token server" \
+    authorize_device "$RUN/proxy-none.toml"
 
   start_proxy none
   client_suite none

@@ -89,9 +89,14 @@ enum RefreshTokenStatus {
 struct DeviceCode {
     polls: usize,
     redeemed: bool,
+    /// The scopes asked for (an id_token only with `openid`).
+    scope: Option<String>,
 }
 
 struct AuthCode {
+    /// The scopes asked for and the `login_hint` of the authorize request.
+    scope: Option<String>,
+    login_hint: Option<String>,
     redirect_uri: String,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
@@ -145,6 +150,13 @@ struct TokenInner {
     secret_grants: usize,
     assertion_grants: usize,
     client_auth_failures: Vec<String>,
+    /// Who completes sign-ins at this fake provider: named by the id_token.
+    /// `None`: the authorize request's `login_hint` (the account's own
+    /// user), or [`super::USER`] for a device code.
+    signed_in_user: Option<String>,
+    /// Whether sign-ins asking for `openid` get an id_token (false: a
+    /// provider without OpenID Connect).
+    id_tokens: bool,
 }
 
 impl Default for TokenState {
@@ -189,6 +201,8 @@ impl TokenState {
                 secret_grants: 0,
                 assertion_grants: 0,
                 client_auth_failures: Vec::new(),
+                signed_in_user: None,
+                id_tokens: true,
             }),
             in_flight: AtomicUsize::new(0),
         }
@@ -199,6 +213,17 @@ impl TokenState {
     }
 
     /// Makes `refresh_token` a known, valid refresh token (as if a sign-in had issued it).
+    /// Who completes the next sign-ins (the attack: another Microsoft
+    /// user than the account's); `None` goes back to the account's own.
+    pub fn set_signed_in_user(&self, user: Option<&str>) {
+        self.lock().signed_in_user = user.map(str::to_owned);
+    }
+
+    /// Whether sign-ins that ask for `openid` get an id_token.
+    pub fn set_id_tokens(&self, on: bool) {
+        self.lock().id_tokens = on;
+    }
+
     pub fn seed_refresh_token(&self, refresh_token: &str) {
         let mut inner = self.lock();
         inner
@@ -445,6 +470,33 @@ impl TokenInner {
             .insert(token.clone(), RefreshTokenStatus::Valid);
         self.latest_refresh_token = Some(token.clone());
         token
+    }
+
+    /// An id_token for a sign-in that asked for `scope`, naming `user`
+    /// (`None`: the configured signed-in user, else `hint`, else [`super::USER`]).
+    /// Unsigned (`alg: none`): the proxy reads the token endpoint's own answer.
+    fn id_token(&self, scope: Option<&str>, hint: Option<&str>) -> Option<String> {
+        let wants = scope.is_some_and(|s| s.split(' ').any(|s| s == "openid"));
+        if !wants || !self.id_tokens {
+            return None;
+        }
+        let user = self
+            .signed_in_user
+            .as_deref()
+            .or(hint)
+            .unwrap_or(super::USER);
+        let claims = json!({
+            "aud": "test-client",
+            "iss": "https://login.example.test/v2.0",
+            "preferred_username": user,
+            "name": "Test User",
+            "tid": "00000000-0000-0000-0000-000000000000",
+        });
+        Some(format!(
+            "{}.{}.",
+            B64URL.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            B64URL.encode(claims.to_string())
+        ))
     }
 
     fn next_code(&mut self, prefix: &str) -> String {
@@ -715,7 +767,11 @@ async fn token(
                 );
             }
             device.redeemed = true;
-            let body = inner.tokens(scope, true, no_expires_in);
+            let asked = device.scope.clone();
+            let mut body = inner.tokens(scope, true, no_expires_in);
+            if let Some(id) = inner.id_token(asked.as_deref(), None) {
+                body["id_token"] = json!(id);
+            }
             Json(body).into_response()
         }
         GRANT_CLIENT_CREDENTIALS => {
@@ -786,8 +842,12 @@ async fn token(
                 }
             }
             auth.redeemed = true;
+            let (asked, hint) = (auth.scope.clone(), auth.login_hint.clone());
             inner.codes_redeemed += 1;
-            let body = inner.tokens(scope, true, no_expires_in);
+            let mut body = inner.tokens(scope, true, no_expires_in);
+            if let Some(id) = inner.id_token(asked.as_deref(), hint.as_deref()) {
+                body["id_token"] = json!(id);
+            }
             Json(body).into_response()
         }
         other => ms_error(
@@ -939,6 +999,7 @@ async fn devicecode(
         DeviceCode {
             polls: 0,
             redeemed: false,
+            scope: form.get("scope").cloned(),
         },
     );
     let verification_uri = "https://microsoft.com/devicelogin";
@@ -990,6 +1051,8 @@ async fn authorize(
         inner.auth_codes.insert(
             code.clone(),
             AuthCode {
+                scope: query.get("scope").cloned(),
+                login_hint: query.get("login_hint").cloned(),
                 redirect_uri: redirect_uri.clone(),
                 code_challenge: query.get("code_challenge").cloned(),
                 code_challenge_method: query.get("code_challenge_method").cloned(),

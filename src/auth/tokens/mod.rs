@@ -4,10 +4,10 @@
 //! refresh token on disk before the access token that came with it is used.
 //!
 //! Delegated accounts (no `password_hash`) keep their tokens sealed with a
-//! key derived from the local password ([`TokenManager::login`]). The first
+//! key derived from the local password chosen at sign-in
+//! ([`crate::auth::signin`]); they are never stored unsealed. The first
 //! login of an account in this process runs the KDF (on a blocking thread)
-//! and opens the seal, or binds the password when the entry is still pending
-//! from `authorize`; it keeps the key, to re-seal rotated refresh tokens, and
+//! and opens the seal; it keeps the key, to re-seal rotated refresh tokens, and
 //! a keyed digest of the password, so every later login is one HMAC.
 //!
 //! The module's parts: `state` is one account's record (its configuration,
@@ -260,15 +260,21 @@ impl TokenManager {
     }
 
     /// A sign-in outside the login path (the local page) stored new tokens
-    /// for `username`: forget the old unlock, cached token and refresh state,
-    /// so the next client login binds its password to the new tokens. A
-    /// catch-all address earns its entry by this.
+    /// for `username`, sealed under the password chosen with it: forget the
+    /// old unlock, cached token and refresh state, so the next client login
+    /// opens the new entry with that password. A catch-all address earns its
+    /// entry by this.
     pub async fn signed_in(&self, username: &str) {
         if let Some(account) = self.accounts.admit(username, AccountTokens::new) {
             let mut state = account.refresh.lock().await;
             account.relock();
             *state = RefreshState::default();
         }
+    }
+
+    /// The KDF parameters new seals get (for sign-ins that seal new tokens).
+    pub fn kdf(&self) -> KdfParams {
+        self.kdf
     }
 
     /// The token store, for sign-ins that write new tokens.
@@ -287,7 +293,7 @@ impl TokenManager {
     }
 
     /// A client login: the password must match `password_hash`, or open
-    /// (on the first login after a sign-in: bind) the sealed tokens; then a
+    /// the sealed tokens; then a
     /// valid access token, refreshed when needed.
     pub async fn login(
         &self,

@@ -16,7 +16,7 @@ pub enum AccountState {
     /// No usable tokens: someone must sign in.
     NeedsSignIn,
     /// Signed in; the sealed tokens open at the first client login with the
-    /// local password (which that login binds, after a new sign-in).
+    /// local password chosen at the sign-in.
     Locked,
     /// Signed in (a `password_hash` account); no access token fetched yet.
     Ready,
@@ -100,6 +100,8 @@ impl TokenManager {
                 Ok(Ok(Some(Entry::Unsealed(t)))) if t.refresh_token.is_none() => {
                     AccountState::NeedsSignIn
                 }
+                // Stored without a password by an older version: refused at login.
+                Ok(Ok(Some(Entry::Unsealed(_)))) if account.sealed => AccountState::NeedsSignIn,
                 Ok(Ok(Some(_))) if account.sealed => AccountState::Locked,
                 Ok(Ok(Some(_))) => AccountState::Ready,
                 Ok(Err(e)) => AccountState::Unreadable(e.to_string()),

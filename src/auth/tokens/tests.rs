@@ -26,6 +26,8 @@ fn account(password_hash: Option<&str>) -> AccountConfig {
         cloud: None,
         client_certificate: None,
         client_key: None,
+        verify_identity: None,
+        catch_all: None,
     }
 }
 
@@ -41,8 +43,8 @@ fn manager(store: &Arc<TokenStore>, kdf: KdfParams) -> TokenManager {
     )
 }
 
-/// What `authorize` leaves: unsealed tokens with an access token valid
-/// for an hour, so logins need no token endpoint.
+/// What a `password_hash` account's sign-in leaves: unsealed tokens with
+/// an access token valid for an hour, so logins need no token endpoint.
 fn signed_in() -> (tempfile::TempDir, Arc<TokenStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(TokenStore::new(dir.path()));
@@ -59,6 +61,34 @@ fn signed_in() -> (tempfile::TempDir, Arc<TokenStore>) {
     (dir, store)
 }
 
+/// Writes `tokens` sealed under `password`, as a sign-in does (the page or
+/// `authorize`: the password is chosen there).
+fn seal(store: &TokenStore, password: &str, tokens: &StoredTokens) {
+    let key = SealKey::derive(
+        password.as_bytes(),
+        TEST_PARAMS,
+        crate::auth::password::random_salt(),
+    )
+    .unwrap();
+    store.save_sealed(USER, tokens, &key).unwrap();
+}
+
+fn valid_hour(rt: &str, at: &str) -> StoredTokens {
+    StoredTokens {
+        refresh_token: Some(SecretString::from(rt.to_owned())),
+        access_token: Some(SecretString::from(at.to_owned())),
+        expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(3600))),
+    }
+}
+
+/// A sign-in that chose `password`: sealed tokens, an access token valid for an hour.
+fn signed_in_with(password: &str) -> (tempfile::TempDir, Arc<TokenStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(TokenStore::new(dir.path()));
+    seal(&store, password, &valid_hour("rt-1", "at-1"));
+    (dir, store)
+}
+
 fn pw(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
@@ -71,13 +101,16 @@ fn sealed_params(store: &TokenStore) -> Option<KdfParams> {
 }
 
 #[tokio::test]
-async fn first_login_binds_the_password_and_later_ones_cost_no_kdf() {
-    let (_dir, store) = signed_in();
+async fn first_login_opens_the_seal_and_later_ones_cost_no_kdf() {
+    let (_dir, store) = signed_in_with("correct horse");
     let tokens = manager(&store, TEST_PARAMS);
-    assert_eq!(sealed_params(&store), None, "pending after authorize");
+    assert_eq!(
+        sealed_params(&store),
+        Some(TEST_PARAMS),
+        "sealed at sign-in"
+    );
     let at = tokens.login(USER, &pw("correct horse")).await.unwrap();
     assert_eq!(at.expose_secret(), "at-1");
-    assert_eq!(sealed_params(&store), Some(TEST_PARAMS), "bound and sealed");
     let text = std::fs::read_to_string(store.path_for(USER)).unwrap();
     assert!(!text.contains("rt-1") && !text.contains("at-1"), "{text}");
     for _ in 0..200 {
@@ -94,7 +127,7 @@ async fn first_login_binds_the_password_and_later_ones_cost_no_kdf() {
 
 #[tokio::test]
 async fn a_wrong_password_is_refused_and_the_tokens_are_kept() {
-    let (_dir, store) = signed_in();
+    let (_dir, store) = signed_in_with("right");
     manager(&store, TEST_PARAMS)
         .login(USER, &pw("right"))
         .await
@@ -122,7 +155,7 @@ async fn a_wrong_password_is_refused_and_the_tokens_are_kept() {
 
 #[tokio::test]
 async fn concurrent_first_logins_share_one_kdf_run() {
-    let (_dir, store) = signed_in();
+    let (_dir, store) = signed_in_with("pw");
     let tokens = Arc::new(manager(&store, TEST_PARAMS));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
@@ -137,7 +170,7 @@ async fn concurrent_first_logins_share_one_kdf_run() {
 
 #[tokio::test]
 async fn entries_sealed_with_other_parameters_are_resealed_at_login() {
-    let (_dir, store) = signed_in();
+    let (_dir, store) = signed_in_with("pw");
     manager(&store, TEST_PARAMS)
         .login(USER, &pw("pw"))
         .await
@@ -174,9 +207,9 @@ async fn no_tokens_damaged_tokens_and_forget() {
         matches!(&err, TokenError::NeedsSignIn(m) if m.contains("authorize")),
         "{err}"
     );
-    assert_eq!(tokens.kdf_runs(), 0, "nothing to bind to");
+    assert_eq!(tokens.kdf_runs(), 0, "nothing to open");
 
-    let (_dir, store) = signed_in();
+    let (_dir, store) = signed_in_with("pw");
     manager(&store, TEST_PARAMS)
         .login(USER, &pw("pw"))
         .await
@@ -199,22 +232,13 @@ async fn no_tokens_damaged_tokens_and_forget() {
         Err(TokenError::WrongPassword(_))
     ));
 
-    // `forget`, then a new sign-in: the next login binds a new password.
+    // `forget`, then a new sign-in with a new password.
     assert!(store.remove(USER).unwrap());
     assert!(matches!(
         tokens.login(USER, &pw("pw")).await,
         Err(TokenError::NeedsSignIn(_))
     ));
-    store
-        .save(
-            USER,
-            &StoredTokens {
-                refresh_token: Some(SecretString::from("rt-2".to_owned())),
-                access_token: Some(SecretString::from("at-2".to_owned())),
-                expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(3600))),
-            },
-        )
-        .unwrap();
+    seal(&store, "new password", &valid_hour("rt-2", "at-2"));
     let at = tokens.login(USER, &pw("new password")).await.unwrap();
     assert_eq!(at.expose_secret(), "at-2");
 }
@@ -316,17 +340,16 @@ fn backoff_doubles_up_to_a_cap_and_honours_retry_after() {
 
 /// Tokens whose access token has expired: every login needs the endpoint.
 fn expired() -> (tempfile::TempDir, Arc<TokenStore>) {
-    let (dir, store) = signed_in();
-    store
-        .save(
-            USER,
-            &StoredTokens {
-                refresh_token: Some(SecretString::from("rt-1".to_owned())),
-                access_token: Some(SecretString::from("at-old".to_owned())),
-                expires_at: Some(unix_secs(SystemTime::now() - Duration::from_secs(60))),
-            },
-        )
-        .unwrap();
+    let (dir, store) = signed_in_with("pw");
+    seal(
+        &store,
+        "pw",
+        &StoredTokens {
+            refresh_token: Some(SecretString::from("rt-1".to_owned())),
+            access_token: Some(SecretString::from("at-old".to_owned())),
+            expires_at: Some(unix_secs(SystemTime::now() - Duration::from_secs(60))),
+        },
+    );
     (dir, store)
 }
 
@@ -366,25 +389,24 @@ async fn transient_failures_back_off_and_keep_the_tokens() {
             let k = SealKey::derive(b"pw", s.params(), s.salt()).unwrap();
             s.open(&k).unwrap()
         }
-        Entry::Unsealed(_) => panic!("sealed at the first login"),
+        Entry::Unsealed(_) => panic!("sealed at sign-in"),
     };
     assert_eq!(key.refresh_token.unwrap().expose_secret(), "rt-1");
 }
 
 #[tokio::test]
 async fn a_still_valid_token_is_used_while_the_endpoint_is_down() {
-    let (_dir, store) = signed_in();
-    store
-        .save(
-            USER,
-            &StoredTokens {
-                refresh_token: Some(SecretString::from("rt-1".to_owned())),
-                access_token: Some(SecretString::from("at-inside-margin".to_owned())),
-                // Inside the 60 s margin, but not expired.
-                expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(45))),
-            },
-        )
-        .unwrap();
+    let (_dir, store) = signed_in_with("pw");
+    seal(
+        &store,
+        "pw",
+        &StoredTokens {
+            refresh_token: Some(SecretString::from("rt-1".to_owned())),
+            access_token: Some(SecretString::from("at-inside-margin".to_owned())),
+            // Inside the 60 s margin, but not expired.
+            expires_at: Some(unix_secs(SystemTime::now() + Duration::from_secs(45))),
+        },
+    );
     let tokens = manager(&store, TEST_PARAMS);
     let at = tokens.login(USER, &pw("pw")).await.unwrap();
     assert_eq!(at.expose_secret(), "at-inside-margin");
@@ -394,7 +416,7 @@ async fn a_still_valid_token_is_used_while_the_endpoint_is_down() {
 
 #[tokio::test]
 async fn a_sealed_account_gives_no_token_without_its_password() {
-    let (_dir, store) = signed_in();
+    let (_dir, store) = signed_in_with("pw");
     let tokens = manager(&store, TEST_PARAMS);
     assert!(matches!(
         tokens.access_token(USER).await,
@@ -425,7 +447,7 @@ fn catch_all_manager(store: &Arc<TokenStore>, phc: Option<&str>) -> TokenManager
 
 #[tokio::test]
 async fn a_catch_all_address_earns_its_entry_only_with_tokens_or_a_sign_in() {
-    let (_dir, store) = signed_in();
+    let (_dir, store) = signed_in_with("alice-pw");
     let tokens = catch_all_manager(&store, None);
     // Probing: no tokens, no entry, however many addresses.
     for i in 0..1000 {
@@ -478,4 +500,25 @@ async fn under_a_password_hash_catch_all_only_the_right_password_makes_an_entry(
     // nothing listens at the token endpoint).
     let _ = tokens.login(USER, &pw("shared-pw")).await;
     assert_eq!(tokens.catch_all_addresses(), 1);
+}
+
+/// The old pending state: tokens in clear for an account sealed with its
+/// password. Whoever logged in first would have chosen the password; now
+/// no login opens them, nothing is written, and the error says to sign in.
+#[tokio::test]
+async fn unsealed_tokens_of_a_sealed_account_are_refused_not_bound() {
+    let (_dir, store) = signed_in();
+    let before = std::fs::read(store.path_for(USER)).unwrap();
+    let tokens = manager(&store, TEST_PARAMS);
+    let err = tokens.login(USER, &pw("first come")).await.unwrap_err();
+    assert!(
+        matches!(&err, TokenError::NeedsSignIn(m) if m.contains("sign in again")),
+        "{err}"
+    );
+    assert_eq!(tokens.kdf_runs(), 0);
+    assert_eq!(std::fs::read(store.path_for(USER)).unwrap(), before);
+    assert!(matches!(
+        tokens.access_token(USER).await,
+        Err(TokenError::NeedsSignIn(_))
+    ));
 }

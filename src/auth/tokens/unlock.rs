@@ -1,6 +1,6 @@
 //! The local password of an account, the one check of it: for a delegated
-//! account it opens the sealed tokens (or binds them on the first login
-//! after a sign-in), for an unattended one it must match `password_hash`.
+//! account it opens the sealed tokens (sealed at sign-in under the password
+//! chosen there), for an unattended one it must match `password_hash`.
 //! Either way the KDF runs once per account per process; later logins are
 //! checked against a keyed digest.
 
@@ -42,23 +42,14 @@ impl TokenManager {
             .map_err(|e| store_error(&username, e))?;
         let key = match entry {
             None => return Err(not_signed_in(&username)),
-            Some(Entry::Unsealed(tokens)) => {
-                // Pending since `authorize`: this login binds its password.
-                let key = self.derive(password, self.kdf, random_salt()).await?;
-                let expect = Expect::Unsealed(tokens.refresh_token.clone());
-                let saved = self
-                    .save_sealed(&username, tokens, key.clone(), expect)
-                    .await
-                    .map_err(|e| {
-                        TokenError::Configuration(format!(
-                            "cannot seal the tokens of {username}: {e}"
-                        ))
-                    })?;
-                if saved == Saved::Replaced {
-                    return Err(replaced(&username));
-                }
-                tracing::info!(account = %username, "local password bound; tokens sealed");
-                key
+            Some(Entry::Unsealed(_)) => {
+                // Written before sign-ins chose the password (an older
+                // `authorize`): whoever logged in first would choose it.
+                return Err(TokenError::NeedsSignIn(format!(
+                    "the tokens of {username} were stored without a local password (by an \
+                     older version): sign in again (`xoauth2-proxy authorize {username}` or the \
+                     local page) and choose the password there"
+                )));
             }
             Some(Entry::Sealed(sealed)) => {
                 let key = self
