@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use super::accounts::Accounts;
 use super::tokens::{TokenError, TokenManager};
 use crate::config::AccountConfig;
+use crate::escape::log_text;
 use crate::sasl::Credentials;
 
 /// A login that passed every local check: the account itself and a valid
@@ -100,7 +101,7 @@ impl Gate {
     ) -> Result<Grant, LoginError> {
         let throttle = &self.accounts.throttle;
         if let Err(wait) = throttle.admit(peer.ip()).await {
-            tracing::warn!(%peer, user = %crate::protocol::one_line(&credentials.username),
+            tracing::warn!(%peer, user = %log_text(&credentials.username),
                 "login refused: too many failures from this address");
             return Err(LoginError::Throttled(wait));
         }
@@ -114,9 +115,9 @@ impl Gate {
     }
 
     async fn judge(&self, credentials: &Credentials) -> Result<Grant, LoginError> {
-        let user = crate::protocol::one_line(&credentials.username);
+        let user = log_text(&credentials.username);
         let account = self.accounts.lookup(credentials).map_err(|e| {
-            tracing::warn!(%user, reason = %e, "login refused locally");
+            tracing::warn!(%user, reason = %log_text(&e.to_string()), "login refused locally");
             LoginError::Refused(e.to_string())
         })?;
         let token = self
@@ -125,7 +126,7 @@ impl Gate {
             .await
             .map_err(|e| {
                 if let TokenError::WrongPassword(_) = e {
-                    tracing::warn!(%user, reason = %e, "login refused locally");
+                    tracing::warn!(%user, reason = %log_text(&e.to_string()), "login refused locally");
                 } else {
                     tracing::warn!(account = %account.username, reason = %e, "no access token");
                 }
