@@ -2,7 +2,8 @@
 //! answered from the upstream's own EHLO after its STARTTLS (rewritten),
 //! AUTH PLAIN/LOGIN as client logins. On a fixed-account listener no client
 //! login is needed: the first allowed `MAIL FROM` signs the proxy in as that
-//! account and starts the relay.
+//! account and starts the relay, whose filter (`protocol::smtp::filter`)
+//! holds every later transaction to the same `allowed_senders`.
 
 use super::driver::{Protocol, Session, Step, TLS_REQUIRED, step_from};
 use crate::escape::log_text;

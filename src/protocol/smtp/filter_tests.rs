@@ -97,10 +97,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A name, the client's bytes after the first MAIL FROM, what goes up,
+/// what the client gets.
+type Case = (&'static str, &'static [u8], &'static [u8], &'static [u8]);
+
 #[test]
 fn hostile_streams_table() {
-    // (name, client bytes after the first MAIL FROM, what goes up, what the client gets)
-    let cases: &[(&str, &[u8], &[u8], &[u8])] = &[
+    let cases: &[Case] = &[
         (
             "a sender outside allowed_senders after RSET is refused here",
             b"RSET\r\nMAIL FROM:<ceo@example.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n",
