@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds=${1:?usage: fuzz/run.sh SECONDS_PER_TARGET}
-targets=(imap_frontend pop3_frontend smtp_frontend sasl_decode capability_rewrite upstream_replies)
+targets=(imap_frontend pop3_frontend smtp_frontend sasl_decode capability_rewrite upstream_replies smtp_relay_filter)
 
 ./seeds.sh
 # Build once; the targets then run as built, so the fuzzing time is not

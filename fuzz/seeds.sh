@@ -54,6 +54,13 @@ session smtp_frontend misc 'EHLO c\r\nSTARTTLS\r\nEHLO c\r\nNOOP\r\nRSET\r\nVRFY
 session smtp_frontend bdat 'EHLO c\r\nBDAT 5 LAST\r\nhelloRCPT TO:<bob@example.com>\r\nDATA\r\n'
 session smtp_frontend mail-from 'MAIL FROM:<@a,@b:scanner@contoso.com> SIZE=100\r\nRCPT TO:<x@y>\r\n'
 
+# The fixed-account relay's filter after its first MAIL FROM: transactions,
+# RSET and other senders, smuggling with bare LF and CR, BDAT, the caps.
+session smtp_relay_filter transaction 'MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@x>\r\nDATA\r\nhi\r\n..dot\r\n.\r\nQUIT\r\n'
+session smtp_relay_filter rset-other 'MAIL FROM:<scanner@contoso.com>\r\nRSET\r\nMAIL FROM:<ceo@contoso.com>\r\nRCPT TO:<a@x>\r\nDATA\r\n'
+session smtp_relay_filter smuggle 'MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@x>\r\nDATA\r\nx\n.\nMAIL FROM:<ceo@contoso.com>\r.\rRCPT TO:<b@x>\r\n.\r\n'
+session smtp_relay_filter caps 'MAIL FROM:<@a:scanner@contoso.com>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\nRCPT TO:<d@x>\r\nBDAT 3 LAST\r\nabcEHLO x\r\nAUTH PLAIN x\r\n'
+
 # SASL responses.
 seed sasl_decode plain 'AGFsaWNlAHNlY3JldA=='
 seed sasl_decode plain-authzid 'Ym9iAGFsaWNlAHNlY3JldA=='

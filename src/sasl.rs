@@ -37,6 +37,22 @@ pub enum SaslError {
     PlainShape,
     #[error("the user name is empty")]
     EmptyUser,
+    #[error("the user name contains control characters")]
+    ControlInUser,
+}
+
+/// A user name goes into log lines and into the upstream XOAUTH2 string
+/// (`user=…\x01`), where a control character (CR, LF, NUL, `\x01`, ESC …)
+/// could forge a line or a field: such names are refused in every protocol,
+/// before any lookup.
+pub fn check_username(username: &str) -> Result<(), SaslError> {
+    if username.is_empty() {
+        Err(SaslError::EmptyUser)
+    } else if username.chars().any(char::is_control) {
+        Err(SaslError::ControlInUser)
+    } else {
+        Ok(())
+    }
 }
 
 /// Decodes one base64 client response. `=` is the empty response (RFC 4959).
@@ -60,9 +76,7 @@ pub fn decode_plain(b64: &[u8]) -> Result<Credentials, SaslError> {
     let password = parts.next().ok_or(SaslError::PlainShape)?;
     let user = if authzid.is_empty() { authcid } else { authzid };
     let username = std::str::from_utf8(user).map_err(|_| SaslError::Utf8)?;
-    if username.is_empty() {
-        return Err(SaslError::EmptyUser);
-    }
+    check_username(username)?;
     let password = std::str::from_utf8(password).map_err(|_| SaslError::Utf8)?;
     Ok(Credentials {
         username: username.to_owned(),
@@ -155,6 +169,28 @@ mod tests {
         assert_eq!(
             decode_plain(&b64(b"\0\xff\0pw")).unwrap_err(),
             SaslError::Utf8
+        );
+        for user in [
+            &b"a\nb"[..],
+            b"a\rb",
+            b"a\x01b",
+            b"\x1b[31m",
+            b"a\x7f",
+            b"a\xc2\x85",
+        ] {
+            let mut raw = b"\0".to_vec();
+            raw.extend_from_slice(user);
+            raw.extend_from_slice(b"\0pw");
+            assert_eq!(
+                decode_plain(&b64(&raw)).unwrap_err(),
+                SaslError::ControlInUser,
+                "{user:?}"
+            );
+        }
+        // The authzid names the mailbox when given: it is checked too.
+        assert_eq!(
+            decode_plain(&b64(b"ceo\n@x\0alice\0pw")).unwrap_err(),
+            SaslError::ControlInUser
         );
     }
 

@@ -52,7 +52,12 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_one_line(&pop3::greeting(first));
 
-    let reply = smtp::ehlo_reply(&upstream, options & 2 == 2, offer_tls);
+    let offer = smtp::EhloOffer {
+        starttls: offer_tls,
+        auth: options & 4 == 4,
+        chunking: options & 8 == 8,
+    };
+    let reply = smtp::ehlo_reply(&upstream, options & 2 == 2, offer);
     assert_lines(&reply);
     assert!(smtp::parse_reply(&reply).is_ok_and(|r| r.is_some_and(|(_, n)| n == reply.len())));
 });

@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xoauth2_proxy::protocol::smtp::{Action, Frontend, MAX_LINE, ehlo_reply, leading_mail_from};
+use xoauth2_proxy::protocol::smtp::{
+    Action, EhloOffer, Frontend, MAX_LINE, ehlo_reply, leading_mail_from,
+};
 use xoauth2_proxy_fuzz::{assert_lines, session};
 
 fuzz_target!(|data: &[u8]| {
@@ -32,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
                 Action::Reply(reply) => assert_lines(&reply),
                 Action::Ehlo { domain, extended } => {
                     assert!(!domain.contains(['\r', '\n']));
-                    assert_lines(&ehlo_reply(&upstream, extended, frontend.offers_starttls()));
+                    assert_lines(&ehlo_reply(
+                        &upstream,
+                        extended,
+                        EhloOffer::login(frontend.offers_starttls()),
+                    ));
                 }
                 Action::Login { credentials } => {
                     assert!(!credentials.username.is_empty());

@@ -14,6 +14,7 @@ use super::accounts::Accounts;
 use super::throttle::Subject;
 use super::tokens::{Standing, TokenError, TokenManager};
 use crate::config::AccountConfig;
+use crate::escape::log_text;
 use crate::sasl::Credentials;
 
 /// A login that passed every local check: the account itself and a valid
@@ -119,7 +120,7 @@ impl Gate {
         let Origin { peer, local } = origin.into();
         let throttle = &self.accounts.throttle;
         let source = throttle.source(peer, local).await;
-        let user = crate::protocol::one_line(&credentials.username);
+        let user = log_text(&credentials.username);
         let (subject, no_account) = match self.tokens.standing(&credentials.username).await {
             Standing::Account(name) => (Subject::Account(name), None),
             Standing::NotAnAccount(e) => (Subject::NotAnAccount, Some(e)),
@@ -135,7 +136,7 @@ impl Gate {
         if let Some(e) = no_account {
             // Counted against the source, never against an account.
             attempt.failed();
-            tracing::warn!(%peer, %source, %user, reason = %e, "login refused locally");
+            tracing::warn!(%peer, %source, %user, reason = %log_text(&e.to_string()), "login refused locally");
             return Err(match e {
                 TokenError::UnknownAccount(name) => LoginError::Refused(
                     super::accounts::LoginError::UnknownAccount(name).to_string(),
@@ -154,9 +155,9 @@ impl Gate {
     }
 
     async fn judge(&self, credentials: &Credentials) -> Result<Grant, LoginError> {
-        let user = crate::protocol::one_line(&credentials.username);
+        let user = log_text(&credentials.username);
         let account = self.accounts.lookup(credentials).map_err(|e| {
-            tracing::warn!(%user, reason = %e, "login refused locally");
+            tracing::warn!(%user, reason = %log_text(&e.to_string()), "login refused locally");
             LoginError::Refused(e.to_string())
         })?;
         let token = self
@@ -165,7 +166,7 @@ impl Gate {
             .await
             .map_err(|e| {
                 if let TokenError::WrongPassword(_) = e {
-                    tracing::warn!(%user, reason = %e, "login refused locally");
+                    tracing::warn!(%user, reason = %log_text(&e.to_string()), "login refused locally");
                 } else {
                     tracing::warn!(account = %account.username, reason = %e, "no access token");
                 }

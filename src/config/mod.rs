@@ -46,6 +46,13 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 pub(crate) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Daily log files kept in `log_dir` (two weeks).
 pub(crate) const DEFAULT_LOG_KEEP: usize = 14;
+/// Recipients of one message on a fixed-account relay (`max_recipients`).
+/// Exchange Online's own default limit per message is 500 (its
+/// `MaxRecipientEnvelopeLimit`; a tenant may lower it): a relay must not let
+/// a device on the LAN try for more than the mailbox may send anyway.
+pub(crate) const DEFAULT_MAX_RECIPIENTS: usize = 500;
+/// The most `max_recipients` may be: Exchange Online's highest setting.
+pub(crate) const MAX_MAX_RECIPIENTS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -256,6 +263,9 @@ pub struct ListenerConfig {
     /// With `fixed_account`: the only `MAIL FROM` addresses accepted.
     #[serde(default)]
     pub allowed_senders: Vec<MailAddress>,
+    /// With `fixed_account`: recipients per message (`RCPT TO` beyond it is
+    /// answered `452 4.5.3` by the proxy). Default [`DEFAULT_MAX_RECIPIENTS`].
+    pub max_recipients: Option<usize>,
 }
 
 impl ListenerConfig {
@@ -276,6 +286,11 @@ impl ListenerConfig {
     /// connection has TLS by now.
     pub(crate) fn accepts_password(&self, tls: bool) -> bool {
         tls || self.allow_plaintext || !self.is_exposed()
+    }
+
+    /// Recipients per message on a fixed-account relay.
+    pub(crate) fn recipient_cap(&self) -> usize {
+        self.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS)
     }
 
     /// The upstream's host name (for SNI and certificate checks) and port;

@@ -385,6 +385,36 @@ fn fixed_account_senders_are_mail_addresses() {
             "{bad}: {err}"
         );
     }
+    // The recipient cap: 500 by default, 1 to 1000 when set.
+    assert_eq!(l.recipient_cap(), DEFAULT_MAX_RECIPIENTS);
+    let capped = parse(&format!(
+        "{}max_recipients = 10\n",
+        relay("[\"s@contoso.com\"]")
+    ))
+    .unwrap();
+    assert_eq!(capped.listeners[1].recipient_cap(), 10);
+    for bad in ["0", "1001"] {
+        let text = format!("{}max_recipients = {bad}\n", relay("[\"s@contoso.com\"]"));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("listener[1].max_recipients") && err.contains("between 1 and 1000"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn max_recipients_needs_a_fixed_account() {
+    let text = GOOD.replace(
+        "protocol = \"imap\"",
+        "protocol = \"imap\"\nmax_recipients = 10",
+    );
+    assert_ne!(text, GOOD, "GOOD has a listener");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("max_recipients") && err.contains("only applies with fixed_account"),
+        "{err}"
+    );
 }
 
 #[test]

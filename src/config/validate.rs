@@ -3,8 +3,8 @@
 //! error names the key.
 
 use super::{
-    AccountConfig, AdminListen, Config, ConfigError, Flow, ListenerConfig, LocalTls, Protocol,
-    ProviderKind,
+    AccountConfig, AdminListen, Config, ConfigError, Flow, ListenerConfig, LocalTls,
+    MAX_MAX_RECIPIENTS, Protocol, ProviderKind,
 };
 
 /// Makes the full key of a setting of one `[[listener]]` or `[[account]]`.
@@ -124,6 +124,21 @@ impl Config {
             return Err(self.invalid(
                 key("allowed_senders"),
                 "only applies with fixed_account; client logins may send as their account",
+            ));
+        } else if l.max_recipients.is_some() {
+            return Err(self.invalid(
+                key("max_recipients"),
+                "only applies with fixed_account; client logins are limited by Office 365",
+            ));
+        }
+        if let Some(n) = l.max_recipients
+            && !(1..=MAX_MAX_RECIPIENTS).contains(&n)
+        {
+            return Err(self.invalid(
+                key("max_recipients"),
+                format!(
+                    "must be between 1 and {MAX_MAX_RECIPIENTS} (Exchange Online's highest limit)"
+                ),
             ));
         }
         if let Some(j) = self.listeners[..i]

@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use super::line::{Taken, TlsRefusal, push_unique, split_verb, take_line, take_tls_offer};
 use super::sasl_dialogue::{self, Dialogue, Wording};
 use super::{Credentials, Failure, one_line};
+use crate::sasl::check_username;
 
 /// Longest line (without its line end) the front end accepts.
 ///
@@ -159,12 +160,15 @@ impl Frontend {
             return reply("-ERR Missing user name");
         }
         match std::str::from_utf8(name) {
-            Ok(name) => {
-                self.state = State::UserGiven {
-                    username: name.to_owned(),
-                };
-                reply("+OK Send PASS")
-            }
+            Ok(name) => match check_username(name) {
+                Ok(()) => {
+                    self.state = State::UserGiven {
+                        username: name.to_owned(),
+                    };
+                    reply("+OK Send PASS")
+                }
+                Err(e) => Action::Reply(format!("-ERR {e}\r\n").into_bytes()),
+            },
             Err(_) => reply("-ERR User name is not valid UTF-8"),
         }
     }
@@ -173,10 +177,13 @@ impl Frontend {
     /// mechanism it starts PLAIN or LOGIN, with or without initial response.
     fn auth(&mut self, arg: &[u8]) -> Action {
         let Some((mechanism, initial)) = sasl_dialogue::auth_words(arg) else {
-            return if arg.trim_ascii().is_empty() {
+            return if !arg.trim_ascii().is_empty() {
+                reply("-ERR Syntax: AUTH mechanism [initial-response]")
+            } else if self.capa.iter().any(|l| l.eq_ignore_ascii_case(SASL_LINE)) {
                 Action::Reply(b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n".to_vec())
             } else {
-                reply("-ERR Syntax: AUTH mechanism [initial-response]")
+                // Nothing is offered before STLS: the list is empty.
+                Action::Reply(b"+OK\r\n.\r\n".to_vec())
             };
         };
         let step = self.sasl.start(mechanism, initial);
@@ -232,6 +239,22 @@ pub fn rewrite_capa(upstream: &[String], offer_stls: bool) -> Vec<String> {
 }
 
 const SASL_LINE: &str = "SASL PLAIN LOGIN";
+
+/// The capabilities offered before STLS where a password in the clear would
+/// be refused: no `USER` and no `SASL` line (RFC 2449 §6.3, §6.8 list what
+/// the server accepts now), so a client goes to STLS instead of sending its
+/// password first. After STLS [`rewrite_capa`]'s list applies again.
+pub fn without_logins(capa: &[String]) -> Vec<String> {
+    capa.iter()
+        .filter(|line| !is_login_line(line))
+        .cloned()
+        .collect()
+}
+
+fn is_login_line(line: &str) -> bool {
+    let keyword = line.split(' ').next().unwrap_or_default();
+    keyword.eq_ignore_ascii_case("USER") || keyword.eq_ignore_ascii_case("SASL")
+}
 
 /// A line that names an OAuth mechanism outside the SASL line (a server
 /// extension we cannot know) would tempt a client to use a mechanism the

@@ -755,3 +755,75 @@ fn random_input_never_panics_and_stays_bounded() {
         }
     }
 }
+
+/// Finding: a user name with a line break forged a log line. USER, AUTH
+/// PLAIN and AUTH LOGIN refuse control characters before any login.
+#[test]
+fn control_characters_in_user_names_are_refused() {
+    let refused = r("-ERR the user name contains control characters\r\n");
+    for name in [
+        &b"ceo\rINFO x"[..],
+        b"a\x00b",
+        b"a\x01b",
+        b"\x1b[2J",
+        b"a\x7fb",
+        b"a\xc2\x85b",
+    ] {
+        let mut user_line = b"USER ".to_vec();
+        user_line.extend_from_slice(name);
+        user_line.extend_from_slice(b"\r\nPASS pw\r\n");
+        let got = run(&mut frontend(false), &mut user_line);
+        assert_eq!(
+            got,
+            vec![refused.clone(), r("-ERR USER first\r\n")],
+            "{name:?}"
+        );
+
+        // In PLAIN a NUL separates the parts: it cannot be inside a name.
+        if !name.contains(&0) {
+            let mut plain = b"\0".to_vec();
+            plain.extend_from_slice(name);
+            plain.extend_from_slice(b"\0pw");
+            let got = dialogue(false, &format!("AUTH PLAIN {}\r\n", b64(&plain)));
+            assert_eq!(got, vec![refused.clone()], "{name:?}");
+        }
+
+        let got = dialogue(false, &format!("AUTH LOGIN\r\n{}\r\n", b64(name)));
+        assert_eq!(
+            got,
+            vec![r("+ VXNlcm5hbWU6\r\n"), refused.clone()],
+            "{name:?}"
+        );
+    }
+    // A LF inside a base64 user name cannot reach USER: it ends the line.
+    let got = dialogue(false, "USER ceo\nINFO forged\r\n");
+    assert_eq!(got[0], r("+OK Send PASS\r\n"));
+}
+
+#[test]
+fn before_tls_where_passwords_need_it_capa_offers_no_login() {
+    let full = rewrite_capa(&strings(&["TOP", "USER", "SASL XOAUTH2", "UIDL"]), true);
+    let before = without_logins(&full);
+    assert_eq!(
+        before,
+        strings(&["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "STLS"])
+    );
+    let mut fe = Frontend::new(before, true);
+    let got = run(&mut fe, &mut b"CAPA\r\nAUTH\r\n".to_vec());
+    assert_eq!(
+        got,
+        vec![
+            r(
+                "+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nSTLS\r\n.\r\n"
+            ),
+            r("+OK\r\n.\r\n"),
+        ]
+    );
+    // After STLS the full list (without STLS) is back, AUTH lists mechanisms.
+    fe.set_capa(rewrite_capa(
+        &strings(&["TOP", "USER", "SASL XOAUTH2", "UIDL"]),
+        false,
+    ));
+    let got = run(&mut fe, &mut b"AUTH\r\n".to_vec());
+    assert_eq!(got, vec![r("+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n")]);
+}

@@ -8,7 +8,8 @@ use secrecy::SecretString;
 
 use super::Credentials;
 use crate::sasl::{
-    LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE, SaslError, decode_login_part, decode_plain,
+    LOGIN_PASSWORD_CHALLENGE, LOGIN_USERNAME_CHALLENGE, SaslError, check_username,
+    decode_login_part, decode_plain,
 };
 
 /// How one protocol words the dialogue. Every text is a whole reply line
@@ -134,13 +135,15 @@ impl Dialogue {
 
     fn login_username(&mut self, response: &[u8]) -> Step {
         match decode_login_part(response) {
-            Ok(name) if name.is_empty() => self.error(&SaslError::EmptyUser),
-            Ok(name) => self.challenge(
-                LOGIN_PASSWORD_CHALLENGE,
-                Pending::LoginPassword {
-                    username: name.as_str().to_owned(),
-                },
-            ),
+            Ok(name) => match check_username(&name) {
+                Err(e) => self.error(&e),
+                Ok(()) => self.challenge(
+                    LOGIN_PASSWORD_CHALLENGE,
+                    Pending::LoginPassword {
+                        username: name.as_str().to_owned(),
+                    },
+                ),
+            },
             Err(e) => self.error(&e),
         }
     }

@@ -250,15 +250,41 @@ pub fn failure_reply(failure: &Failure) -> Vec<u8> {
     ])
 }
 
+/// What the proxy offers in its EHLO reply besides the upstream's keywords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EhloOffer {
+    /// STARTTLS, while the listener still offers it.
+    pub starttls: bool,
+    /// `AUTH PLAIN LOGIN`: not before TLS where a password would be refused
+    /// without it (RFC 4954 §4: a server need not offer AUTH it would refuse).
+    pub auth: bool,
+    /// CHUNKING and BINARYMIME (RFC 3030): not on a fixed-account relay,
+    /// whose filter reads DATA only.
+    pub chunking: bool,
+}
+
+impl EhloOffer {
+    /// A client-login listener: AUTH offered, CHUNKING passed on.
+    pub fn login(starttls: bool) -> Self {
+        EhloOffer {
+            starttls,
+            auth: true,
+            chunking: true,
+        }
+    }
+}
+
 /// The client's answer to EHLO/HELO from the upstream's EHLO reply lines
 /// (code and separator stripped; the first is the greeting text).
 ///
 /// HELO gets the greeting alone. EHLO keeps the upstream's keywords in order
 /// except: every AUTH line (also the old `AUTH=` form) becomes one
-/// `AUTH PLAIN LOGIN` (added if missing); STARTTLS appears once if we offer
-/// it and never otherwise; `X-EXPS` (Exchange's NTLM/GSSAPI offer, which
-/// Outlook would pick for "Secure Password Authentication") is dropped.
-pub fn ehlo_reply(upstream_lines: &[String], extended: bool, offer_starttls: bool) -> Vec<u8> {
+/// `AUTH PLAIN LOGIN` (added if missing) when `offer.auth`, and is dropped
+/// otherwise; STARTTLS appears once if we offer it and never otherwise;
+/// CHUNKING and BINARYMIME only with `offer.chunking`; `X-EXPS` (Exchange's
+/// NTLM/GSSAPI offer, which Outlook would pick for "Secure Password
+/// Authentication") is dropped.
+pub fn ehlo_reply(upstream_lines: &[String], extended: bool, offer: EhloOffer) -> Vec<u8> {
     let greeting = upstream_lines
         .first()
         .map(|g| one_line(g).trim().to_owned())
@@ -267,8 +293,7 @@ pub fn ehlo_reply(upstream_lines: &[String], extended: bool, offer_starttls: boo
     if !extended {
         return render_reply(250, &[greeting.as_bytes()]);
     }
-    let keywords =
-        rewrite_ehlo_keywords(upstream_lines.get(1..).unwrap_or_default(), offer_starttls);
+    let keywords = rewrite_ehlo_keywords(upstream_lines.get(1..).unwrap_or_default(), offer);
     let mut lines: Vec<&[u8]> = vec![greeting.as_bytes()];
     lines.extend(keywords.iter().map(String::as_bytes));
     render_reply(250, &lines)
@@ -276,7 +301,7 @@ pub fn ehlo_reply(upstream_lines: &[String], extended: bool, offer_starttls: boo
 
 const AUTH_LINE: &str = "AUTH PLAIN LOGIN";
 
-fn rewrite_ehlo_keywords(upstream: &[String], offer_starttls: bool) -> Vec<String> {
+fn rewrite_ehlo_keywords(upstream: &[String], offer: EhloOffer) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for line in upstream {
         let line = one_line(line).trim().to_owned();
@@ -287,17 +312,21 @@ fn rewrite_ehlo_keywords(upstream: &[String], offer_starttls: bool) -> Vec<Strin
             .to_ascii_uppercase();
         let kept = match keyword.as_str() {
             "" | "X-EXPS" => None,
-            "AUTH" => Some(AUTH_LINE.to_owned()),
-            "STARTTLS" if offer_starttls => Some(keyword),
+            "AUTH" if offer.auth => Some(AUTH_LINE.to_owned()),
+            "AUTH" => None,
+            "STARTTLS" if offer.starttls => Some(keyword),
             "STARTTLS" => None,
+            "CHUNKING" | "BINARYMIME" if !offer.chunking => None,
             _ => Some(line),
         };
         if let Some(kept) = kept {
             push_unique(&mut out, kept);
         }
     }
-    push_unique(&mut out, AUTH_LINE.to_owned());
-    if offer_starttls {
+    if offer.auth {
+        push_unique(&mut out, AUTH_LINE.to_owned());
+    }
+    if offer.starttls {
         push_unique(&mut out, "STARTTLS".to_owned());
     }
     out
@@ -475,6 +504,8 @@ fn reverse_path(arg: &[u8]) -> Option<String> {
         || (mailbox.contains('@') && !mailbox.chars().any(|c| c.is_whitespace() || c.is_control()));
     valid.then(|| mailbox.to_owned())
 }
+
+pub mod filter;
 
 #[cfg(test)]
 #[path = "smtp_tests.rs"]

@@ -649,7 +649,8 @@ fn ehlo_rewrite_table() {
         ),
     ];
     for (name, upstream, extended, offer, expected) in cases {
-        let got = String::from_utf8(ehlo_reply(upstream, extended, offer)).unwrap();
+        let got =
+            String::from_utf8(ehlo_reply(upstream, extended, EhloOffer::login(offer))).unwrap();
         assert_eq!(got, expected, "{name}");
     }
 }
@@ -669,7 +670,7 @@ fn ehlo_rewrite_hostile_lines() {
         "starttls",
         "8BITMIME\n",
     ]);
-    let got = String::from_utf8(ehlo_reply(&upstream, true, false)).unwrap();
+    let got = String::from_utf8(ehlo_reply(&upstream, true, EhloOffer::login(false))).unwrap();
     assert_eq!(
         got,
         "250-host  250 injected\r\n250-AUTH PLAIN LOGIN\r\n250-pipelining\r\n250 8BITMIME\r\n"
@@ -874,4 +875,47 @@ fn leading_mail_from_finds_the_sender() {
     }
     let m = leading_mail_from(b"MAIL FROM:<a@b>\r\nDATA\r\n").unwrap();
     assert_eq!(m.consumed, 17);
+}
+
+#[test]
+fn ehlo_offer_hides_auth_before_tls_and_chunking_on_a_relay() {
+    let upstream = strings(&[
+        "smtp.office365.com Hello",
+        "SIZE 157286400",
+        "PIPELINING",
+        "AUTH LOGIN XOAUTH2",
+        "BINARYMIME",
+        "CHUNKING",
+        "SMTPUTF8",
+    ]);
+    let cases: &[(EhloOffer, &str)] = &[
+        (
+            EhloOffer {
+                starttls: true,
+                auth: false,
+                chunking: true,
+            },
+            "250-smtp.office365.com Hello\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n",
+        ),
+        (
+            EhloOffer {
+                starttls: false,
+                auth: true,
+                chunking: false,
+            },
+            "250-smtp.office365.com Hello\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n250-AUTH PLAIN LOGIN\r\n250 SMTPUTF8\r\n",
+        ),
+        (
+            EhloOffer {
+                starttls: false,
+                auth: false,
+                chunking: false,
+            },
+            "250-smtp.office365.com Hello\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n",
+        ),
+    ];
+    for (offer, expected) in cases {
+        let got = String::from_utf8(ehlo_reply(&upstream, true, *offer)).unwrap();
+        assert_eq!(got, *expected, "{offer:?}");
+    }
 }

@@ -16,6 +16,8 @@ use super::Context;
 use super::client::ClientStream;
 use super::upstream_auth::UpstreamLogin;
 use crate::config::{ListenerConfig, LocalTls};
+use crate::escape::log_text;
+use crate::protocol::smtp::filter::{Filter, Policy};
 use crate::sasl::Credentials;
 use crate::upstream::Target;
 
@@ -41,8 +43,9 @@ pub(super) enum Step {
         credentials: Credentials,
     },
     /// Already signed in upstream as `account` (SMTP's fixed account): relay
-    /// now, the buffer included.
-    Relay { account: String },
+    /// now, the buffer included, every client byte through a filter that
+    /// holds each transaction to the listener's `policy`.
+    Relay { account: String, policy: Policy },
 }
 
 impl Step {
@@ -201,7 +204,7 @@ impl<U: UpstreamLogin> Session<U> {
                 }
                 Step::Login { tag, credentials } => {
                     if !self.listener.accepts_password(self.client.is_tls()) {
-                        tracing::warn!(peer = %self.peer, user = %credentials.username, "login refused: password without TLS on a network listener");
+                        tracing::warn!(peer = %self.peer, user = %log_text(&credentials.username), "login refused: password without TLS on a network listener");
                         drop(credentials);
                         self.write(&P::tls_required(&tag)).await
                     } else {
@@ -210,7 +213,7 @@ impl<U: UpstreamLogin> Session<U> {
                                 // Logged in: the pre-authentication deadline
                                 // no longer bounds the client.
                                 if self.client.write_all(&reply).await.is_ok() {
-                                    self.relay(&account).await;
+                                    self.relay(&account, None).await;
                                 }
                                 return;
                             }
@@ -218,8 +221,8 @@ impl<U: UpstreamLogin> Session<U> {
                         }
                     }
                 }
-                Step::Relay { account } => {
-                    self.relay(&account).await;
+                Step::Relay { account, policy } => {
+                    self.relay(&account, Some(policy)).await;
                     return;
                 }
             };
@@ -235,22 +238,39 @@ impl<U: UpstreamLogin> Session<U> {
     }
 
     /// After a successful login: relay until either side closes, then log
-    /// the totals. What the client sent ahead goes up first.
-    async fn relay(&mut self, account: &str) {
+    /// the totals. What the client sent ahead goes up first. With a
+    /// `policy` (a fixed-account relay) the client's bytes go through
+    /// `protocol::smtp::filter`; a client login gets the plain byte pipe.
+    async fn relay(&mut self, account: &str, policy: Option<Policy>) {
         let Some(up) = self.upstream.take() else {
             return;
         };
         let peer = self.peer;
         let (mut upstream, upstream_pending) = up.into_parts();
         let started = std::time::Instant::now();
-        let relayed = crate::relay::relay(
-            &mut self.client,
-            &self.buf,
-            &mut upstream,
-            &upstream_pending,
-            account,
-        )
-        .await;
+        let relayed = match policy {
+            None => {
+                crate::relay::relay(
+                    &mut self.client,
+                    &self.buf,
+                    &mut upstream,
+                    &upstream_pending,
+                    account,
+                )
+                .await
+            }
+            Some(policy) => {
+                crate::relay::relay_filtered(
+                    &mut self.client,
+                    &self.buf,
+                    &mut upstream,
+                    &upstream_pending,
+                    Filter::new(policy),
+                    peer,
+                )
+                .await
+            }
+        };
         let secs = started.elapsed().as_secs();
         match relayed {
             Ok(t) => {

@@ -4,7 +4,7 @@
 
 use super::driver::{Protocol, Session, Step, TLS_REQUIRED, step_from};
 use crate::protocol::imap::{
-    Action, Frontend, rewrite_capabilities, rewrite_greeting, starttls_ok,
+    Action, Frontend, rewrite_capabilities, rewrite_greeting, starttls_ok, without_logins,
 };
 use crate::upstream::imap::ImapUpstream;
 
@@ -44,12 +44,11 @@ impl Protocol for Imap {
 
     fn start(session: &Session<ImapUpstream>) -> (Self, Vec<u8>) {
         let capabilities_after_tls = Imap::capabilities_after_tls(session);
-        let mut capabilities = capabilities_after_tls.clone();
-        // LOGINDISABLED (RFC 3501 §6.2.3) tells clients to STARTTLS before
-        // LOGIN where a password in the clear would be refused.
-        if !session.listener.accepts_password(session.client.is_tls()) {
-            capabilities.push("LOGINDISABLED".to_owned());
-        }
+        let capabilities = if session.listener.accepts_password(session.client.is_tls()) {
+            capabilities_after_tls.clone()
+        } else {
+            without_logins(&capabilities_after_tls)
+        };
         let greeting = match &session.upstream {
             Some(u) => rewrite_greeting(&u.greeting, &capabilities),
             None => format!(

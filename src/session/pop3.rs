@@ -2,7 +2,9 @@
 //! (rewritten), USER/PASS and AUTH PLAIN/LOGIN as client logins.
 
 use super::driver::{Protocol, Session, Step, TLS_REQUIRED, step_from};
-use crate::protocol::pop3::{Action, Frontend, greeting, rewrite_capa, starttls_ok};
+use crate::protocol::pop3::{
+    Action, Frontend, greeting, rewrite_capa, starttls_ok, without_logins,
+};
 use crate::upstream::pop3::Pop3Upstream;
 
 /// Offered when the upstream cannot be reached at connect time.
@@ -27,8 +29,12 @@ impl Protocol for Pop3 {
                 FALLBACK_CAPA.iter().map(|s| s.to_string()).collect(),
             ),
         };
+        let mut capa = rewrite_capa(&upstream_capa, offer_stls);
+        if !session.listener.accepts_password(session.client.is_tls()) {
+            capa = without_logins(&capa);
+        }
         let pop3 = Pop3 {
-            frontend: Frontend::new(rewrite_capa(&upstream_capa, offer_stls), offer_stls),
+            frontend: Frontend::new(capa, offer_stls),
             upstream_capa,
         };
         (pop3, hello)

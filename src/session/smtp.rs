@@ -2,13 +2,16 @@
 //! answered from the upstream's own EHLO after its STARTTLS (rewritten),
 //! AUTH PLAIN/LOGIN as client logins. On a fixed-account listener no client
 //! login is needed: the first allowed `MAIL FROM` signs the proxy in as that
-//! account and starts the relay.
+//! account and starts the relay, whose filter (`protocol::smtp::filter`)
+//! holds every later transaction to the same `allowed_senders`.
 
 use super::driver::{Protocol, Session, Step, TLS_REQUIRED, step_from};
+use crate::escape::log_text;
+use crate::protocol::Failure;
+use crate::protocol::smtp::filter::{Policy, sender_refused};
 use crate::protocol::smtp::{
-    Action, Frontend, ehlo_reply, failure_reply, leading_mail_from, starttls_ok,
+    Action, EhloOffer, Frontend, ehlo_reply, failure_reply, leading_mail_from, starttls_ok,
 };
-use crate::protocol::{Failure, one_line};
 use crate::upstream::smtp::SmtpUpstream;
 
 /// EHLO keywords offered when the upstream cannot be reached; AUTH is added
@@ -49,13 +52,21 @@ impl Protocol for Smtp {
         if let Some(account) = &self.fixed_account
             && let Some(mail) = leading_mail_from(&session.buf)
         {
+            let policy = Policy {
+                allowed_senders: (session.listener.allowed_senders.iter())
+                    .map(|a| a.to_string())
+                    .collect(),
+                max_recipients: session.listener.recipient_cap(),
+            };
             return match self
-                .start_relay(session, account, mail.sender.as_deref())
+                .start_relay(session, account, &policy, mail.sender.as_deref())
                 .await
             {
-                // The MAIL FROM line is still in the buffer: it goes up first.
+                // The MAIL FROM line is still in the buffer: it goes up
+                // first, through the filter like every later command.
                 Ok(()) => Step::Relay {
                     account: account.clone(),
+                    policy,
                 },
                 Err(reply) => {
                     session.buf.drain(..mail.consumed);
@@ -72,7 +83,7 @@ impl Protocol for Smtp {
             Action::Login { credentials } if self.fixed_account.is_some() => {
                 // Devices configured with a login keep working; the relay
                 // signs in upstream as the fixed account whatever they send.
-                tracing::info!(peer = %session.peer, user = %credentials.username,
+                tracing::info!(peer = %session.peer, user = %log_text(&credentials.username),
                     "client AUTH on a fixed-account listener: accepted and ignored");
                 drop(credentials);
                 Step::Reply(AUTH_IGNORED.to_vec())
@@ -117,7 +128,17 @@ impl Smtp {
         };
         let lines = lines.unwrap_or_else(|| FALLBACK_EHLO.iter().map(|s| s.to_string()).collect());
         self.client_name = Some(domain);
-        ehlo_reply(&lines, extended, self.frontend.offers_starttls())
+        let offer = EhloOffer {
+            starttls: self.frontend.offers_starttls(),
+            // A fixed-account listener takes no password (AUTH is answered
+            // and ignored); elsewhere AUTH is offered once a password
+            // would be taken.
+            auth: self.fixed_account.is_some()
+                || session.listener.accepts_password(session.client.is_tls()),
+            // The fixed-account relay's filter reads DATA, not BDAT chunks.
+            chunking: self.fixed_account.is_none(),
+        };
+        ehlo_reply(&lines, extended, offer)
     }
 
     /// A fixed-account listener's first transaction: the sender is checked
@@ -128,6 +149,7 @@ impl Smtp {
         &self,
         session: &mut Session<SmtpUpstream>,
         account: &str,
+        policy: &Policy,
         sender: Option<&str>,
     ) -> Result<(), Vec<u8>> {
         let peer = session.peer;
@@ -137,19 +159,10 @@ impl Smtp {
         let Some(sender) = sender else {
             return Err(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n".to_vec());
         };
-        let allowed = session
-            .listener
-            .allowed_senders
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(sender));
-        if !allowed {
-            tracing::warn!(%peer, sender = %one_line(sender), %account,
+        if !policy.allows(sender) {
+            tracing::warn!(%peer, sender = %log_text(sender), %account,
                 "MAIL FROM refused: not in allowed_senders");
-            return Err(format!(
-                "550 5.7.1 Sender <{}> is not allowed on this relay\r\n",
-                one_line(sender)
-            )
-            .into_bytes());
+            return Err(sender_refused(sender));
         }
         let grant = session.ctx.gate.unattended(account).await.map_err(|e| {
             failure_reply(&Failure::Unavailable(format!(

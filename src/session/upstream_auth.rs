@@ -12,6 +12,7 @@ use tokio_rustls::client::TlsStream;
 use super::driver::Session;
 use crate::auth::gate::{Grant, Origin};
 use crate::config::UpstreamTls;
+use crate::escape::log_text;
 use crate::protocol::Failure;
 use crate::sasl::{Credentials, ErrorChallenge};
 use crate::upstream::{self, AuthOutcome, Target, UpstreamError, imap, pop3, smtp};
@@ -138,7 +139,7 @@ impl<U: UpstreamLogin> Session<U> {
                     challenge,
                     token_refused,
                 }) => {
-                    tracing::warn!(%peer, account = %user, server = %String::from_utf8_lossy(&reply).trim_end(),
+                    tracing::warn!(%peer, account = %user, server = %log_text(String::from_utf8_lossy(&reply).trim_end()),
                     challenge = ?challenge, "upstream refused the token");
                     if token_refused {
                         ctx.gate.token_refused(grant);

@@ -19,7 +19,7 @@ mod server;
 use server::usable_capabilities;
 pub use server::{
     ServerLine, Status, capabilities_in, parse_server_line, retag, rewrite_capabilities,
-    rewrite_greeting,
+    rewrite_greeting, without_logins,
 };
 
 /// Longest command line accepted before login, CRLF included. A LOGIN or
@@ -299,6 +299,9 @@ impl Frontend {
                     Ok(()) => Action::Login { tag, credentials },
                     Err(why) => Action::Reply(tagged(&tag, &format!("BAD {why}"))),
                 },
+                Err(e @ sasl::SaslError::ControlInUser) => {
+                    Action::Reply(tagged(&tag, &format!("BAD {}", username_error(&e))))
+                }
                 Err(e) => Action::Reply(tagged(&tag, &format!("BAD Invalid PLAIN response: {e}"))),
             },
             Exchange::LoginUsername => match sasl::decode_login_part(response) {
@@ -579,14 +582,16 @@ fn parse_login(cur: &mut Cursor<'_>) -> Result<Command, String> {
 
 /// A user name goes into log lines and into the upstream XOAUTH2 string,
 /// where a control character could forge a field.
+/// The rule is `sasl::check_username`, shared by the three protocols.
 fn check_username(username: &str) -> Result<(), &'static str> {
-    if username.is_empty() {
-        return Err("The user name is empty");
+    sasl::check_username(username).map_err(|e| username_error(&e))
+}
+
+fn username_error(e: &sasl::SaslError) -> &'static str {
+    match e {
+        sasl::SaslError::EmptyUser => "The user name is empty",
+        _ => "The user name contains control characters",
     }
-    if username.chars().any(char::is_control) {
-        return Err("The user name contains control characters");
-    }
-    Ok(())
 }
 
 fn parse_authenticate(cur: &mut Cursor<'_>) -> Result<Command, String> {

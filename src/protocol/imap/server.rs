@@ -30,6 +30,23 @@ pub fn rewrite_capabilities(upstream: &[String], offer_starttls: bool) -> Vec<St
     out
 }
 
+/// The capabilities offered before STARTTLS where a password in the clear
+/// would be refused: no `AUTH=` mechanism, and `LOGINDISABLED` (RFC 3501
+/// §6.2.3, RFC 9051 §6.2.3), so a client goes to STARTTLS instead of
+/// sending its password first and hearing `PRIVACYREQUIRED` after.
+pub fn without_logins(capabilities: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = capabilities
+        .iter()
+        .filter(|c| {
+            !starts_with_ignore_case(c.as_bytes(), b"AUTH=")
+                && !c.eq_ignore_ascii_case("LOGINDISABLED")
+        })
+        .cloned()
+        .collect();
+    out.push("LOGINDISABLED".to_owned());
+    out
+}
+
 /// One server response line, split the way the driver needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerLine<'a> {

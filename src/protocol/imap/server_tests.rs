@@ -272,3 +272,20 @@ fn retagging() {
         assert_eq!(retag(line, tag), *expected, "{}", text(line));
     }
 }
+
+#[test]
+fn before_tls_where_passwords_need_it_no_mechanism_is_offered() {
+    let after_tls = rewrite_capabilities(&strings("IMAP4rev1 SASL-IR ID AUTH=XOAUTH2"), true);
+    assert_eq!(
+        after_tls.join(" "),
+        "IMAP4rev1 SASL-IR ID AUTH=PLAIN AUTH=LOGIN STARTTLS"
+    );
+    let before = without_logins(&after_tls);
+    assert_eq!(
+        before.join(" "),
+        "IMAP4rev1 SASL-IR ID STARTTLS LOGINDISABLED"
+    );
+    // Idempotent, whatever the case of the names.
+    let again = without_logins(&strings("auth=plain LoginDisabled IDLE"));
+    assert_eq!(again.join(" "), "IDLE LOGINDISABLED");
+}
