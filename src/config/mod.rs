@@ -46,6 +46,15 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 pub(crate) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Daily log files kept in `log_dir` (two weeks).
 pub(crate) const DEFAULT_LOG_KEEP: usize = 14;
+/// How long the local page waits for a request's head (and its small form
+/// body), and how long a kept-alive connection may sit idle. A browser
+/// sends a request at once; ten seconds is generous on a loaded machine,
+/// and short enough that another local user's half-sent requests give
+/// their slots back quickly.
+pub(crate) const DEFAULT_ADMIN_TIMEOUT_SECS: u64 = 10;
+/// The most `admin_timeout_secs` may be: beyond half a minute a held
+/// connection is no longer a slow browser but someone keeping a slot.
+pub(crate) const MAX_ADMIN_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -120,6 +129,10 @@ pub struct ProxySection {
     /// accounts in: only for a machine whose network is trusted.
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// Seconds the page waits for a request's head and body, and keeps an
+    /// idle connection (1 to 30).
+    #[serde(default = "default_admin_timeout")]
+    pub admin_timeout_secs: u64,
 }
 
 /// The page's default address: loopback only, a port unlikely to be taken.
@@ -170,6 +183,7 @@ impl Default for ProxySection {
             log_keep: DEFAULT_LOG_KEEP,
             admin_listen: AdminListen::default(),
             admin_allow_remote: false,
+            admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
         }
     }
 }
@@ -194,6 +208,9 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_log_keep() -> usize {
     DEFAULT_LOG_KEEP
+}
+fn default_admin_timeout() -> u64 {
+    DEFAULT_ADMIN_TIMEOUT_SECS
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -44,10 +44,21 @@ impl Config {
                 p.max_connections_per_source as u64,
             ),
             ("log_keep", p.log_keep as u64),
+            ("admin_timeout_secs", p.admin_timeout_secs),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!("proxy.{name}"), "must be at least 1"));
             }
+        }
+        if p.admin_timeout_secs > super::MAX_ADMIN_TIMEOUT_SECS {
+            return Err(self.invalid(
+                "proxy.admin_timeout_secs".into(),
+                format!(
+                    "must be at most {}: a longer wait lets a half-sent request hold one of the \
+                     page's connections",
+                    super::MAX_ADMIN_TIMEOUT_SECS
+                ),
+            ));
         }
         if let AdminListen::At(addr) = p.admin_listen
             && !addr.ip().is_loopback()
