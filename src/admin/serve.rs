@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -147,15 +148,13 @@ async fn connection(
 /// Reads the (small) body within the timeout, then lets the routes answer.
 async fn answer(mut app: Router, request: Request<Incoming>, timeouts: Timeouts) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES);
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
     let body = match tokio::time::timeout(timeouts.request, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "Request body unreadable or too large",
-            );
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
         }
+        Ok(Err(_)) => return plain(StatusCode::BAD_REQUEST, "Request body unreadable"),
         Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "Request body not sent in time"),
     };
     match app.call(Request::from_parts(parts, Body::from(body))).await {
