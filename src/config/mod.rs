@@ -17,8 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub(crate) use values::is_allowed;
-pub(crate) use values::validate_phc;
 pub use values::{HostPort, MailAddress, Network};
+pub use values::{MAX_KDF_ITERATIONS, MAX_KDF_LANES, MAX_KDF_MEMORY_KIB};
+pub(crate) use values::{check_argon2_caps, validate_phc};
 
 /// How long a client may take from connecting to finishing its login. Long
 /// enough for a person typing a password into a prompt, short enough that

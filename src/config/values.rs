@@ -227,6 +227,46 @@ pub(crate) fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
     networks.iter().any(|n| n.contains(&peer))
 }
 
+/// The most memory (KiB) an Argon2 run may ask for, whatever a file says
+/// (a `password_hash` in the configuration, the parameters stored beside a
+/// seal): 256 MiB, thirteen times what this build uses and above RFC 9106's
+/// memory-constrained recommendation (64 MiB), so stronger settings still
+/// work, while a hostile file cannot make each login's first check take
+/// gigabytes (several accounts may unlock at once).
+pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
+/// The most passes over the memory: ten passes over the largest memory
+/// allowed take a few seconds; a hostile `t` would take minutes per login.
+pub const MAX_KDF_ITERATIONS: u32 = 10;
+/// The most lanes: this build computes lanes one after another, and no
+/// recommendation asks for more than a handful; a huge `p` only inflates
+/// the minimum memory.
+pub const MAX_KDF_LANES: u32 = 8;
+/// Argon2 costs within `MAX_KDF_MEMORY_KIB`, `MAX_KDF_ITERATIONS` and
+/// `MAX_KDF_LANES`, checked before any memory is taken.
+pub(crate) fn check_argon2_caps(
+    memory_kib: u32,
+    iterations: u32,
+    lanes: u32,
+) -> Result<(), String> {
+    let over = |what: &str, value: u32, max: u32| {
+        format!(
+            "Argon2 {what} {value} is above this proxy's limit of {max}: such a cost would make \
+             every first login take minutes or gigabytes (a password_hash: make a new one \
+             with `xoauth2-proxy hash-password`; stored tokens: sign in again)"
+        )
+    };
+    if memory_kib > MAX_KDF_MEMORY_KIB {
+        return Err(over("memory (m, KiB)", memory_kib, MAX_KDF_MEMORY_KIB));
+    }
+    if iterations > MAX_KDF_ITERATIONS {
+        return Err(over("passes (t)", iterations, MAX_KDF_ITERATIONS));
+    }
+    if lanes > MAX_KDF_LANES {
+        return Err(over("lanes (p)", lanes, MAX_KDF_LANES));
+    }
+    Ok(())
+}
+
 /// Checks that `phc` is an Argon2 PHC string this build can verify against;
 /// the error says what is wrong with it, never echoing it.
 pub(crate) fn validate_phc(phc: &str) -> Result<(), String> {
@@ -241,6 +281,7 @@ pub(crate) fn validate_phc(phc: &str) -> Result<(), String> {
     if hash.salt.is_none() || hash.hash.is_none() {
         return Err("has no salt or no hash part".into());
     }
-    argon2::Params::try_from(&hash).map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
-    Ok(())
+    let params = argon2::Params::try_from(&hash)
+        .map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
+    check_argon2_caps(params.m_cost(), params.t_cost(), params.p_cost())
 }
