@@ -267,6 +267,17 @@ impl Config {
                 return Err(self.invalid(key("scopes"), "is required with provider = \"custom\""));
             }
         }
+        for (name, url) in [
+            ("authorize_url", &a.authorize_url),
+            ("token_url", &a.token_url),
+            ("device_code_url", &a.device_code_url),
+        ] {
+            if let Some(url) = url
+                && let Err(why) = super::values::require_https_off_loopback(url)
+            {
+                return Err(self.invalid(key(name), why));
+            }
+        }
         if a.cloud.is_some() && a.provider != ProviderKind::Office365 {
             return Err(self.invalid(
                 key("cloud"),

@@ -165,8 +165,8 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
 }
 
 /// `authorize_url`, `token_url`, `device_code_url`: absolute http(s) URLs
-/// (the HTTP client and the browser can use no other scheme; http stays
-/// allowed for a provider on this machine or in a test).
+/// (the HTTP client and the browser can use no other scheme); that http is
+/// only for this machine is [`require_https_off_loopback`]'s rule.
 pub(super) fn optional_web_url<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<String>, D::Error> {
@@ -179,6 +179,31 @@ pub(super) fn optional_web_url<'de, D: Deserializer<'de>>(
         ))),
         Err(_) => Err(serde::de::Error::custom(format!("`{text}` is not a URL"))),
     }
+}
+
+/// An endpoint gets client secrets, authorization codes and refresh tokens,
+/// and sends back the tokens that open a mailbox: over plain http anyone on
+/// the path (an allowed LAN host, a Wi-Fi) could read or change them. So
+/// `https`, except on this machine (127.0.0.0/8, ::1, `localhost`), where a
+/// test provider or a local relay needs no certificate.
+pub(crate) fn require_https_off_loopback(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|_| format!("`{text}` is not a URL"))?;
+    if url.scheme() == "https" {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if url.scheme() == "http" && loopback {
+        return Ok(());
+    }
+    Err(format!(
+        "`{text}` is not https: tokens and secrets would cross the network unencrypted; \
+         use an https:// URL (plain http:// is accepted only for 127.0.0.1, ::1 or localhost)"
+    ))
 }
 
 /// A plain check of a mail address: one `@`, something on each side, no
