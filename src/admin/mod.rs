@@ -168,6 +168,10 @@ pub async fn bind(config: &Config) -> Option<TcpListener> {
     };
     match TcpListener::bind(addr).await {
         Ok(listener) => Some(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::error!(listen = %addr, "{}", crate::config::squatted_page_warning(addr));
+            None
+        }
         Err(e) => {
             tracing::warn!(listen = %addr, error = %e,
                 "cannot listen for the sign-in page (proxy.admin_listen); running without it");

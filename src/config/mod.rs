@@ -148,6 +148,24 @@ pub enum AdminListen {
     At(SocketAddr),
 }
 
+/// What to say when the page's port is taken: whoever holds it (another
+/// program, possibly another user of this machine) answers at the page's
+/// address, and a sign-in there would hand them the account. Said by the
+/// proxy at start and by `doctor`.
+pub fn squatted_page_warning(addr: SocketAddr) -> String {
+    let url = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        format!("http://localhost:{}/", addr.port())
+    } else {
+        format!("http://{addr}/")
+    };
+    format!(
+        "THE SIGN-IN PAGE'S PORT IS TAKEN: another program, possibly another user of this \
+         machine, listens on {addr}, so {url} is NOT this proxy's page: do not sign in there. \
+         The proxy runs without its page; choose a free port for proxy.admin_listen \
+         (or find who holds this one), then restart it"
+    )
+}
+
 impl Default for AdminListen {
     fn default() -> Self {
         AdminListen::At(DEFAULT_ADMIN_LISTEN)
