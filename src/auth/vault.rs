@@ -423,10 +423,7 @@ impl TokenStore {
 
     /// `account`'s file and its bytes: the current name, else an old-style
     /// file that belongs to it. `None`: no tokens.
-    fn read_file(
-        &self,
-        account: &str,
-    ) -> Result<Option<(PathBuf, Zeroizing<Vec<u8>>)>, StoreError> {
+    fn read_file(&self, account: &str) -> Result<Option<FileBytes>, StoreError> {
         let path = self.path_for(account);
         let path = match fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -665,6 +662,9 @@ impl TokenStore {
         })
     }
 }
+
+/// A token file's path and what it holds (wiped when dropped).
+type FileBytes = (PathBuf, Zeroizing<Vec<u8>>);
 
 /// The longest file name stem: well under the 255 bytes file systems
 /// allow, with room for `.json` and a writer's `.tmp.PID.N` suffix.
