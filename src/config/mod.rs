@@ -161,8 +161,8 @@ pub fn squatted_page_warning(addr: SocketAddr) -> String {
     format!(
         "THE SIGN-IN PAGE'S PORT IS TAKEN: another program, possibly another user of this \
          machine, listens on {addr}, so {url} is NOT this proxy's page: do not sign in there. \
-         The proxy runs without its page; choose a free port for proxy.admin_listen \
-         (or find who holds this one), then restart it"
+         The proxy does without its page while the port is taken: choose a free port for \
+         proxy.admin_listen (or find who holds this one) and restart it"
     )
 }
 
