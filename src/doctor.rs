@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::auth::provider::endpoints;
 use crate::auth::vault::{Entry, TokenStore};
-use crate::config::{Config, Protocol};
+use crate::config::{AdminListen, Config, Protocol};
 use crate::upstream::Target;
 
 /// One finding.
@@ -28,6 +28,104 @@ impl std::fmt::Display for Finding {
             Finding::Problem(m) => write!(f, "PROBLEM: {m}"),
         }
     }
+}
+
+/// How long the page's port is given to answer like the page.
+const PAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether `admin_listen` is free, or held by what answers like this
+/// proxy's page; anything else holds the page's address and would take the
+/// sign-ins of whoever opens it.
+async fn page_port(addr: std::net::SocketAddr, http: &reqwest::Client) -> Finding {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => {
+            return Finding::Ok(format!(
+                "the sign-in page's port {addr} is free; the proxy serves its page there"
+            ));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+            return Finding::Problem(format!(
+                "cannot listen on {addr} for the sign-in page ({e}): check proxy.admin_listen"
+            ));
+        }
+        Err(_) => {}
+    }
+    let squatted = crate::config::squatted_page_warning(addr);
+    if let Some(owner) = listening_owner(addr.port())
+        && owner != own_uid()
+    {
+        return Finding::Problem(format!(
+            "{squatted}. The port belongs to user id {owner}, not to the user running doctor \
+             (if that is the proxy's service account, this is its page after all)"
+        ));
+    }
+    let url = format!("http://127.0.0.1:{}/", addr.port());
+    let answer = tokio::time::timeout(
+        PAGE_PROBE_TIMEOUT,
+        http.get(&url)
+            .header(reqwest::header::HOST, format!("localhost:{}", addr.port()))
+            .send(),
+    )
+    .await;
+    let looks_like_page = match answer {
+        Ok(Ok(r)) if r.status().is_success() => {
+            let has_csp = r
+                .headers()
+                .contains_key(reqwest::header::CONTENT_SECURITY_POLICY);
+            let body = tokio::time::timeout(PAGE_PROBE_TIMEOUT, r.text()).await;
+            has_csp && matches!(body, Ok(Ok(b)) if b.contains("xoauth2-proxy"))
+        }
+        _ => false,
+    };
+    if looks_like_page {
+        Finding::Ok(format!(
+            "the sign-in page's port {addr} is in use by what answers like this proxy's page \
+             (the proxy is running); if no proxy of yours runs, another program holds it"
+        ))
+    } else {
+        Finding::Problem(squatted)
+    }
+}
+
+/// The user id that owns the listening socket on `port` (Linux only: read
+/// from /proc/net/tcp and tcp6; elsewhere unknown).
+#[cfg(target_os = "linux")]
+fn listening_owner(port: u16) -> Option<u32> {
+    /// The `st` column of a listening socket.
+    const LISTEN: &str = "0A";
+    let wanted = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    (local_port == wanted && *fields.get(3)? == LISTEN)
+                        .then(|| fields.get(7)?.parse().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u32>>()
+        })
+        .next()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn listening_owner(_port: u16) -> Option<u32> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn own_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn own_uid() -> u32 {
+    0
 }
 
 /// Runs every check; `report` gets each finding as it is made.
@@ -102,6 +200,9 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build();
+    if let (AdminListen::At(addr), Ok(http)) = (config.proxy.admin_listen, &http) {
+        note(page_port(addr, http).await);
+    }
     let store = TokenStore::new(&config.state_dir());
     for (i, a) in config.accounts.iter().enumerate() {
         let user = &a.username;

@@ -410,6 +410,50 @@ fn log_certificate(loaded: &tls::local_cert::Loaded) {
         "local TLS certificate (clients must trust it: `xoauth2-proxy cert show`)");
 }
 
+/// macOS refuses a soft limit of open files above `OPEN_MAX` (10240), even
+/// when the hard limit is unlimited; the kernel's own per-process cap is
+/// usually about that.
+#[cfg(target_vendor = "apple")]
+const APPLE_OPEN_MAX: libc::rlim_t = 10_240;
+
+/// Raises the soft limit of open files to the hard limit: every client
+/// connection costs two descriptors (client and upstream), and a default
+/// soft limit (256 on macOS, 1024 on many Linux systems) would make a busy
+/// proxy refuse connections with EMFILE long before the machine runs out.
+/// Windows has no such per-process limit.
+#[cfg(unix)]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot read the open file limit");
+        return;
+    }
+    let before = limit.rlim_cur;
+    #[allow(unused_mut)]
+    let mut target = limit.rlim_max;
+    #[cfg(target_vendor = "apple")]
+    {
+        target = target.min(APPLE_OPEN_MAX).max(before);
+    }
+    if target > before {
+        limit.rlim_cur = target;
+        // SAFETY: setrlimit reads one `rlimit` through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::debug!(from = before, to = target, error = %std::io::Error::last_os_error(),
+                "cannot raise the open file limit");
+            return;
+        }
+    }
+    tracing::debug!(open_files = limit.rlim_cur, was = before, "open file limit");
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() {}
+
 /// Completes at Ctrl-C, or at SIGTERM on Unix (how systemd and launchd stop a service).
 pub async fn stop_signal() {
     #[cfg(unix)]
@@ -437,6 +481,7 @@ pub async fn run(
     if config.listeners.is_empty() {
         anyhow::bail!("{}: no [[listener]] is configured", config.source.display());
     }
+    raise_open_file_limit();
     #[cfg(unix)]
     let _control = control::listen(&config.state_dir(), reloads.sender());
     let mut running = start(config).await?;

@@ -450,10 +450,8 @@ async fn a_token_endpoint_that_is_down_gives_unavailable() {
     c.send(login_line("d1").as_bytes()).await;
     let line = c.read_line_str().await;
     assert!(line.starts_with("d1 NO [UNAVAILABLE] "), "{line}");
-    assert!(
-        line.contains("cannot connect to the token endpoint"),
-        "{line}"
-    );
+    // Which address and what error is in the log; the client hears the gist.
+    assert!(line.contains("token endpoint"), "{line}");
     // The connection stays usable.
     c.send(b"d2 NOOP\r\n").await;
     c.expect(b"d2 OK NOOP completed").await;
@@ -464,8 +462,9 @@ async fn a_token_endpoint_that_is_down_gives_unavailable() {
     let mut c = connect(&proxy).await;
     c.send(login_line("d3").as_bytes()).await;
     let line = c.read_line_str().await;
+    // The status is in the log; the client hears to try again.
     assert!(
-        line.starts_with("d3 NO [UNAVAILABLE] ") && line.contains("HTTP 503"),
+        line.starts_with("d3 NO [UNAVAILABLE] ") && line.contains("try again later"),
         "{line}"
     );
 }

@@ -154,7 +154,7 @@ async fn a_refresh_does_not_write_back_tokens_forgotten_meanwhile() {
     .unwrap();
     assert!(status.success());
     match login.await.unwrap() {
-        Err(Failure::SignInNeeded(m)) => assert!(m.contains("replaced or removed"), "{m}"),
+        Err(Failure::SignInNeeded(m)) => assert!(m.contains("must sign in"), "{m}"),
         other => panic!("the forgotten account needs a sign-in: {other:?}"),
     }
     assert!(

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod page;
 pub mod pending;
 mod routes;
+pub(crate) mod serve;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -169,6 +170,10 @@ pub async fn bind(config: &Config) -> Option<TcpListener> {
     };
     match TcpListener::bind(addr).await {
         Ok(listener) => Some(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::error!(listen = %addr, "{}", crate::config::squatted_page_warning(addr));
+            None
+        }
         Err(e) => {
             tracing::warn!(listen = %addr, error = %e,
                 "cannot listen for the sign-in page (proxy.admin_listen); running without it");
@@ -204,18 +209,12 @@ impl Admin {
             notices: Mutex::new(VecDeque::new()),
             tasks: Mutex::new(JoinSet::new()),
         });
-        let (shutdown, mut stop) = watch::channel(false);
+        let (shutdown, stop) = watch::channel(false);
         let app = routes::router(state.clone());
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "the sign-in page stopped");
-            }
-        });
+        let timeouts = serve::Timeouts {
+            request: Duration::from_secs(config.proxy.admin_timeout_secs),
+        };
+        let task = tokio::spawn(serve::serve(listener, app, timeouts, stop));
         tracing::info!("sign-in page: {page_url}");
         Ok(Admin {
             addr,

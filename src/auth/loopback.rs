@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{mpsc, oneshot};
@@ -94,16 +94,31 @@ pub async fn browser_sign_in(
             ));
             continue;
         }
+        let state = params.get("state").map(String::as_str).unwrap_or("");
+        // Any local program can call this port: an answer that is not this
+        // sign-in's (a wrong or missing `state`) is refused on its own, and
+        // the real one is still awaited until the timeout.
+        let ours = pending
+            .as_ref()
+            .is_some_and(|p| constant_time_eq(p.state().as_bytes(), state.as_bytes()));
+        if !ours {
+            tracing::warn!(
+                "a sign-in answer that does not belong to this sign-in (state mismatch) was \
+                 ignored; still waiting for the real one"
+            );
+            let refused = page(
+                "Sign-in answer ignored",
+                "This answer does not belong to the sign-in in progress (state mismatch), so it \
+                 was ignored; the sign-in still waits for its own answer.",
+            );
+            let _ = reply.send((StatusCode::BAD_REQUEST, refused).into_response());
+            continue;
+        }
         let Some(signing_in) = pending.take() else {
             break Err(FlowError::MissingCode);
         };
-        let state = params.get("state").map(String::as_str).unwrap_or("");
         let outcome = if let Some(denied) = callback_error(&params) {
-            if constant_time_eq(signing_in.state().as_bytes(), state.as_bytes()) {
-                Err(denied)
-            } else {
-                Err(FlowError::StateMismatch)
-            }
+            Err(denied)
         } else {
             let code = params.get("code").map(String::as_str).unwrap_or("");
             finish_sign_in(signing_in, account, http, state, code).await

@@ -18,6 +18,8 @@ pub const KDF_ITERATIONS: u32 = 2;
 /// Argon2id lanes. One: the proxy derives at most one key per account at a
 /// time, and more lanes would only split the same memory.
 pub const KDF_LANES: u32 = 1;
+/// The caps on Argon2 costs read from files (their reasons are beside them).
+pub use crate::config::{MAX_KDF_ITERATIONS, MAX_KDF_LANES, MAX_KDF_MEMORY_KIB};
 /// Length of the random salt drawn for every account binding.
 pub const SALT_LEN: usize = 16;
 /// Length of the XChaCha20-Poly1305 key.
@@ -46,7 +48,14 @@ impl KdfParams {
         lanes: KDF_LANES,
     };
 
+    /// Whether these parameters stay within the caps (`MAX_KDF_*`); the
+    /// error names the one that does not.
+    pub fn within_caps(&self) -> Result<(), KdfError> {
+        check_caps(self.memory_kib, self.iterations, self.lanes)
+    }
+
     fn argon2(&self, output_len: usize) -> Result<Argon2<'static>, KdfError> {
+        self.within_caps()?;
         let params = Params::new(
             self.memory_kib,
             self.iterations,
@@ -61,6 +70,11 @@ impl KdfParams {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct KdfError(String);
+
+/// Argon2 costs within the caps, checked before any memory is taken.
+pub(crate) fn check_caps(memory_kib: u32, iterations: u32, lanes: u32) -> Result<(), KdfError> {
+    crate::config::check_argon2_caps(memory_kib, iterations, lanes).map_err(KdfError)
+}
 
 /// A key derived from an account's local password: the sealing key and the
 /// value the password check compares. Zeroed when dropped; `Debug` shows
@@ -162,6 +176,9 @@ pub fn hash_password(password: &[u8]) -> Result<String, KdfError> {
 /// Whether `password` matches the PHC string `phc` (runs the KDF it names).
 pub fn verify_phc(password: &[u8], phc: &str) -> Result<bool, KdfError> {
     let hash = PasswordHash::new(phc).map_err(|e| KdfError(format!("bad password_hash: {e}")))?;
+    let params = Params::try_from(&hash)
+        .map_err(|e| KdfError(format!("bad password_hash parameters: {e}")))?;
+    check_caps(params.m_cost(), params.t_cost(), params.p_cost())?;
     match Argon2::default().verify_password(password, &hash) {
         Ok(()) => Ok(true),
         Err(argon2::password_hash::Error::Password) => Ok(false),
@@ -278,6 +295,46 @@ mod tests {
                 .contains("not Argon2")
         );
         assert!(validate_phc("$argon2id$v=19$m=19456,t=2,p=1").is_err());
+    }
+
+    #[test]
+    fn hostile_costs_are_refused_before_any_work() {
+        use crate::config::validate_phc;
+        let started = std::time::Instant::now();
+        let salt = [1u8; SALT_LEN];
+        for params in [
+            KdfParams {
+                memory_kib: 4 * 1024 * 1024,
+                ..TEST_PARAMS
+            },
+            KdfParams {
+                iterations: 100_000,
+                ..TEST_PARAMS
+            },
+            KdfParams {
+                memory_kib: 8 * 64,
+                lanes: 64,
+                ..TEST_PARAMS
+            },
+        ] {
+            let e = SealKey::derive(b"pw", params, salt).unwrap_err();
+            assert!(e.to_string().contains("above this proxy's limit"), "{e}");
+        }
+        KdfParams {
+            memory_kib: MAX_KDF_MEMORY_KIB,
+            iterations: MAX_KDF_ITERATIONS,
+            lanes: MAX_KDF_LANES,
+        }
+        .within_caps()
+        .unwrap();
+        let phc = hash_password(b"x").unwrap();
+        let huge = phc.replace("m=19456,t=2,p=1", "m=4194304,t=1000,p=64");
+        let why = validate_phc(&huge).unwrap_err();
+        assert!(why.contains("memory") && why.contains("limit"), "{why}");
+        assert!(verify_phc(b"x", &huge).is_err());
+        let slow = phc.replace("t=2", "t=11");
+        assert!(validate_phc(&slow).unwrap_err().contains("passes"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -377,10 +377,18 @@ impl TokenStore {
         &self.dir
     }
 
-    /// The file that holds `account`'s tokens. Names are folded to lower case
-    /// and anything outside a safe set is replaced, so no address can escape
-    /// the directory.
+    /// The file that holds `account`'s tokens: [`file_stem`], so two
+    /// addresses never share a file and no address can leave the directory.
     pub fn path_for(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", file_stem(account)))
+    }
+
+    /// Where builds before injective names kept `account`'s tokens (every
+    /// character outside a safe set became `_`, so `a!b@x` and `a_b@x`
+    /// shared a file). Read when the new file is missing and the old one
+    /// names this account; removed once the account's tokens are written
+    /// under the new name.
+    fn legacy_path_for(&self, account: &str) -> PathBuf {
         let name: String = account
             .to_lowercase()
             .chars()
@@ -400,6 +408,60 @@ impl TokenStore {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// The old-style file of `account`, if there is one, it differs from the
+    /// new one, and it says it is `account`'s (so a file two addresses
+    /// shared goes to the one that wrote it last, never to the other).
+    fn legacy_file_of(&self, account: &str) -> Option<PathBuf> {
+        /// The one field the ownership check reads, whatever the format.
+        #[derive(Deserialize)]
+        struct Owner {
+            account: String,
+        }
+        let legacy = self.legacy_path_for(account);
+        if legacy == self.path_for(account) {
+            return None;
+        }
+        let bytes = Zeroizing::new(fs::read(&legacy).ok()?);
+        let owner: Owner = serde_json::from_slice(&bytes).ok()?;
+        owner
+            .account
+            .eq_ignore_ascii_case(account)
+            .then_some(legacy)
+    }
+
+    /// `account`'s file and its bytes: the current name, else an old-style
+    /// file that belongs to it. `None`: no tokens.
+    fn read_file(&self, account: &str) -> Result<Option<FileBytes>, StoreError> {
+        let path = self.path_for(account);
+        let path = match fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match self.legacy_file_of(account) {
+                    Some(legacy) => legacy,
+                    None => return Ok(None),
+                }
+            }
+            _ => path,
+        };
+        match fs::read(&path) {
+            Ok(b) => Ok(Some((path, Zeroizing::new(b)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Removes `account`'s old-style file once its tokens live under the
+    /// new name (or were removed). `true` if there was one.
+    fn remove_legacy(&self, account: &str) -> bool {
+        match self.legacy_file_of(account) {
+            Some(legacy) => fs::remove_file(legacy).is_ok(),
+            None => false,
+        }
+    }
+
     /// `account`'s tokens if they are stored unsealed; a sealed entry is
     /// [`StoreError::Sealed`] (use [`TokenStore::load_entry`] and open it).
     pub fn load(&self, account: &str) -> Result<Option<StoredTokens>, StoreError> {
@@ -414,17 +476,8 @@ impl TokenStore {
 
     /// What `account`'s file holds, checked for shape but not opened.
     pub fn load_entry(&self, account: &str) -> Result<Option<Entry>, StoreError> {
-        let path = self.path_for(account);
-        let bytes = match fs::read(&path) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
+        let Some((path, bytes)) = self.read_file(account)? else {
+            return Ok(None);
         };
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.clone(),
@@ -545,6 +598,7 @@ impl TokenStore {
                 source,
             });
         }
+        self.remove_legacy(account);
         Ok(())
     }
 
@@ -589,9 +643,10 @@ impl TokenStore {
     fn remove_unlocked(&self, account: &str) -> Result<bool, StoreError> {
         let path = self.path_for(account);
         let _guard = self.write_lock.lock();
+        let legacy = self.remove_legacy(account);
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(legacy),
             Err(source) => Err(StoreError::Io {
                 action: "remove",
                 path,
@@ -621,6 +676,47 @@ impl TokenStore {
         self.secured.store(true, Ordering::Release);
         Ok(())
     }
+}
+
+/// A token file's path and what it holds (wiped when dropped).
+type FileBytes = (PathBuf, Zeroizing<Vec<u8>>);
+
+/// The longest file name stem: well under the 255 bytes file systems
+/// allow, with room for `.json` and a writer's `.tmp.PID.N` suffix.
+const MAX_STEM_BYTES: usize = 180;
+/// Hex digits of the SHA-256 that ends a stem cut to [`MAX_STEM_BYTES`].
+const STEM_HASH_HEX: usize = 32;
+
+/// The file name (without `.json`) of `account`'s tokens, one-to-one with
+/// the address as the proxy compares it (ASCII case folded): letters,
+/// digits, `@`, `-`, `+` and a `.` that does not lead stay; every other
+/// byte, `_` itself included, becomes `_` and two hex digits, so the name
+/// decodes back to exactly one address. Names beyond [`MAX_STEM_BYTES`]
+/// (an address of hundreds of unusual characters) are cut and end in `~`
+/// and a hash of the whole address (`~` never appears otherwise).
+fn file_stem(account: &str) -> String {
+    use std::fmt::Write as _;
+    let folded = account.to_ascii_lowercase();
+    let mut stem = String::with_capacity(folded.len());
+    for (i, b) in folded.bytes().enumerate() {
+        let kept =
+            b.is_ascii_alphanumeric() || matches!(b, b'@' | b'-' | b'+') || (b == b'.' && i > 0);
+        if kept {
+            stem.push(char::from(b));
+        } else {
+            let _ = write!(stem, "_{b:02x}");
+        }
+    }
+    if stem.len() > MAX_STEM_BYTES {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(folded.as_bytes());
+        stem.truncate(MAX_STEM_BYTES - 1 - STEM_HASH_HEX);
+        stem.push('~');
+        for b in &digest[..STEM_HASH_HEX / 2] {
+            let _ = write!(stem, "{b:02x}");
+        }
+    }
+    stem
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {

@@ -17,8 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub(crate) use values::is_allowed;
-pub(crate) use values::validate_phc;
 pub use values::{HostPort, MailAddress, Network};
+pub use values::{MAX_KDF_ITERATIONS, MAX_KDF_LANES, MAX_KDF_MEMORY_KIB};
+pub(crate) use values::{check_argon2_caps, validate_phc};
 
 /// How long a client may take from connecting to finishing its login. Long
 /// enough for a person typing a password into a prompt, short enough that
@@ -53,6 +54,15 @@ pub(crate) const DEFAULT_LOG_KEEP: usize = 14;
 pub(crate) const DEFAULT_MAX_RECIPIENTS: usize = 500;
 /// The most `max_recipients` may be: Exchange Online's highest setting.
 pub(crate) const MAX_MAX_RECIPIENTS: usize = 1000;
+/// How long the local page waits for a request's head (and its small form
+/// body), and how long a kept-alive connection may sit idle. A browser
+/// sends a request at once; ten seconds is generous on a loaded machine,
+/// and short enough that another local user's half-sent requests give
+/// their slots back quickly.
+pub(crate) const DEFAULT_ADMIN_TIMEOUT_SECS: u64 = 10;
+/// The most `admin_timeout_secs` may be: beyond half a minute a held
+/// connection is no longer a slow browser but someone keeping a slot.
+pub(crate) const MAX_ADMIN_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -127,6 +137,10 @@ pub struct ProxySection {
     /// accounts in: only for a machine whose network is trusted.
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// Seconds the page waits for a request's head and body, and keeps an
+    /// idle connection (1 to 30).
+    #[serde(default = "default_admin_timeout")]
+    pub admin_timeout_secs: u64,
 }
 
 /// The page's default address: loopback only, a port unlikely to be taken.
@@ -139,6 +153,24 @@ pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
 pub enum AdminListen {
     Off,
     At(SocketAddr),
+}
+
+/// What to say when the page's port is taken: whoever holds it (another
+/// program, possibly another user of this machine) answers at the page's
+/// address, and a sign-in there would hand them the account. Said by the
+/// proxy at start and by `doctor`.
+pub fn squatted_page_warning(addr: SocketAddr) -> String {
+    let url = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        format!("http://localhost:{}/", addr.port())
+    } else {
+        format!("http://{addr}/")
+    };
+    format!(
+        "THE SIGN-IN PAGE'S PORT IS TAKEN: another program, possibly another user of this \
+         machine, listens on {addr}, so {url} is NOT this proxy's page: do not sign in there. \
+         The proxy does without its page while the port is taken: choose a free port for \
+         proxy.admin_listen (or find who holds this one) and restart it"
+    )
 }
 
 impl Default for AdminListen {
@@ -177,6 +209,7 @@ impl Default for ProxySection {
             log_keep: DEFAULT_LOG_KEEP,
             admin_listen: AdminListen::default(),
             admin_allow_remote: false,
+            admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
         }
     }
 }
@@ -201,6 +234,9 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_log_keep() -> usize {
     DEFAULT_LOG_KEEP
+}
+fn default_admin_timeout() -> u64 {
+    DEFAULT_ADMIN_TIMEOUT_SECS
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

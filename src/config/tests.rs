@@ -468,3 +468,43 @@ fn relative_files_are_found_beside_the_configuration() {
         .to_string();
     assert!(err.contains("proxy.cert_file"), "{err}");
 }
+
+#[test]
+fn endpoints_are_https_off_loopback_and_the_page_timeout_is_bounded() {
+    let with = |key: &str, url: &str| GOOD.to_owned() + &format!("{key} = \"{url}\"\n");
+    for key in ["authorize_url", "token_url", "device_code_url"] {
+        for url in [
+            "http://login.example.com/x",
+            "http://10.0.0.1/x",
+            "http://[fd00::1]/x",
+            "http://127.0.0.1.evil.example/x",
+        ] {
+            let e = parse(&with(key, url)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("account[0].{key}")) && e.contains("not https"),
+                "{url}: {e}"
+            );
+        }
+        for url in [
+            "https://login.example.com/x",
+            "http://127.0.0.1:9/x",
+            "http://127.1.2.3/x",
+            "http://LOCALHOST:9/x",
+            "http://[::1]:9/x",
+        ] {
+            parse(&with(key, url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+    let page = |secs: u64| {
+        GOOD.replace(
+            "state_dir = \"/tmp/x\"",
+            &format!("state_dir = \"/tmp/x\"\nadmin_timeout_secs = {secs}"),
+        )
+    };
+    assert_eq!(parse(GOOD).unwrap().proxy.admin_timeout_secs, 10);
+    parse(&page(30)).unwrap();
+    for bad in [0, 31] {
+        let e = parse(&page(bad)).unwrap_err().to_string();
+        assert!(e.contains("proxy.admin_timeout_secs"), "{e}");
+    }
+}

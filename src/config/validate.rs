@@ -44,10 +44,21 @@ impl Config {
                 p.max_connections_per_source as u64,
             ),
             ("log_keep", p.log_keep as u64),
+            ("admin_timeout_secs", p.admin_timeout_secs),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!("proxy.{name}"), "must be at least 1"));
             }
+        }
+        if p.admin_timeout_secs > super::MAX_ADMIN_TIMEOUT_SECS {
+            return Err(self.invalid(
+                "proxy.admin_timeout_secs".into(),
+                format!(
+                    "must be at most {}: a longer wait lets a half-sent request hold one of the \
+                     page's connections",
+                    super::MAX_ADMIN_TIMEOUT_SECS
+                ),
+            ));
         }
         if let AdminListen::At(addr) = p.admin_listen
             && !addr.ip().is_loopback()
@@ -269,6 +280,17 @@ impl Config {
             }
             if a.scopes.is_none() {
                 return Err(self.invalid(key("scopes"), "is required with provider = \"custom\""));
+            }
+        }
+        for (name, url) in [
+            ("authorize_url", &a.authorize_url),
+            ("token_url", &a.token_url),
+            ("device_code_url", &a.device_code_url),
+        ] {
+            if let Some(url) = url
+                && let Err(why) = super::values::require_https_off_loopback(url)
+            {
+                return Err(self.invalid(key(name), why));
             }
         }
         if a.cloud.is_some() && a.provider != ProviderKind::Office365 {

@@ -165,8 +165,8 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
 }
 
 /// `authorize_url`, `token_url`, `device_code_url`: absolute http(s) URLs
-/// (the HTTP client and the browser can use no other scheme; http stays
-/// allowed for a provider on this machine or in a test).
+/// (the HTTP client and the browser can use no other scheme); that http is
+/// only for this machine is [`require_https_off_loopback`]'s rule.
 pub(super) fn optional_web_url<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<String>, D::Error> {
@@ -179,6 +179,31 @@ pub(super) fn optional_web_url<'de, D: Deserializer<'de>>(
         ))),
         Err(_) => Err(serde::de::Error::custom(format!("`{text}` is not a URL"))),
     }
+}
+
+/// An endpoint gets client secrets, authorization codes and refresh tokens,
+/// and sends back the tokens that open a mailbox: over plain http anyone on
+/// the path (an allowed LAN host, a Wi-Fi) could read or change them. So
+/// `https`, except on this machine (127.0.0.0/8, ::1, `localhost`), where a
+/// test provider or a local relay needs no certificate.
+pub(crate) fn require_https_off_loopback(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|_| format!("`{text}` is not a URL"))?;
+    if url.scheme() == "https" {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if url.scheme() == "http" && loopback {
+        return Ok(());
+    }
+    Err(format!(
+        "`{text}` is not https: tokens and secrets would cross the network unencrypted; \
+         use an https:// URL (plain http:// is accepted only for 127.0.0.1, ::1 or localhost)"
+    ))
 }
 
 /// A plain check of a mail address: one `@`, something on each side, no
@@ -227,6 +252,46 @@ pub(crate) fn is_allowed(networks: &[IpNet], peer: IpAddr) -> bool {
     networks.iter().any(|n| n.contains(&peer))
 }
 
+/// The most memory (KiB) an Argon2 run may ask for, whatever a file says
+/// (a `password_hash` in the configuration, the parameters stored beside a
+/// seal): 256 MiB, thirteen times what this build uses and above RFC 9106's
+/// memory-constrained recommendation (64 MiB), so stronger settings still
+/// work, while a hostile file cannot make each login's first check take
+/// gigabytes (several accounts may unlock at once).
+pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
+/// The most passes over the memory: ten passes over the largest memory
+/// allowed take a few seconds; a hostile `t` would take minutes per login.
+pub const MAX_KDF_ITERATIONS: u32 = 10;
+/// The most lanes: this build computes lanes one after another, and no
+/// recommendation asks for more than a handful; a huge `p` only inflates
+/// the minimum memory.
+pub const MAX_KDF_LANES: u32 = 8;
+/// Argon2 costs within `MAX_KDF_MEMORY_KIB`, `MAX_KDF_ITERATIONS` and
+/// `MAX_KDF_LANES`, checked before any memory is taken.
+pub(crate) fn check_argon2_caps(
+    memory_kib: u32,
+    iterations: u32,
+    lanes: u32,
+) -> Result<(), String> {
+    let over = |what: &str, value: u32, max: u32| {
+        format!(
+            "Argon2 {what} {value} is above this proxy's limit of {max}: such a cost would make \
+             every first login take minutes or gigabytes (a password_hash: make a new one \
+             with `xoauth2-proxy hash-password`; stored tokens: sign in again)"
+        )
+    };
+    if memory_kib > MAX_KDF_MEMORY_KIB {
+        return Err(over("memory (m, KiB)", memory_kib, MAX_KDF_MEMORY_KIB));
+    }
+    if iterations > MAX_KDF_ITERATIONS {
+        return Err(over("passes (t)", iterations, MAX_KDF_ITERATIONS));
+    }
+    if lanes > MAX_KDF_LANES {
+        return Err(over("lanes (p)", lanes, MAX_KDF_LANES));
+    }
+    Ok(())
+}
+
 /// Checks that `phc` is an Argon2 PHC string this build can verify against;
 /// the error says what is wrong with it, never echoing it.
 pub(crate) fn validate_phc(phc: &str) -> Result<(), String> {
@@ -241,6 +306,7 @@ pub(crate) fn validate_phc(phc: &str) -> Result<(), String> {
     if hash.salt.is_none() || hash.hash.is_none() {
         return Err("has no salt or no hash part".into());
     }
-    argon2::Params::try_from(&hash).map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
-    Ok(())
+    let params = argon2::Params::try_from(&hash)
+        .map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
+    check_argon2_caps(params.m_cost(), params.t_cost(), params.p_cost())
 }

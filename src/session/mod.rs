@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
+use secrecy::ExposeSecret as _;
 
 use crate::auth::gate::{Gate, Grant, LoginError, Origin};
 use crate::config::{ListenerConfig, Protocol};
@@ -21,6 +22,23 @@ use crate::protocol::Failure;
 use crate::sasl::Credentials;
 use crate::upstream::{Target, UpstreamError};
 use client::ClientStream;
+
+/// What a client is told for a wrong password or an unknown account (one
+/// text for both: which addresses are accounts is nobody else's business).
+pub(crate) const REFUSED: &str = "Wrong user name or password";
+/// What a client is told for an empty password (from what it sent).
+pub(crate) const EMPTY_PASSWORD: &str =
+    "The password is empty: enter a password in the mail client";
+/// What a client is told when the token endpoint, the token store or the
+/// configuration is in the way; the log says which.
+pub(crate) const UNAVAILABLE: &str = "No token for this account now: the token endpoint or the \
+     proxy's setup is in the way; try again later (the proxy's log says why)";
+/// What a client is told when the mail server cannot be reached.
+pub(crate) const UPSTREAM_UNREACHABLE: &str =
+    "cannot reach the mail server now; try again later (the proxy's log says why)";
+/// What a client is told when the mail server failed during the login.
+pub(crate) const UPSTREAM_FAILED: &str =
+    "the mail server failed during login; try again (the proxy's log says why)";
 
 /// Serves one client connection with its listener's protocol, from accept
 /// to close.
@@ -87,22 +105,41 @@ impl Context {
         self.gate
             .login(credentials, origin)
             .await
-            .map_err(|e| self.failure(e))
+            .map_err(|e| self.failure(credentials, e))
     }
 
-    /// The protocol-neutral reply for a refusal of the gate.
-    pub fn failure(&self, e: LoginError) -> Failure {
+    /// The protocol-neutral reply for a refusal of the gate. The client
+    /// gets one of a few fixed texts, never the gate's own: that one may
+    /// carry a file path, an I/O error or what a token endpoint said, and
+    /// it is in the log already (the gate logs every refusal with it).
+    pub fn failure(&self, credentials: &Credentials, e: LoginError) -> Failure {
+        let username = credentials.username.as_str();
         match e {
-            LoginError::Refused(m) => Failure::BadCredentials(m),
-            LoginError::SignInNeeded(m) => Failure::SignInNeeded(match self.sign_in_page.get() {
-                Some(page) => format!("{m}; or sign in at {page}"),
-                None => m,
-            }),
+            LoginError::Refused(_) if credentials.password.expose_secret().is_empty() => {
+                Failure::BadCredentials(EMPTY_PASSWORD.to_owned())
+            }
+            LoginError::Refused(_) => Failure::BadCredentials(format!(
+                "{REFUSED} for {}",
+                crate::protocol::one_line(username)
+            )),
+            LoginError::SignInNeeded(_) => {
+                let user = crate::protocol::one_line(&username.to_ascii_lowercase());
+                let page = match self.sign_in_page.get() {
+                    Some(page) => format!("sign in at {page} or run"),
+                    None => "run".to_owned(),
+                };
+                Failure::SignInNeeded(format!(
+                    "{user} must sign in (again): its sign-in is missing, has expired or was \
+                     revoked, or its stored tokens cannot be used; {page} \
+                     `xoauth2-proxy authorize {user}`"
+                ))
+            }
             // Not judged: the temporary reply (NO [UNAVAILABLE], -ERR
             // [SYS/TEMP], 454 4.7.0), so a client retries rather than
-            // asking its user for a new password.
+            // asking its user for a new password. It says only how long to
+            // wait, from the throttle's own figure.
             e @ LoginError::Throttled(_) => Failure::Unavailable(e.to_string()),
-            LoginError::Unavailable(m) => Failure::Unavailable(m),
+            LoginError::Unavailable(_) => Failure::Unavailable(UNAVAILABLE.to_owned()),
         }
     }
 }

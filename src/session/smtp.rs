@@ -164,9 +164,10 @@ impl Smtp {
                 "MAIL FROM refused: not in allowed_senders");
             return Err(sender_refused(sender));
         }
-        let grant = session.ctx.gate.unattended(account).await.map_err(|e| {
+        // The gate logged why; the client hears only that it failed.
+        let grant = session.ctx.gate.unattended(account).await.map_err(|_| {
             failure_reply(&Failure::Unavailable(format!(
-                "the relay cannot sign in as {account}: {e}"
+                "the relay cannot sign in as {account} now; the proxy's log says why"
             )))
         })?;
         match session.authenticate(ehlo_name, "", &grant).await {

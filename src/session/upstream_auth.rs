@@ -122,7 +122,7 @@ impl<U: UpstreamLogin> Session<U> {
                         tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
                         return Err(U::failure(
                             tag,
-                            &Failure::Unavailable(format!("cannot reach {}: {e}", target.addr())),
+                            &Failure::Unavailable(super::UPSTREAM_UNREACHABLE.to_owned()),
                         ));
                     }
                 },
@@ -155,9 +155,7 @@ impl<U: UpstreamLogin> Session<U> {
                         tracing::warn!(%peer, account = %user, error = %e, "upstream failed during authentication");
                         return Err(U::failure(
                             tag,
-                            &Failure::Unavailable(format!(
-                                "the mail server failed during login: {e}"
-                            )),
+                            &Failure::Unavailable(super::UPSTREAM_FAILED.to_owned()),
                         ));
                     }
                     // The connection held since the greeting was dead: once more
