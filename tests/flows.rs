@@ -16,29 +16,13 @@ use support::*;
 use xoauth2_proxy::auth::flows::{self, FlowError, PendingSignIn, callback_error, finish_sign_in};
 use xoauth2_proxy::auth::http::HttpClient;
 use xoauth2_proxy::auth::identity::IdentityError;
-use xoauth2_proxy::auth::password::SealKey;
 use xoauth2_proxy::auth::provider;
-use xoauth2_proxy::auth::vault::{Entry, StoredTokens, TokenStore};
+use xoauth2_proxy::auth::vault::TokenStore;
 use xoauth2_proxy::config::{AccountConfig, Cloud, Config};
 
 const CERT: &str = include_str!("fixtures/client_cert.pem");
 /// The local password `authorize` is given (`--password-stdin`).
 const SIGN_IN_PASSWORD: &str = "correct horse 1";
-
-/// The tokens `authorize` stored for `user` under `state_dir`, opened with
-/// `password` (they are sealed from their first write; `None` if absent).
-fn open_stored(state_dir: &Path, user: &str, password: &str) -> Option<StoredTokens> {
-    match TokenStore::new(state_dir)
-        .load_entry(user)
-        .expect("a readable store")?
-    {
-        Entry::Sealed(s) => {
-            let key = SealKey::derive(password.as_bytes(), s.params(), s.salt()).unwrap();
-            Some(s.open(&key).expect("sealed with the chosen password"))
-        }
-        Entry::Unsealed(_) => panic!("stored unsealed"),
-    }
-}
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))

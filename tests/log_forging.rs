@@ -81,6 +81,8 @@ async fn a_client_cannot_forge_a_log_line() {
     );
     let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay").unwrap();
     text.push_str(&format!("password_hash = \"{hash}\"\n"));
+    // An unattended account's sign-in stores its tokens unsealed.
+    harness::seed_unattended_tokens(s.state_dir.path(), &s.tokens);
     let running = start(&text).await;
     let (smtp_addr, relay_addr, pop3_addr) = (running.addrs[0], running.addrs[1], running.addrs[2]);
 

@@ -265,6 +265,8 @@ async fn fixed_relay(s: &Setup, server: &FakeSmtpServer) -> xoauth2_proxy::Runni
     );
     let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay").unwrap();
     text.push_str(&format!("password_hash = \"{hash}\"\n"));
+    // An unattended account's sign-in stores its tokens unsealed.
+    harness::seed_unattended_tokens(s.state_dir.path(), &s.tokens);
     start(&text).await
 }
 

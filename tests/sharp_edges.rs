@@ -248,7 +248,7 @@ async fn two_catch_all_addresses_that_collided_log_in_with_their_own_tokens() {
     let store = TokenStore::new(state_dir.path());
     for (account, refresh) in [(a, "rt-a"), (b, "rt-b")] {
         tokens.state.seed_refresh_token(refresh);
-        store.save(account, &tokens_with(refresh)).unwrap();
+        harness::seal_tokens(state_dir.path(), account, PASSWORD, &tokens_with(refresh));
     }
     let running = start(&text).await;
     // One end to end (the fake mail server knows one user), the other
@@ -390,12 +390,23 @@ fn spawn_authorize(
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xoauth2-proxy"))
         .arg("--config")
         .arg(&file)
-        .args(["authorize", USER, "--browser", "--no-open"])
-        .stdin(std::process::Stdio::null())
+        .args([
+            "authorize",
+            USER,
+            "--browser",
+            "--no-open",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run authorize");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{FORGED_TEST_PASSWORD}").expect("the password on standard input");
+    }
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -417,6 +428,10 @@ fn browser() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The local password `spawn_authorize` chooses (at least 8 characters; the
+/// harness's `PASSWORD` is shorter: it is sealed directly, not signed in).
+const FORGED_TEST_PASSWORD: &str = "forged answers test";
 
 #[tokio::test]
 async fn a_forged_answer_does_not_abort_authorize_browser() {
@@ -480,9 +495,7 @@ async fn a_forged_answer_does_not_abort_authorize_browser() {
         .unwrap();
     assert!(status.success(), "{stderr}");
     assert_eq!(fake.state.codes_redeemed(), 1);
-    let stored = TokenStore::new(&dir.path().join("state"))
-        .load(USER)
-        .unwrap();
+    let stored = open_stored(&dir.path().join("state"), USER, FORGED_TEST_PASSWORD);
     assert!(stored.is_some_and(|t| t.refresh_token.is_some()));
 }
 

@@ -32,7 +32,7 @@ use harness::{PASSWORD, config_text, imap, pop3, seed_tokens, smtp, start};
 use support::*;
 use xoauth2_proxy::auth::gate::Origin;
 use xoauth2_proxy::auth::throttle::{FIRST_DELAY, LOCKOUT_FAILURES};
-use xoauth2_proxy::auth::vault::{StoredTokens, TokenStore};
+use xoauth2_proxy::auth::vault::StoredTokens;
 use xoauth2_proxy::config::Config;
 use xoauth2_proxy::net::peer_user::PeerUser;
 use xoauth2_proxy::sasl::Credentials;
@@ -314,21 +314,23 @@ fn creds(user: &str, password: &str) -> Credentials {
     }
 }
 
-/// Tokens as `authorize` leaves them for `address`, accepted by the fake
-/// token endpoint.
+/// Tokens as `authorize` leaves them for `address`: sealed under the
+/// password chosen at sign-in (`<local part>-password`), accepted by the
+/// fake token endpoint.
 fn signed_in(f: &Fakes, address: &str) {
     let refresh = format!("rt-{address}");
     f.tokens.state.seed_refresh_token(&refresh);
-    TokenStore::new(f.state_dir.path())
-        .save(
-            address,
-            &StoredTokens {
-                refresh_token: Some(SecretString::from(refresh)),
-                access_token: None,
-                expires_at: None,
-            },
-        )
-        .expect("save tokens");
+    let local = address.split('@').next().unwrap_or(address);
+    harness::seal_tokens(
+        f.state_dir.path(),
+        address,
+        &format!("{local}-password"),
+        &StoredTokens {
+            refresh_token: Some(SecretString::from(refresh)),
+            access_token: None,
+            expires_at: None,
+        },
+    );
 }
 
 /// 10,000 pipelined LOGINs for random catch-all addresses, in batches on

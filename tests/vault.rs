@@ -726,7 +726,7 @@ async fn unsealed_tokens_of_a_sealed_account_are_not_bound_by_a_login() {
     let before = file_of(proxy.state_dir.path());
     let line = imap_login(&proxy, "whoever comes first").await;
     assert!(line.starts_with("a1 NO [AUTHENTICATIONFAILED] "), "{line}");
-    assert!(line.contains("sign in again"), "{line}");
+    assert!(line.contains("must sign in (again)"), "{line}");
     assert_eq!(file_of(proxy.state_dir.path()), before);
     assert_eq!(server.state.auth_attempts(), 0);
 }

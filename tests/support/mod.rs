@@ -31,6 +31,27 @@ pub fn xoauth2(user: &str, token: &str) -> String {
         .encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
 }
 
+/// The tokens a sign-in stored for `user` under `state_dir`, opened with
+/// `password` (they are sealed from their first write; `None` if absent).
+pub fn open_stored(
+    state_dir: &std::path::Path,
+    user: &str,
+    password: &str,
+) -> Option<xoauth2_proxy::auth::vault::StoredTokens> {
+    use xoauth2_proxy::auth::password::SealKey;
+    use xoauth2_proxy::auth::vault::{Entry, TokenStore};
+    match TokenStore::new(state_dir)
+        .load_entry(user)
+        .expect("a readable store")?
+    {
+        Entry::Sealed(s) => {
+            let key = SealKey::derive(password.as_bytes(), s.params(), s.salt()).unwrap();
+            Some(s.open(&key).expect("sealed with the chosen password"))
+        }
+        Entry::Unsealed(_) => panic!("stored unsealed"),
+    }
+}
+
 /// The JSON error challenge Dovecot (and Google) send before refusing a token, base64-encoded.
 pub const ERROR_CHALLENGE_JSON: &str = r#"{"status":"401","schemes":"bearer","scope":"mail"}"#;
 
