@@ -18,25 +18,25 @@
 //! - `fs_secure`: owner-only folders and files (Unix modes, Windows protected DACLs), read back for `doctor`.
 //! - [`tls`]: rustls configurations (ring provider) and the local certificate.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
 pub mod config;
 pub mod control;
 pub mod doctor;
-pub mod drain;
+pub(crate) mod drain;
 pub(crate) mod escape;
 pub(crate) mod fs_secure;
-pub mod health;
-pub mod listener;
+pub(crate) mod health;
+pub(crate) mod listener;
 pub mod logging;
 pub mod net;
 pub mod protocol;
-pub mod relay;
+pub(crate) mod relay;
 pub mod sasl;
 pub mod service;
 pub mod session;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
