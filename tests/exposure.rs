@@ -368,23 +368,8 @@ async fn connections_per_source_address_are_limited() {
 
 /// An SMTP listener for a scanner: no client login, MAIL FROM limited to allowed_senders.
 async fn fixed_relay(s: &Setup, server: &FakeSmtpServer) -> xoauth2_proxy::Running {
-    let m = smtp(server.addr);
-    let extra = format!(
-        "allow_from = [\"127.0.0.0/8\"]\nallow_plaintext = true\nfixed_account = \"{USER}\"\n\
-         allowed_senders = [\"scanner@example.test\", \"{USER}\"]"
-    );
-    let mut text = s.config(
-        &[Listener {
-            upstream: &m,
-            listen: LAN,
-            extra: &extra,
-        }],
-        "",
-    );
-    let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay").unwrap();
-    text.push_str(&format!("password_hash = \"{hash}\"\n"));
-    harness::seed_unattended_tokens(s.state_dir.path(), &s.tokens);
-    start(&text).await
+    s.fixed_relay(server.addr, LAN, &["scanner@example.test", USER], "")
+        .await
 }
 
 #[tokio::test]

@@ -250,24 +250,8 @@ async fn before_tls_a_tls_only_listener_offers_no_mechanism() {
 /// A scanner's listener: no login, MAIL FROM limited to `allowed_senders`,
 /// three recipients per message.
 async fn fixed_relay(s: &Setup, server: &FakeSmtpServer) -> xoauth2_proxy::Running {
-    let m = smtp(server.addr);
-    let extra = format!(
-        "allow_from = [\"127.0.0.0/8\"]\nallow_plaintext = true\nfixed_account = \"{USER}\"\n\
-         allowed_senders = [\"scanner@example.test\"]\nmax_recipients = 3"
-    );
-    let mut text = s.config(
-        &[Listener {
-            upstream: &m,
-            listen: LAN,
-            extra: &extra,
-        }],
-        "",
-    );
-    let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay").unwrap();
-    text.push_str(&format!("password_hash = \"{hash}\"\n"));
-    // An unattended account's sign-in stores its tokens unsealed.
-    harness::seed_unattended_tokens(s.state_dir.path(), &s.tokens);
-    start(&text).await
+    s.fixed_relay(server.addr, LAN, &[SCANNER], "max_recipients = 3")
+        .await
 }
 
 const SCANNER: &str = "scanner@example.test";

@@ -10,6 +10,8 @@ pub(crate) mod line;
 pub mod pop3;
 pub(crate) mod sasl_dialogue;
 pub mod smtp;
+#[cfg(test)]
+pub(crate) mod test_random;
 
 pub use crate::sasl::Credentials;
 

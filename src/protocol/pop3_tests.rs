@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::test_random::{Fed, XorShift, feed_in_random_chunks, random_input};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::ExposeSecret;
@@ -674,24 +675,6 @@ fn reply_parsing() {
     }
 }
 
-/// xorshift64: a deterministic generator without extra crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n as u64).unwrap()
-    }
-}
-
 /// Pieces that steer random input into every state, mixed with noise.
 const FRAGMENTS: &[&[u8]] = &[
     b"USER ",
@@ -717,42 +700,17 @@ const FRAGMENTS: &[&[u8]] = &[
     b".",
 ];
 
-fn random_input(rng: &mut Rng) -> Vec<u8> {
-    let mut out = Vec::new();
-    for _ in 0..rng.below(24) {
-        match rng.below(10) {
-            0..=5 => out.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())]),
-            6..=8 => out.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
-            _ => out.extend(std::iter::repeat_n(b'x', rng.below(2 * MAX_LINE))),
-        }
-    }
-    out
-}
-
 #[test]
 fn random_input_never_panics_and_stays_bounded() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..4000 {
-        let input = random_input(&mut rng);
+        let input = random_input(&mut rng, FRAGMENTS, MAX_LINE);
         let mut fe = Frontend::new(strings(&["USER"]), rng.below(2) == 0);
-        let mut buf = Vec::new();
-        let mut rest = input.as_slice();
-        'feed: while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(1 + rng.below(rest.len()));
-            rest = tail;
-            buf.extend_from_slice(chunk);
-            for _ in 0..=buf.len() {
-                match fe.step(&mut buf) {
-                    Action::NeedMore => {
-                        assert!(buf.len() <= MAX_LINE + 1, "{}", buf.len());
-                        continue 'feed;
-                    }
-                    Action::Close(_) => break 'feed,
-                    _ => {}
-                }
-            }
-            panic!("step did not reach NeedMore");
-        }
+        feed_in_random_chunks(&mut rng, &input, MAX_LINE + 1, |buf| match fe.step(buf) {
+            Action::NeedMore => Fed::NeedMore,
+            Action::Close(_) => Fed::Closed,
+            _ => Fed::Progress,
+        });
     }
 }
 

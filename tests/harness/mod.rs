@@ -215,6 +215,41 @@ pub struct Setup {
     pub state_dir: tempfile::TempDir,
 }
 
+impl Setup {
+    /// A scanner's SMTP listener on `listen` to `upstream`: no client login
+    /// (`fixed_account` is [`USER`]), `MAIL FROM` limited to `senders`, plus
+    /// the listener lines in `extra`. The account is unattended (a
+    /// `password_hash`), so its sign-in left its tokens unsealed.
+    pub async fn fixed_relay(
+        &self,
+        upstream: SocketAddr,
+        listen: &str,
+        senders: &[&str],
+        extra: &str,
+    ) -> Running {
+        let m = smtp(upstream);
+        let senders: Vec<String> = senders.iter().map(|s| format!("\"{s}\"")).collect();
+        let lines = format!(
+            "allow_from = [\"127.0.0.0/8\"]\nallow_plaintext = true\nfixed_account = \"{USER}\"\n\
+             allowed_senders = [{}]\n{extra}",
+            senders.join(", ")
+        );
+        let mut text = self.config(
+            &[Listener {
+                upstream: &m,
+                listen,
+                extra: &lines,
+            }],
+            "",
+        );
+        let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay")
+            .expect("hash a password");
+        text.push_str(&format!("password_hash = \"{hash}\"\n"));
+        seed_unattended_tokens(self.state_dir.path(), &self.tokens);
+        start(&text).await
+    }
+}
+
 pub async fn setup() -> Setup {
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;

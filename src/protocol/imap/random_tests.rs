@@ -1,6 +1,7 @@
 //! The front end under arbitrary splits and pseudo-random input.
 
 use super::*;
+use crate::protocol::test_random::XorShift;
 
 #[test]
 fn splitting_never_changes_the_result() {
@@ -45,21 +46,6 @@ fn splitting_never_changes_the_result() {
             "{}",
             text(&input)
         );
-    }
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
