@@ -72,6 +72,7 @@ fn main() {
 }
 
 /// Raises the open-file limit as far as allowed; returns the limit in force.
+#[cfg(unix)]
 fn raise_fd_limit(n: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -94,6 +95,12 @@ fn raise_fd_limit(n: u64) -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
     lim.rlim_cur
+}
+
+/// Elsewhere there is no such limit to raise.
+#[cfg(not(unix))]
+fn raise_fd_limit(n: u64) -> u64 {
+    n
 }
 
 async fn run(sizes: Sizes) {
@@ -447,6 +454,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(target_os = "linux")]
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
@@ -456,6 +464,13 @@ fn cpu_secs(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / hz.max(1.0)
+}
+
+/// CPU time is read from `/proc`: Linux only (the bench's figures are
+/// made there); elsewhere it reads as zero.
+#[cfg(not(target_os = "linux"))]
+fn cpu_secs(_pid: u32) -> f64 {
+    0.0
 }
 
 // ---- clients ----

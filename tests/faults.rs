@@ -14,7 +14,7 @@ mod support;
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -932,13 +932,15 @@ async fn connections_past_the_limit_are_refused_and_their_places_given_back() {
 // ---------------------------------------------------------------------------
 // A disk that refuses the token write.
 
+#[cfg(unix)]
 /// Makes `dir` refuse new files until dropped: mode 0555, and for root (who
 /// ignores modes) the immutable attribute. `None` where neither works.
 struct ReadOnly {
-    dir: PathBuf,
+    dir: std::path::PathBuf,
     immutable: bool,
 }
 
+#[cfg(unix)]
 impl ReadOnly {
     fn new(dir: &Path) -> Option<ReadOnly> {
         use std::os::unix::fs::PermissionsExt;
@@ -968,6 +970,7 @@ impl ReadOnly {
     }
 }
 
+#[cfg(unix)]
 impl Drop for ReadOnly {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
@@ -981,6 +984,8 @@ impl Drop for ReadOnly {
     }
 }
 
+/// Unix only: read-only directories by mode (and `chattr`).
+#[cfg(unix)]
 #[tokio::test]
 async fn a_read_only_state_dir_is_reported_and_the_old_tokens_stay_usable() {
     let _serial = SERIAL.lock().await;

@@ -5,6 +5,7 @@
 mod harness;
 mod support;
 
+#[cfg(unix)]
 use std::time::{Duration, Instant};
 
 use harness::{GateLogin, PASSWORD, config_text, imap, pop3, seed_tokens, start};
@@ -120,17 +121,20 @@ async fn a_reload_adds_keeps_and_removes_listeners_and_leaves_sessions_alone() {
     running.shutdown().await;
 }
 
+#[cfg(unix)] // for the SIGHUP test below
 fn free_port() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
 
+#[cfg(unix)] // for the SIGHUP test below
 fn listener(addr: std::net::SocketAddr, upstream: std::net::SocketAddr) -> String {
     format!(
         "[[listener]]\nprotocol = \"imap\"\nlisten = \"{addr}\"\nupstream = \"{upstream}\"\nupstream_tls = \"implicit\"\n\n"
     )
 }
 
+#[cfg(unix)]
 /// Waits until `addr` greets like an IMAP server (the proxy's local
 /// greeting: the upstream here is down).
 async fn greets(addr: std::net::SocketAddr) -> bool {
