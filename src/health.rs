@@ -10,23 +10,23 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 /// Open client connections of one listener (kept across reloads with its socket).
 #[derive(Debug, Default)]
-pub struct ListenerStats {
+pub(crate) struct ListenerStats {
     open: AtomicUsize,
 }
 
 impl ListenerStats {
     /// Counts a connection as open until the guard is dropped.
-    pub fn opened(self: &Arc<Self>) -> OpenConnection {
+    pub(crate) fn opened(self: &Arc<Self>) -> OpenConnection {
         self.open.fetch_add(1, Ordering::Relaxed);
         OpenConnection(self.clone())
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 }
 
-pub struct OpenConnection(Arc<ListenerStats>);
+pub(crate) struct OpenConnection(Arc<ListenerStats>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {

@@ -25,7 +25,7 @@ use crate::session::client::ClientStream;
 /// client is not owed the whole pre-authentication time.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct Bound {
+pub(crate) struct Bound {
     pub listener: TcpListener,
     pub config: Arc<ListenerConfig>,
     /// Its open connections (for the sign-in page); kept with the socket.
@@ -33,12 +33,12 @@ pub struct Bound {
 }
 
 impl Bound {
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
     }
 }
 
-pub async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
+pub(crate) async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} for {}: {e}",
@@ -55,7 +55,7 @@ pub async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
 
 /// Connection limits of one listener.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_connections: usize,
     pub max_per_source: usize,
 }
@@ -142,7 +142,7 @@ impl Drop for SourceSlot {
 /// Accepts until `shutdown` turns true, then hands the socket back (a
 /// reload keeps it for the same address). Connections run as tasks of
 /// `sessions`, which the shutdown drains.
-pub async fn serve(
+pub(crate) async fn serve(
     bound: Bound,
     ctx: Arc<Context>,
     limits: Limits,

@@ -22,11 +22,11 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 mod filtered;
-pub use filtered::relay_filtered;
+pub(crate) use filtered::relay_filtered;
 
 /// Size of one copy buffer. Several TLS records per system call; the cost is
 /// paid only while a transfer is under way.
-pub const RELAY_BUFFER: usize = 64 * 1024;
+pub(crate) const RELAY_BUFFER: usize = 64 * 1024;
 /// Buffers kept per worker thread for reuse (4 MiB at most), so a steady
 /// transfer does not allocate, and a burst does not pin memory for ever.
 const POOL_KEEP: usize = 64;
@@ -54,14 +54,14 @@ fn give_buffer(buf: Box<[u8]>) {
     });
 }
 
-pub struct Totals {
+pub(crate) struct Totals {
     pub to_upstream: u64,
     pub to_client: u64,
 }
 
 /// Writes what each side sent ahead (the client's pipelined commands go up
 /// only now, after the server's OK), then copies both ways until EOF.
-pub async fn relay<C, U>(
+pub(crate) async fn relay<C, U>(
     client: &mut C,
     client_pending: &[u8],
     upstream: &mut U,
@@ -90,7 +90,7 @@ where
 /// Copies `a → b` and `b → a` until both directions have seen EOF; an EOF
 /// on one side shuts down the write half of the other. Returns the bytes
 /// copied each way.
-pub async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+pub(crate) async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,

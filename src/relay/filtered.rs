@@ -34,7 +34,7 @@ struct Outgoing {
 /// Relays until the server closes (or either side fails). What the client
 /// sent ahead (its first `MAIL FROM`, and what was pipelined after it) goes
 /// through the filter first; what the server sent ahead goes to the client.
-pub async fn relay_filtered<C, U>(
+pub(crate) async fn relay_filtered<C, U>(
     client: &mut C,
     client_pending: &[u8],
     upstream: &mut U,

@@ -18,7 +18,7 @@ pub(crate) struct Paths {
 }
 
 impl Paths {
-    pub fn under(home: &Path) -> Paths {
+    pub(crate) fn under(home: &Path) -> Paths {
         Paths {
             plist: home
                 .join("Library/LaunchAgents")

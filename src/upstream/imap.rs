@@ -16,7 +16,7 @@ use crate::protocol::imap::{ServerLine, Status, capabilities_in, parse_server_li
 const STARTTLS_TAG: &str = "xp0";
 const CAPABILITY_TAG: &str = "xp1";
 
-pub struct ImapUpstream {
+pub(crate) struct ImapUpstream {
     conn: LineConn<TlsStream<TcpStream>>,
     /// The server's greeting line as received (CRLF included).
     pub greeting: Vec<u8>,
@@ -89,7 +89,10 @@ impl Dialect for ImapUpstream {
     }
 }
 
-pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<ImapUpstream, UpstreamError> {
+pub(crate) async fn connect(
+    target: &Target,
+    mode: UpstreamTls,
+) -> Result<ImapUpstream, UpstreamError> {
     let (mut conn, greeting) = connect_tls::<ImapUpstream>(target, mode).await?;
     // Capabilities announced in plaintext are void after STARTTLS (RFC 3501 6.2.1).
     let announced = match mode {
@@ -154,7 +157,7 @@ impl ImapUpstream {
     }
 
     /// The TLS stream and any bytes the server sent past its OK.
-    pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
         self.conn.into_parts()
     }
 }

@@ -2,9 +2,9 @@
 //! protocol's STARTTLS), and line-at-a-time reading for the few exchanges
 //! before authentication. The protocol dialogues are in the submodules.
 
-pub mod imap;
-pub mod pop3;
-pub mod smtp;
+pub(crate) mod imap;
+pub(crate) mod pop3;
+pub(crate) mod smtp;
 
 use std::future::Future;
 use std::io;
@@ -26,7 +26,7 @@ use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 /// The longest server line the proxy reads before authentication. Greetings,
 /// capability lists and EHLO lines are far shorter; an error challenge is a
 /// few hundred bytes. Anything longer is a broken or hostile server.
-pub const MAX_SERVER_LINE: usize = 16 * 1024;
+pub(crate) const MAX_SERVER_LINE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -92,14 +92,14 @@ impl Target {
 }
 
 /// A stream with a read buffer, for reading server lines before the relay.
-pub struct LineConn<S> {
+pub(crate) struct LineConn<S> {
     pub stream: S,
     buf: Vec<u8>,
     timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
-    pub fn new(stream: S, timeout: Duration) -> Self {
+    pub(crate) fn new(stream: S, timeout: Duration) -> Self {
         LineConn {
             stream,
             buf: Vec::with_capacity(1024),
@@ -108,7 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     }
 
     /// The next line, CRLF (or LF) included.
-    pub async fn read_line(&mut self) -> Result<Vec<u8>, UpstreamError> {
+    pub(crate) async fn read_line(&mut self) -> Result<Vec<u8>, UpstreamError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -133,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         Ok(())
     }
 
-    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         tokio::time::timeout(self.timeout, async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
@@ -146,20 +146,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     /// Drops whatever was read but not consumed. Called before a TLS
     /// upgrade: bytes that arrived in plaintext ahead of the handshake could
     /// have been injected by anyone on the path.
-    pub fn discard_buffered(&mut self) -> usize {
+    pub(crate) fn discard_buffered(&mut self) -> usize {
         let n = self.buf.len();
         self.buf.clear();
         n
     }
 
     /// The stream and the bytes read past the last consumed line.
-    pub fn into_parts(self) -> (S, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>) {
         (self.stream, self.buf)
     }
 }
 
 /// How the upstream answered the proxy's XOAUTH2, in every dialect.
-pub enum AuthOutcome {
+pub(crate) enum AuthOutcome {
     /// Everything the server sent up to and including its success reply, for
     /// the client (IMAP: already under the client's tag).
     Accepted { reply: Vec<u8> },

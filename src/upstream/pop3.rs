@@ -18,7 +18,7 @@ use crate::protocol::pop3::{Reply, parse_reply};
 /// A CAPA answer longer than this many lines is not a real server's.
 const MAX_CAPA_LINES: usize = 64;
 
-pub struct Pop3Upstream {
+pub(crate) struct Pop3Upstream {
     conn: LineConn<TlsStream<TcpStream>>,
     /// The text after `+OK` in the server's greeting.
     pub greeting_text: Vec<u8>,
@@ -67,7 +67,10 @@ impl Dialect for Pop3Upstream {
     }
 }
 
-pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<Pop3Upstream, UpstreamError> {
+pub(crate) async fn connect(
+    target: &Target,
+    mode: UpstreamTls,
+) -> Result<Pop3Upstream, UpstreamError> {
     let (mut conn, greeting) = connect_tls::<Pop3Upstream>(target, mode).await?;
     let greeting_text = greeting_text(&greeting)?;
     let capa = ask_capa(&mut conn).await?;
@@ -102,7 +105,7 @@ async fn ask_capa(conn: &mut LineConn<TlsStream<TcpStream>>) -> Result<Vec<Strin
 }
 
 impl Pop3Upstream {
-    pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
         self.conn.into_parts()
     }
 }

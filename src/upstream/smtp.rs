@@ -15,7 +15,7 @@ use crate::protocol::smtp::{MAX_REPLY, SmtpReply, parse_reply};
 /// own name is used for the EHLO that counts, after TLS.
 const PROXY_EHLO_NAME: &str = "localhost";
 
-pub struct SmtpUpstream {
+pub(crate) struct SmtpUpstream {
     conn: LineConn<TlsStream<TcpStream>>,
     /// The server's greeting reply as received.
     pub greeting: Vec<u8>,
@@ -87,7 +87,10 @@ impl Dialect for SmtpUpstream {
     }
 }
 
-pub async fn connect(target: &Target, mode: UpstreamTls) -> Result<SmtpUpstream, UpstreamError> {
+pub(crate) async fn connect(
+    target: &Target,
+    mode: UpstreamTls,
+) -> Result<SmtpUpstream, UpstreamError> {
     let (conn, greeting) = connect_tls::<SmtpUpstream>(target, mode).await?;
     Ok(SmtpUpstream { conn, greeting })
 }
@@ -102,7 +105,7 @@ fn expect(code: u16, raw: &[u8], reply: &SmtpReply) -> Result<(), UpstreamError>
 
 impl SmtpUpstream {
     /// EHLO with the client's name; the reply's text lines (greeting first).
-    pub async fn ehlo(&mut self, domain: &str) -> Result<Vec<String>, UpstreamError> {
+    pub(crate) async fn ehlo(&mut self, domain: &str) -> Result<Vec<String>, UpstreamError> {
         self.conn
             .write_all(format!("EHLO {domain}\r\n").as_bytes())
             .await?;
@@ -111,7 +114,7 @@ impl SmtpUpstream {
         Ok(reply.text_lines())
     }
 
-    pub fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (TlsStream<TcpStream>, Vec<u8>) {
         self.conn.into_parts()
     }
 }
