@@ -25,7 +25,11 @@ fn main() {
         watched.push(branch);
     }
     for name in watched {
-        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+        // Only files that exist: cargo treats a missing one as always
+        // changed and would rebuild (and relink) on every build.
+        if let Some(path) = git(&["rev-parse", "--git-path", &name])
+            && std::path::Path::new(&path).exists()
+        {
             println!("cargo:rerun-if-changed={path}");
         }
     }
