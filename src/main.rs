@@ -14,7 +14,8 @@ use xoauth2_proxy::config::Config;
 #[derive(Parser)]
 #[command(
     name = "xoauth2-proxy",
-    version,
+    // `0.1.0 (commit abc1234)`: the commit from build.rs, "unknown" outside git.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("XOAUTH2_PROXY_COMMIT"), ")"),
     about = "Password logins in front, OAuth 2.0 (XOAUTH2) behind: IMAP, POP3 and SMTP for Office 365"
 )]
 struct Cli {
@@ -105,6 +106,20 @@ enum ServiceCommand {
     Stop(ServiceFlags),
     /// Show whether the service is installed and running.
     Status(ServiceFlags),
+    /// Print the systemd system unit for a program at `--exe` (the text
+    /// `service install --system` writes): the Debian package ships it, so the
+    /// two cannot drift. `--config` is the configuration the unit names; the
+    /// stop timeout comes from `--timeout-from` (default: `--config`).
+    #[command(hide = true)]
+    Unit {
+        /// Where the package installs this program.
+        #[arg(long)]
+        exe: PathBuf,
+        /// The configuration to read the shutdown grace from, when `--config`
+        /// does not exist yet (the example the package's conffile is made from).
+        #[arg(long)]
+        timeout_from: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -258,6 +273,20 @@ fn service(action: &ServiceCommand, cli: &Cli) -> anyhow::Result<()> {
         ServiceCommand::Start(f) => (Action::Start, f),
         ServiceCommand::Stop(f) => (Action::Stop, f),
         ServiceCommand::Status(f) => (Action::Status, f),
+        ServiceCommand::Unit { exe, timeout_from } => {
+            let loaded = Config::load(timeout_from.as_deref().unwrap_or(&cli.config))?;
+            let stop_timeout_secs =
+                loaded.proxy.shutdown_grace_secs + xoauth2_proxy::service::STOP_MARGIN_SECS;
+            print!(
+                "{}",
+                xoauth2_proxy::service::systemd::system_unit_text(
+                    exe,
+                    &cli.config,
+                    stop_timeout_secs
+                )
+            );
+            return Ok(());
+        }
     };
     let definition = Definition::for_config(&cli.config, flags.system, cli.state_dir.as_deref())?;
     xoauth2_proxy::service::perform(action, &definition)

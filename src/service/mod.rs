@@ -27,7 +27,7 @@ pub(crate) const DESCRIPTION: &str =
     "xoauth2-proxy: password logins for Office 365 IMAP, POP3 and SMTP through OAuth 2.0";
 /// A stop gets this long beyond the configured drain before the service
 /// manager kills the process.
-pub(crate) const STOP_MARGIN_SECS: u64 = 10;
+pub const STOP_MARGIN_SECS: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -119,6 +119,20 @@ pub(crate) fn unit_text(d: &Definition) -> String {
     unit
 }
 
+/// The system unit for `exe` reading `config` (both absolute), as `service
+/// install --system` writes it; `xoauth2-proxy service unit` prints it for the
+/// Debian package.
+pub fn system_unit_text(exe: &Path, config: &Path, stop_timeout_secs: u64) -> String {
+    unit_text(&Definition {
+        exe: exe.to_path_buf(),
+        config: config.to_path_buf(),
+        system: true,
+        state_dir: PathBuf::from("/var/lib/xoauth2-proxy"),
+        state_dir_override: None,
+        stop_timeout_secs,
+    })
+}
+
 fn systemctl(d: &Definition, args: &[&str]) -> anyhow::Result<()> {
     let mut all: Vec<&str> = Vec::new();
     if !d.system {
@@ -213,6 +227,22 @@ mod tests {
         unit.lines()
             .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
             .collect()
+    }
+
+    #[test]
+    fn the_packaged_unit_is_the_installed_system_unit() {
+        let mut d = definition(true);
+        d.exe = PathBuf::from("/usr/bin/xoauth2-proxy");
+        d.config = PathBuf::from("/etc/xoauth2-proxy/proxy.toml");
+        let packaged = system_unit_text(&d.exe, &d.config, d.stop_timeout_secs);
+        assert_eq!(packaged, unit_text(&d));
+        assert_eq!(
+            values(&packaged, "ExecStart"),
+            [
+                "\"/usr/bin/xoauth2-proxy\" run --config \"/etc/xoauth2-proxy/proxy.toml\" \
+              --log-dir %L/xoauth2-proxy --state-dir %S/xoauth2-proxy"
+            ]
+        );
     }
 
     #[test]
