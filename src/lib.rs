@@ -27,6 +27,7 @@ pub mod drain;
 pub(crate) mod escape;
 pub(crate) mod fs_secure;
 pub mod health;
+pub mod init;
 pub mod listener;
 pub mod logging;
 pub mod net;

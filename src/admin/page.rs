@@ -155,6 +155,7 @@ pub(crate) fn state_text(state: &AccountState) -> (&'static str, String) {
 /// The account's configured `flow`, as its row names it.
 fn flow_text(flow: Flow) -> &'static str {
     match flow {
+        Flow::Auto => "flow: browser or device code, as the machine allows",
         Flow::AuthorizationCode => "flow: authorization code",
         Flow::DeviceCode => "flow: device code",
         Flow::ClientCredentials => "flow: client credentials",

@@ -364,6 +364,11 @@ pub enum Cloud {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Flow {
+    /// Not set (or `flow = "auto"`): the browser when this machine has a
+    /// desktop session to open one in, the device code otherwise
+    /// (`auth::choice`). Configs written before it say `device_code`
+    /// explicitly or relied on the old default; both still sign in.
+    Auto,
     AuthorizationCode,
     DeviceCode,
     ClientCredentials,
@@ -513,7 +518,7 @@ impl AccountConfig {
 }
 
 fn default_flow() -> Flow {
-    Flow::DeviceCode
+    Flow::Auto
 }
 
 impl Config {
