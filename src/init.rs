@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{Config, ListenerConfig, LocalTls, Protocol};
+use crate::config::{Config, ListenerConfig, Protocol};
 
 /// The discovery base URL; the env var [`DISCOVERY_ENV`] replaces it (tests only).
 pub const DEFAULT_DISCOVERY_BASE: &str = "https://login.microsoftonline.com";
@@ -282,11 +282,7 @@ pub fn client_settings(listener: &ListenerConfig) -> ClientSettings {
         },
         server,
         port: listener.listen.port(),
-        security: match listener.local_tls {
-            LocalTls::Implicit => "SSL/TLS",
-            LocalTls::Starttls => "STARTTLS",
-            LocalTls::None => "none",
-        },
+        security: listener.client_security(),
     }
 }
 

@@ -324,6 +324,16 @@ impl ListenerConfig {
         tls || self.allow_plaintext || !self.is_exposed()
     }
 
+    /// The connection security a mail client chooses for this listener:
+    /// "SSL/TLS", "STARTTLS" or "none" (as `init` and the page word it).
+    pub fn client_security(&self) -> &'static str {
+        match self.local_tls {
+            LocalTls::Implicit => "SSL/TLS",
+            LocalTls::Starttls => "STARTTLS",
+            LocalTls::None => "none",
+        }
+    }
+
     /// Recipients per message on a fixed-account relay.
     pub(crate) fn recipient_cap(&self) -> usize {
         self.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS)
