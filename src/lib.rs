@@ -27,6 +27,7 @@ pub(crate) mod drain;
 pub(crate) mod escape;
 pub(crate) mod fs_secure;
 pub(crate) mod health;
+pub mod init;
 pub(crate) mod listener;
 pub mod logging;
 pub mod net;

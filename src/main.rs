@@ -47,6 +47,10 @@ enum Command {
     Reload,
     /// Check the configuration file and exit.
     CheckConfig,
+    /// Write a first configuration (to --config, default proxy.toml): asks for
+    /// the address and the app's client id, finds the tenant, prints the mail
+    /// client settings and offers to install the service.
+    Init(InitFlags),
     /// Check the configuration, each upstream (DNS, TCP, TLS, greeting), each
     /// token endpoint and each account's tokens; exits non-zero on a problem.
     Doctor,
@@ -123,6 +127,29 @@ enum ServiceCommand {
 }
 
 #[derive(clap::Args)]
+struct InitFlags {
+    /// Replace an existing configuration file.
+    #[arg(long)]
+    force: bool,
+    /// Ask nothing: take --address and --client-id (required) and the others
+    /// (for scripts and installers).
+    #[arg(long)]
+    non_interactive: bool,
+    /// The mail address that signs in.
+    #[arg(long)]
+    address: Option<String>,
+    /// The Entra app's Application (client) ID.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The tenant (id or domain); found from the address's domain when not given.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The listeners to write: imap, pop3, smtp, separated by commas.
+    #[arg(long, default_value = "imap,smtp")]
+    listeners: String,
+}
+
+#[derive(clap::Args)]
 struct ServiceFlags {
     /// Linux: a system unit (/etc/systemd/system, needs root) instead of a user unit.
     #[arg(long)]
@@ -175,6 +202,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         xoauth2_proxy::logging::to_stderr(&cli.log);
         return hash_password();
     }
+    if let Command::Init(flags) = &cli.command {
+        xoauth2_proxy::logging::to_stderr(&cli.log);
+        return init(flags, &cli).await;
+    }
     if let Command::Service { action } = &cli.command {
         xoauth2_proxy::logging::to_stderr(&cli.log);
         return service(action, &cli);
@@ -225,7 +256,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("Reloaded: the proxy applies {} now.", cli.config.display());
             Ok(())
         }
-        Command::Service { .. } | Command::ServiceRun => {
+        Command::Service { .. } | Command::ServiceRun | Command::Init(_) => {
             unreachable!("handled before loading the configuration")
         }
         Command::CheckConfig => {
@@ -263,6 +294,90 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where the Entra app is registered, for `init`'s explanation.
+const REGISTER_APP_URL: &str =
+    "https://entra.microsoft.com/#view/Microsoft_AAD_RegisteredApps/ApplicationsListBlade";
+
+async fn init(flags: &InitFlags, cli: &Cli) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    use xoauth2_proxy::init;
+    if cli.config.exists() && !flags.force {
+        return Err(init::InitError::Exists(cli.config.display().to_string()).into());
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut ask = |question: &str| -> anyhow::Result<String> {
+        print!("{question}");
+        std::io::stdout().flush()?;
+        match lines.next() {
+            Some(line) => Ok(line
+                .context("cannot read standard input")?
+                .trim()
+                .to_owned()),
+            None => anyhow::bail!("standard input ended before the answer to: {question}"),
+        }
+    };
+    let address = match (&flags.address, flags.non_interactive) {
+        (Some(a), _) => a.trim().to_owned(),
+        (None, true) => anyhow::bail!("--non-interactive needs --address"),
+        (None, false) => ask("Your mail address: ")?,
+    };
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    let tenant = match &flags.tenant {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            let found = init::discover_tenant(&init::discovery_base(), domain).await;
+            let (tenant, line) = found.tenant(domain);
+            println!("{line}");
+            tenant
+        }
+    };
+    let client_id = match (&flags.client_id, flags.non_interactive) {
+        (Some(c), _) => c.trim().to_owned(),
+        (None, true) => anyhow::bail!("--non-interactive needs --client-id"),
+        (None, false) => {
+            println!(
+                "The proxy signs in through an app registered in your organisation's Entra ID \
+                 (once per organisation, usually by an administrator): a public client with \
+                 the redirect URI http://localhost (Mobile and desktop applications), public \
+                 client flows allowed, and the delegated permissions IMAP.AccessAsUser.All, \
+                 POP.AccessAsUser.All, SMTP.Send and offline_access (the README, \
+                 \"Registering the Entra app\", has the details). Register it at \
+                 {REGISTER_APP_URL} and copy its Application (client) ID."
+            );
+            ask("Application (client) ID: ")?
+        }
+    };
+    let answers = init::Answers {
+        address,
+        tenant,
+        client_id,
+        listeners: init::parse_listeners(&flags.listeners)?,
+    };
+    init::check_answers(&answers)?;
+    let config = init::write(&cli.config, &init::render(&answers), flags.force)?;
+    println!("Wrote {} (owner-only).", cli.config.display());
+    print!("{}", init::describe_settings(&config));
+    println!(
+        "Next: sign in with `xoauth2-proxy authorize {} --config {}`.",
+        answers.address,
+        cli.config.display()
+    );
+    if !flags.non_interactive && std::io::stdin().is_terminal() {
+        let answer = ask("Install the proxy as a service now (starts with the machine)? [y/N] ")?;
+        if answer.eq_ignore_ascii_case("y") || answer.eq_ignore_ascii_case("yes") {
+            let path = std::path::absolute(&cli.config)?;
+            let definition = xoauth2_proxy::service::Definition::for_config(
+                &path,
+                false,
+                cli.state_dir.as_deref(),
+            )?;
+            xoauth2_proxy::service::perform(xoauth2_proxy::service::Action::Install, &definition)?;
+        }
+    }
+    Ok(())
 }
 
 fn service(action: &ServiceCommand, cli: &Cli) -> anyhow::Result<()> {
@@ -432,9 +547,20 @@ async fn authorize(
             account.username
         ),
         (Flow::ClientCredentials, None) => return check_app_only(account, &http).await,
-        (_, Some(how)) => how,
-        (Flow::AuthorizationCode, None) => SignIn::Browser { open },
-        (Flow::DeviceCode, None) => SignIn::Device,
+        (_, explicit) => {
+            use xoauth2_proxy::auth::choice::{self, Interactive};
+            let explicit = explicit.map(|h| match h {
+                SignIn::Browser { .. } => Interactive::Browser,
+                SignIn::Device => Interactive::Device,
+            });
+            let chosen = choice::choose(account, explicit, choice::Machine::current());
+            let (how, name) = match chosen.how {
+                Interactive::Browser => (SignIn::Browser { open }, "the browser"),
+                Interactive::Device => (SignIn::Device, "the device code"),
+            };
+            println!("Signing in with {name}: {}.", chosen.why);
+            how
+        }
     };
     // Asked before the sign-in, so nothing waits on a person at the end:
     // the tokens are sealed with it from their first write.

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth", "upstream", "relay"],
     &["backend", "session"],
     &["listener"],
-    &["admin", "doctor", "service", "metrics", "notify"],
+    &["admin", "doctor", "init", "service", "metrics", "notify"],
 ];
 
 /// Uses that break the rule on purpose, each with its reason.

@@ -50,6 +50,8 @@ pub(crate) struct ListenerView {
     pub upstream: String,
     /// The key of its upstream in `Context::upstream_health` (`host:port`).
     pub upstream_key: String,
+    /// "SSL/TLS", "STARTTLS" or "none", for the mail client settings.
+    pub security: &'static str,
     pub stats: Arc<ListenerStats>,
 }
 
@@ -60,6 +62,7 @@ impl ListenerView {
             protocol: self.protocol.clone(),
             listen: self.listen,
             upstream: self.upstream.clone(),
+            security: self.security,
             open: self.stats.open(),
             upstream_seen: context.upstream_health.get(&self.upstream_key),
         }
@@ -102,6 +105,7 @@ impl View {
                     upstream: l.upstream.to_string(),
                     // The key the sessions record under (`Target`'s host and port).
                     upstream_key: format!("{}:{}", l.upstream.host(), l.upstream.port()),
+                    security: l.client_security(),
                     stats: stats.clone(),
                 })
                 .collect(),

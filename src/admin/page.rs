@@ -69,6 +69,8 @@ pub struct ListenerRow {
     pub protocol: String,
     pub listen: SocketAddr,
     pub upstream: String,
+    /// The connection security a mail client sets: "SSL/TLS", "STARTTLS" or "none".
+    pub security: &'static str,
     /// Client connections open on it now.
     pub open: usize,
     /// How its upstream answered last, if a session reached for it yet.
@@ -155,6 +157,7 @@ pub(crate) fn state_text(state: &AccountState) -> (&'static str, String) {
 /// The account's configured `flow`, as its row names it.
 fn flow_text(flow: Flow) -> &'static str {
     match flow {
+        Flow::Auto => "flow: browser or device code, as the machine allows",
         Flow::AuthorizationCode => "flow: authorization code",
         Flow::DeviceCode => "flow: device code",
         Flow::ClientCredentials => "flow: client credentials",
@@ -203,11 +206,61 @@ pub(crate) fn render(page: &Page) -> String {
             escape(&n.text)
         );
     }
+    first_run(&mut html, page);
     accounts(&mut html, page);
     device(&mut html, page);
     listeners(&mut html, page);
+    client_settings(&mut html, page);
     html.push_str("</body></html>\n");
     html
+}
+
+/// When no account is signed in yet: what to do first.
+fn first_run(html: &mut String, page: &Page) {
+    let signed_in = page.accounts.iter().any(|a| {
+        !matches!(
+            a.status.state,
+            AccountState::NeedsSignIn | AccountState::CatchAll | AccountState::Unreadable(_)
+        )
+    });
+    if signed_in {
+        return;
+    }
+    html.push_str(
+        "<p class=\"notice\" id=\"first-run\">First run: no account is signed in yet. \
+         Sign your account in below (choose the local password your mail clients will use), \
+         then set up the mail client with the settings at the bottom of this page, using \
+         your address as the user name and that local password.</p>",
+    );
+}
+
+/// Per listener, what to type into a mail client.
+fn client_settings(html: &mut String, page: &Page) {
+    html.push_str(
+        "<h2>Mail client settings</h2><table><tr><th>protocol</th><th>server</th>\
+         <th>port</th><th>security</th><th>user name</th></tr>",
+    );
+    for l in &page.listeners {
+        let ip = l.listen.ip();
+        let server = if ip.is_unspecified() {
+            "this machine's address".to_owned()
+        } else {
+            ip.to_string()
+        };
+        let _ = write!(
+            html,
+            "<tr class=\"client-settings\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>your address</td></tr>",
+            escape(&l.protocol.to_ascii_uppercase()),
+            escape(&server),
+            l.listen.port(),
+            escape(l.security),
+        );
+    }
+    html.push_str(
+        "</table><p class=\"muted\">Authentication: normal password (the local password \
+         chosen at the sign-in).</p>",
+    );
 }
 
 fn accounts(html: &mut String, page: &Page) {
@@ -449,6 +502,7 @@ mod tests {
                 protocol: v.into(),
                 listen: "127.0.0.1:1993".parse().unwrap(),
                 upstream: v.into(),
+                security: "STARTTLS",
                 open: 1,
                 upstream_seen: Some(Seen {
                     at: SystemTime::now(),
@@ -462,6 +516,36 @@ mod tests {
                 text: v.into(),
             }],
         }
+    }
+
+    #[test]
+    fn client_settings_per_listener_and_the_first_run_hint() {
+        let listener = |protocol: &str, listen: &str, security| ListenerRow {
+            protocol: protocol.into(),
+            listen: listen.parse().unwrap(),
+            upstream: "outlook.office365.com:993".into(),
+            security,
+            open: 0,
+            upstream_seen: None,
+        };
+        let mut page = Page {
+            accounts: vec![row(status("a@example.com", AccountState::NeedsSignIn))],
+            listeners: vec![
+                listener("imap", "127.0.0.1:1143", "none"),
+                listener("smtp", "0.0.0.0:1465", "SSL/TLS"),
+            ],
+            ..Page::default()
+        };
+        let html = render(&page);
+        assert!(html.contains(
+            "<td>IMAP</td><td>127.0.0.1</td><td>1143</td><td>none</td><td>your address</td>"
+        ));
+        assert!(html.contains(
+            "<td>SMTP</td><td>this machine&#39;s address</td><td>1465</td><td>SSL/TLS</td>"
+        ));
+        assert!(html.contains("id=\"first-run\""), "{html}");
+        page.accounts = vec![row(status("a@example.com", AccountState::Locked))];
+        assert!(!render(&page).contains("id=\"first-run\""));
     }
 
     #[test]
@@ -591,6 +675,7 @@ mod tests {
             protocol: "imap".into(),
             listen: "127.0.0.1:1143".parse().unwrap(),
             upstream: "outlook.office365.com:993".into(),
+            security: "none",
             open,
             upstream_seen: seen.map(|(ago, e)| Seen {
                 at: now - Duration::from_secs(ago),

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod assertion;
 pub mod authcode;
 pub mod by_address;
+pub mod choice;
 pub mod flows;
 pub mod gate;
 pub mod http;

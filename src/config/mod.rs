@@ -324,6 +324,16 @@ impl ListenerConfig {
         tls || self.allow_plaintext || !self.is_exposed()
     }
 
+    /// The connection security a mail client chooses for this listener:
+    /// "SSL/TLS", "STARTTLS" or "none" (as `init` and the page word it).
+    pub fn client_security(&self) -> &'static str {
+        match self.local_tls {
+            LocalTls::Implicit => "SSL/TLS",
+            LocalTls::Starttls => "STARTTLS",
+            LocalTls::None => "none",
+        }
+    }
+
     /// Recipients per message on a fixed-account relay.
     pub(crate) fn recipient_cap(&self) -> usize {
         self.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS)
@@ -364,6 +374,11 @@ pub enum Cloud {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Flow {
+    /// Not set (or `flow = "auto"`): the browser when this machine has a
+    /// desktop session to open one in, the device code otherwise
+    /// (`auth::choice`). Configs written before it say `device_code`
+    /// explicitly or relied on the old default; both still sign in.
+    Auto,
     AuthorizationCode,
     DeviceCode,
     ClientCredentials,
@@ -513,7 +528,7 @@ impl AccountConfig {
 }
 
 fn default_flow() -> Flow {
-    Flow::DeviceCode
+    Flow::Auto
 }
 
 impl Config {

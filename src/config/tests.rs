@@ -82,7 +82,7 @@ fn good_config_parses_with_defaults() {
         c.listeners[0].upstream_host_port(),
         Some(("outlook.office365.com", 993))
     );
-    assert_eq!(c.accounts[0].flow, Flow::DeviceCode);
+    assert_eq!(c.accounts[0].flow, Flow::Auto);
     assert_eq!(c.proxy.preauth_timeout_secs, DEFAULT_PREAUTH_TIMEOUT_SECS);
     assert!(c.account("ALICE@contoso.com").is_some());
     assert_eq!(c.accounts[0].upstream_user(), "alice@contoso.com");

@@ -358,7 +358,8 @@ impl Config {
     /// What the chosen flow needs from the provider and the account.
     fn validate_flow(&self, a: &AccountConfig, key: KeyOf) -> Result<(), ConfigError> {
         match a.flow {
-            Flow::DeviceCode => {}
+            // `auto` takes the device code where no authorize_url is known.
+            Flow::DeviceCode | Flow::Auto => {}
             Flow::AuthorizationCode => {
                 if a.provider == ProviderKind::Custom && a.authorize_url.is_none() {
                     return Err(self.invalid(
