@@ -154,11 +154,8 @@ pub fn parse_listeners(text: &str) -> Result<Vec<Protocol>, InitError> {
 pub enum InitError {
     #[error("{0} exists already; pass --force to replace it")]
     Exists(String),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: String, cause: std::io::Error },
     #[error("the written configuration does not load: {0}")]
     Invalid(String),
     #[error("unknown listener {0:?}: use imap, pop3 and smtp, separated by commas")]
@@ -230,9 +227,9 @@ pub fn write(path: &Path, text: &str, force: bool) -> Result<Config, InitError> 
     if path.exists() && !force {
         return Err(InitError::Exists(shown));
     }
-    let werr = |source| InitError::Write {
+    let werr = |cause| InitError::Write {
         path: shown.clone(),
-        source,
+        cause,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()

@@ -500,10 +500,10 @@ pub async fn run(
                     Err(e) => Err(e),
                 };
                 if let Err(e) = &outcome {
-                    tracing::error!(error = %format!("{e:#}"), "reload failed; the configuration in use is unchanged");
+                    tracing::error!(error = %logging::error_chain(e.as_ref()), "reload failed; the configuration in use is unchanged");
                 }
                 if let Some(reply) = request.reply {
-                    let _ = reply.send(outcome.map_err(|e| format!("{e:#}")));
+                    let _ = reply.send(outcome.map_err(|e| logging::error_chain(e.as_ref())));
                 }
             }
         }

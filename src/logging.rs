@@ -59,6 +59,24 @@ pub fn to_files(default: &str, dir: &Path, keep: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error and its causes on one line, each said once. Types that name
+/// their cause in their own message (`"cannot save the tokens: {0}"` over a
+/// `#[from]` error) also return it as `source()`, and `{:#}` would print it
+/// twice; a cause the text so far already ends with is skipped.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +107,25 @@ mod tests {
         let text = std::fs::read_to_string(logs.join(name)).unwrap();
         assert!(text.contains("listening"), "{text}");
         assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot save the tokens: {0}")]
+        Store(#[from] std::io::Error),
+        #[error("the sign-in failed")]
+        Wrapped(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn a_cause_the_message_names_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let said = error_chain(&Outer::from(io()));
+        assert_eq!(said, "cannot save the tokens: no such file");
+        let said = error_chain(&Outer::Wrapped(io()));
+        assert_eq!(said, "the sign-in failed: no such file");
+        let chained = anyhow::Error::from(Outer::from(io())).context("authorize");
+        let said = error_chain(chained.as_ref());
+        assert_eq!(said, "authorize: cannot save the tokens: no such file");
     }
 }

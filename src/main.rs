@@ -173,7 +173,7 @@ fn main() -> ExitCode {
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", xoauth2_proxy::logging::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         };
@@ -191,7 +191,7 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", xoauth2_proxy::logging::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

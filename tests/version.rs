@@ -1,4 +1,5 @@
-//! `xoauth2-proxy --version` names the version and the git commit (build.rs).
+//! What the command line says of itself: `--version` names the version and
+//! the git commit (build.rs); an error names its cause once.
 
 use std::process::Command;
 
@@ -25,5 +26,24 @@ fn version_names_the_commit_it_was_built_from() {
             "xoauth2-proxy {} (commit {commit})",
             env!("CARGO_PKG_VERSION")
         )
+    );
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("proxy.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_xoauth2-proxy"))
+        .arg("--config")
+        .arg(&missing)
+        .arg("check-config")
+        .output()
+        .expect("run xoauth2-proxy check-config");
+    assert!(!out.status.success());
+    let text = String::from_utf8(out.stderr).expect("utf-8");
+    let os_text = std::fs::read(&missing).unwrap_err().to_string();
+    assert_eq!(
+        text.trim_end(),
+        format!("error: cannot read {}: {os_text}", missing.display())
     );
 }

@@ -41,11 +41,11 @@ const NONCE_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {cause}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is damaged or not a token file ({reason})")]
     Corrupt { path: PathBuf, reason: String },
@@ -445,10 +445,10 @@ impl TokenStore {
         match fs::read(&path) {
             Ok(b) => Ok(Some((path, Zeroizing::new(b)))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Io {
+            Err(cause) => Err(StoreError::Io {
                 action: "read",
                 path,
-                source,
+                cause,
             }),
         }
     }
@@ -566,10 +566,10 @@ impl TokenStore {
         }
         let io = |action| {
             let path = path.clone();
-            move |source| StoreError::Io {
+            move |cause| StoreError::Io {
                 action,
                 path,
-                source,
+                cause,
             }
         };
         let file = options.open(&path).map_err(io("open"))?;
@@ -590,12 +590,12 @@ impl TokenStore {
         let result = write_synced(&tmp, &bytes)
             .and_then(|()| fs::rename(&tmp, &path).map_err(|e| ("rename", e)))
             .and_then(|()| sync_dir(&self.dir).map_err(|e| ("sync", e)));
-        if let Err((action, source)) = result {
+        if let Err((action, cause)) = result {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::Io {
                 action,
                 path,
-                source,
+                cause,
             });
         }
         self.remove_legacy(account);
@@ -647,10 +647,10 @@ impl TokenStore {
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(legacy),
-            Err(source) => Err(StoreError::Io {
+            Err(cause) => Err(StoreError::Io {
                 action: "remove",
                 path,
-                source,
+                cause,
             }),
         }
     }
@@ -663,10 +663,10 @@ impl TokenStore {
             return Ok(());
         }
         let secure = |path: &Path| {
-            crate::fs_secure::private_dir(path).map_err(|source| StoreError::Io {
+            crate::fs_secure::private_dir(path).map_err(|cause| StoreError::Io {
                 action: "create",
                 path: path.to_owned(),
-                source,
+                cause,
             })
         };
         if let Some(state_dir) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -82,7 +82,7 @@ fn service_main(_arguments: Vec<OsString>) {
         return;
     };
     if let Err(e) = serve(args) {
-        tracing::error!(error = %format!("{e:#}"), "the service stopped with an error");
+        tracing::error!(error = %crate::logging::error_chain(e.as_ref()), "the service stopped with an error");
     }
 }
 
@@ -171,7 +171,7 @@ fn serve(args: &Args) -> anyhow::Result<()> {
     let exit = match &result {
         Ok(()) => ServiceExitCode::NO_ERROR,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "the service cannot run");
+            tracing::error!(error = %crate::logging::error_chain(e.as_ref()), "the service cannot run");
             ServiceExitCode::ServiceSpecific(1)
         }
     };

@@ -30,10 +30,10 @@ pub(crate) const MAX_SERVER_LINE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
-    #[error("TLS with {host} failed: {source}")]
-    Tls { host: String, source: io::Error },
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: String, cause: io::Error },
+    #[error("TLS with {host} failed: {cause}")]
+    Tls { host: String, cause: io::Error },
     #[error("{0} did not answer in time")]
     Timeout(String),
     #[error("the server closed the connection")]
@@ -68,7 +68,7 @@ impl Target {
         )
         .await
         .map_err(|_| UpstreamError::Timeout(addr.clone()))?
-        .map_err(|source| UpstreamError::Connect { addr, source })?;
+        .map_err(|cause| UpstreamError::Connect { addr, cause })?;
         // Small interactive commands (IMAP IDLE DONE, SMTP replies) must not
         // wait for Nagle; bulk transfers are unaffected.
         let _ = stream.set_nodelay(true);
@@ -78,15 +78,15 @@ impl Target {
     pub async fn tls(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let name = ServerName::try_from(self.host.clone()).map_err(|e| UpstreamError::Tls {
             host: self.host.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+            cause: io::Error::new(io::ErrorKind::InvalidInput, e),
         })?;
         let connector = TlsConnector::from(self.tls.clone());
         tokio::time::timeout(self.timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| UpstreamError::Timeout(self.addr()))?
-            .map_err(|source| UpstreamError::Tls {
+            .map_err(|cause| UpstreamError::Tls {
                 host: self.host.clone(),
-                source,
+                cause,
             })
     }
 }
