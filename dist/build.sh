@@ -6,6 +6,8 @@
 #   xoauth2-proxy-<v>.tar.gz                            the source (git archive), for Homebrew
 #   xoauth2-proxy.rb                                    the Homebrew formula, url/sha256 filled in
 #   Dockerfile + the binary it copies                   `docker build target/dist/container`
+#   xoauth2-proxy-<v>-container.tar                     that image, built by buildah (when
+#                                                       installed): `docker load -i`
 #   SHA256SUMS                                          over all of the above
 # Cargo builds are incremental: a target already built (the release build and
 # the Windows exe of .ci/run) is reused, not rebuilt. Needs: cargo with the
@@ -119,6 +121,19 @@ install -d -m 0700 "$out/container/state"
 install -m 0644 dist/Dockerfile "$out/container/Dockerfile"
 install -m 0755 "$bin" "$out/container/$name"
 install -m 0644 proxy.toml.example "$out/container/proxy.toml.example"
+# The image itself, where buildah is installed: no daemon, no registry (FROM
+# scratch), its store a temporary folder. A docker-archive loads with
+# `docker load -i` and `podman load -i`.
+if command -v buildah >/dev/null; then
+    store="$(mktemp -d)"
+    bh() { run "$TOOL_TIMEOUT" buildah --root "$store/root" --runroot "$store/run" --storage-driver vfs "$@"; }
+    bh bud --quiet --isolation chroot -t "$name:$version" "$out/container" >/dev/null
+    bh push --quiet "$name:$version" "docker-archive:$out/$name-$version-container.tar:$name:$version"
+    bh rmi --all >/dev/null
+    rm -rf "$store"
+else
+    log "buildah not installed: the container context only, no image archive"
+fi
 
 # --- checksums --------------------------------------------------------------------
 sums="$stage/SHA256SUMS"
