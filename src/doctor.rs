@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::auth::provider::endpoints;
 use crate::auth::vault::{Entry, TokenStore};
 use crate::config::{AdminListen, Config, Protocol};
+use crate::net::proxy::Route;
 use crate::upstream::Target;
 
 /// One finding.
@@ -128,6 +129,15 @@ fn own_uid() -> u32 {
     0
 }
 
+/// "direct" or "through the proxy …" for an endpoint URL.
+fn endpoint_route(policy: &crate::net::proxy::ProxyPolicy, url: &str) -> Route {
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    policy.route(&host)
+}
+
 /// Runs every check; `report` gets each finding as it is made.
 pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Finding> {
     let mut findings = Vec::new();
@@ -157,21 +167,32 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             "listener[{i}] ({} on {}) → {}",
             l.protocol, l.listen, l.upstream
         );
-        let resolved = tokio::net::lookup_host((host, port))
-            .await
-            .map(|mut addrs| addrs.next().is_some())
-            .unwrap_or(false);
+        let route = crate::net::proxy::ProxyPolicy::from_config(&config.proxy)
+            .with_setting(l.upstream_proxy.as_ref())
+            .route(host);
+        // Through an HTTP or socks5h proxy, the proxy resolves the name.
+        let resolves_here = match &route {
+            Route::Direct => true,
+            Route::Via(proxy) => proxy.kind == crate::config::ProxyKind::Socks5,
+        };
+        let resolved = !resolves_here
+            || tokio::net::lookup_host((host, port))
+                .await
+                .map(|mut addrs| addrs.next().is_some())
+                .unwrap_or(false);
         if !resolved {
             note(Finding::Problem(format!(
                 "{what}: cannot resolve {host}: check the name in listener[{i}].upstream and this machine's DNS"
             )));
             continue;
         }
+        note(Finding::Ok(format!("{what}: {route}")));
         let target = Target {
             host: host.to_owned(),
             port,
             tls: tls.clone(),
             timeout,
+            route,
         };
         let greeting = match l.protocol {
             Protocol::Imap => crate::upstream::imap::connect(&target, l.upstream_tls)
@@ -195,14 +216,21 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             ))),
         }
     }
-    let http = reqwest::Client::builder()
+    // The page is on this machine: never through a proxy.
+    let local = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build();
+    if let (AdminListen::At(addr), Ok(local)) = (config.proxy.admin_listen, &local) {
+        note(page_port(addr, local).await);
+    }
+    let policy = crate::net::proxy::ProxyPolicy::from_config(&config.proxy);
+    let http = crate::auth::http::proxied(reqwest::Client::builder(), policy.clone())
         .use_preconfigured_tls((*tls).clone())
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build();
-    if let (AdminListen::At(addr), Ok(http)) = (config.proxy.admin_listen, &http) {
-        note(page_port(addr, http).await);
-    }
     let store = TokenStore::new(&config.state_dir());
     for (i, a) in config.accounts.iter().enumerate() {
         let user = &a.username;
@@ -210,12 +238,15 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
         match &http {
             Ok(http) => match http.get(&token_url).send().await {
                 Ok(r) => note(Finding::Ok(format!(
-                    "{user}: token endpoint {token_url} answers (HTTP {})",
-                    r.status().as_u16()
+                    "{user}: token endpoint {token_url} answers (HTTP {}), {}",
+                    r.status().as_u16(),
+                    endpoint_route(&policy, &token_url)
                 ))),
                 Err(e) => note(Finding::Problem(format!(
-                    "{user}: cannot reach the token endpoint {token_url} ({e}): check the network, \
-                     and account[{i}].tenant / token_url"
+                    "{user}: cannot reach the token endpoint {token_url} {} ({}): check the \
+                     network and upstream_proxy, and account[{i}].tenant / token_url",
+                    endpoint_route(&policy, &token_url),
+                    crate::logging::error_chain(&e)
                 ))),
             },
             Err(e) => note(Finding::Problem(format!("cannot make an HTTP client: {e}"))),

@@ -286,6 +286,7 @@ fn build_context(
         gate,
         upstream_tls,
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout_secs),
+        proxy: crate::net::proxy::ProxyPolicy::from_config(&config.proxy),
         preauth_timeout: Duration::from_secs(config.proxy.preauth_timeout_secs),
         local_tls: local_tls.as_ref().map(|t| t.acceptor.clone()),
         sign_in_page: std::sync::OnceLock::new(),

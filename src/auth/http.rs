@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
+use secrecy::ExposeSecret as _;
+
+use crate::config::ProxyServer;
+use crate::net::proxy::{ProxyPolicy, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -26,8 +30,19 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// A client that takes the system's proxy (`upstream_proxy = "system"`).
     pub fn new(tls: Arc<ClientConfig>, timeout: Duration) -> anyhow::Result<HttpClient> {
-        let inner = reqwest::Client::builder()
+        let system = ProxyPolicy::new(crate::config::ProxySetting::System, Vec::new());
+        HttpClient::with_proxy(tls, timeout, system)
+    }
+
+    /// A client whose requests go the way `policy` says.
+    pub fn with_proxy(
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+        policy: ProxyPolicy,
+    ) -> anyhow::Result<HttpClient> {
+        let inner = proxied(reqwest::Client::builder(), policy)
             .use_preconfigured_tls((*tls).clone())
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -104,8 +119,36 @@ fn describe(e: &reqwest::Error) -> String {
 /// The HTTP client for token endpoints, trusting what upstreams are trusted with.
 pub fn http_client(config: &crate::config::Config) -> anyhow::Result<HttpClient> {
     let tls = crate::tls::client_config(config.proxy.ca_file.as_deref())?;
-    HttpClient::new(
+    HttpClient::with_proxy(
         tls,
         std::time::Duration::from_secs(config.proxy.connect_timeout_secs),
+        ProxyPolicy::from_config(&config.proxy),
     )
+}
+
+/// Sends each request the way `policy` routes its host: reqwest's own
+/// HTTP CONNECT and SOCKS5 support, with the proxy chosen here (so
+/// `no_proxy`, `"system"` and Windows' settings mean the same for HTTP as
+/// for the mail connections). reqwest's reading of the environment is off.
+pub(crate) fn proxied(
+    builder: reqwest::ClientBuilder,
+    policy: ProxyPolicy,
+) -> reqwest::ClientBuilder {
+    builder.proxy(reqwest::Proxy::custom(move |url| {
+        match policy.route(url.host_str()?) {
+            Route::Direct => None,
+            Route::Via(proxy) => proxy_url(&proxy),
+        }
+    }))
+}
+
+/// The proxy as reqwest takes it: a URL, the credentials in it.
+fn proxy_url(proxy: &ProxyServer) -> Option<reqwest::Url> {
+    let mut url =
+        reqwest::Url::parse(&format!("{}://{}", proxy.kind.scheme(), proxy.authority())).ok()?;
+    if let Some((user, password)) = &proxy.credentials {
+        url.set_username(user).ok()?;
+        url.set_password(Some(password.expose_secret())).ok()?;
+    }
+    Some(url)
 }

@@ -17,7 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub(crate) use values::is_allowed;
-pub use values::{HostPort, MailAddress, Network};
+pub use values::{
+    HostPort, MailAddress, Network, NoProxyRule, ProxyKind, ProxyServer, ProxySetting,
+};
 pub use values::{MAX_KDF_ITERATIONS, MAX_KDF_LANES, MAX_KDF_MEMORY_KIB};
 pub(crate) use values::{check_argon2_caps, validate_phc};
 
@@ -141,6 +143,19 @@ pub struct ProxySection {
     /// idle connection (1 to 30).
     #[serde(default = "default_admin_timeout")]
     pub admin_timeout_secs: u64,
+    /// How connections to the mail servers and the token endpoints reach
+    /// the internet: `"system"` (default), `"none"`, or a proxy URL
+    /// (`http://`, `socks5://`, `socks5h://`). A listener may set its own.
+    #[serde(default = "default_upstream_proxy")]
+    pub upstream_proxy: ProxySetting,
+    /// Hosts, addresses and networks reached directly, never through
+    /// `upstream_proxy` (with `"system"`, `NO_PROXY` counts as well).
+    #[serde(default)]
+    pub no_proxy: Vec<NoProxyRule>,
+}
+
+fn default_upstream_proxy() -> ProxySetting {
+    ProxySetting::System
 }
 
 /// The page's default address: loopback only, a port unlikely to be taken.
@@ -210,6 +225,8 @@ impl Default for ProxySection {
             admin_listen: AdminListen::default(),
             admin_allow_remote: false,
             admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
+            upstream_proxy: ProxySetting::System,
+            no_proxy: Vec::new(),
         }
     }
 }
@@ -302,6 +319,8 @@ pub struct ListenerConfig {
     /// With `fixed_account`: recipients per message (`RCPT TO` beyond it is
     /// answered `452 4.5.3` by the proxy). Default [`DEFAULT_MAX_RECIPIENTS`].
     pub max_recipients: Option<usize>,
+    /// This listener's own `upstream_proxy` (default: `[proxy]`'s).
+    pub upstream_proxy: Option<ProxySetting>,
 }
 
 impl ListenerConfig {

@@ -310,3 +310,253 @@ pub(crate) fn validate_phc(phc: &str) -> Result<(), String> {
         .map_err(|e| format!("has unusable Argon2 parameters ({e})"))?;
     check_argon2_caps(params.m_cost(), params.t_cost(), params.p_cost())
 }
+
+/// `upstream_proxy`: how connections to the mail servers and the token
+/// endpoints reach the internet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ProxySetting {
+    /// `"system"`: the environment (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`)
+    /// and, on Windows, the WinHTTP and Internet settings.
+    System,
+    /// `"none"`: always direct.
+    Direct,
+    /// A proxy server of the configuration.
+    Server(ProxyServer),
+}
+
+impl TryFrom<String> for ProxySetting {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "system" => Ok(ProxySetting::System),
+            "none" => Ok(ProxySetting::Direct),
+            _ => ProxyServer::parse(&text).map(ProxySetting::Server),
+        }
+    }
+}
+
+/// How a [`ProxyServer`] is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// HTTP CONNECT (`http://`), Basic authentication.
+    HttpConnect,
+    /// SOCKS5 (`socks5://`): names resolved here, the proxy gets addresses.
+    Socks5,
+    /// SOCKS5 (`socks5h://`): the proxy resolves the names.
+    Socks5h,
+}
+
+impl ProxyKind {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ProxyKind::HttpConnect => "http",
+            ProxyKind::Socks5 => "socks5",
+            ProxyKind::Socks5h => "socks5h",
+        }
+    }
+}
+
+/// A proxy server: `http://[user:password@]host:port`,
+/// `socks5://…` or `socks5h://…`. Shown (logs, errors, `doctor`) without
+/// its credentials.
+#[derive(Clone)]
+pub struct ProxyServer {
+    pub kind: ProxyKind,
+    pub host: String,
+    pub port: u16,
+    /// The user name and password, percent-decoded.
+    pub credentials: Option<(String, secrecy::SecretString)>,
+}
+
+impl ProxyServer {
+    /// A proxy value of the environment or of Windows' settings: without a
+    /// scheme (`proxy.corp:3128`) it is HTTP CONNECT, as curl reads it.
+    pub fn parse_lenient(text: &str) -> Result<ProxyServer, String> {
+        if text.contains("://") {
+            ProxyServer::parse(text)
+        } else {
+            ProxyServer::parse(&format!("http://{text}"))
+        }
+    }
+
+    /// A proxy URL of the configuration, its scheme required (so that a
+    /// misspelt `"none"` is not taken for a proxy host).
+    pub fn parse(text: &str) -> Result<ProxyServer, String> {
+        let with_scheme = text.to_owned();
+        // The credentials are never repeated in an error.
+        let shown = || match url::Url::parse(&with_scheme) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                format!("{}://…@{}", u.scheme(), u.host_str().unwrap_or(""))
+            }
+            _ => text.to_owned(),
+        };
+        let not_proxy = || {
+            format!(
+                "`{}` is not a proxy: use \"system\", \"none\", http://host:port, \
+                 socks5://host:port or socks5h://host:port (user:password@ before the host)",
+                shown()
+            )
+        };
+        if !text.contains("://") {
+            return Err(not_proxy());
+        }
+        let url = url::Url::parse(&with_scheme).map_err(|_| not_proxy())?;
+        let kind = match url.scheme() {
+            "http" => ProxyKind::HttpConnect,
+            "socks5" => ProxyKind::Socks5,
+            "socks5h" => ProxyKind::Socks5h,
+            "https" => {
+                return Err(format!(
+                    "`{}`: a proxy spoken to over TLS (https://) is not supported; \
+                     the mail and token connections inside stay TLS end to end with http://",
+                    shown()
+                ));
+            }
+            _ => return Err(not_proxy()),
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(not_proxy()),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(not_proxy());
+        }
+        let port = match (url.port(), kind) {
+            (Some(p), _) => p,
+            (None, ProxyKind::HttpConnect) => 80,
+            // The SOCKS port of RFC 1928.
+            (None, _) => 1080,
+        };
+        if port == 0 {
+            return Err(not_proxy());
+        }
+        let decode = |s: &str| {
+            percent_decode(s)
+                .ok_or_else(|| format!("`{}`: the user or password is not UTF-8", shown()))
+        };
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, password) => Some((
+                decode(user)?,
+                secrecy::SecretString::from(decode(password.unwrap_or(""))?),
+            )),
+        };
+        Ok(ProxyServer {
+            kind,
+            host,
+            port,
+            credentials,
+        })
+    }
+
+    /// `host:port`, an IPv6 address in brackets.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+impl PartialEq for ProxyServer {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret as _;
+        self.kind == other.kind
+            && self.host == other.host
+            && self.port == other.port
+            && match (&self.credentials, &other.credentials) {
+                (None, None) => true,
+                (Some((u, p)), Some((v, q))) => u == v && p.expose_secret() == q.expose_secret(),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for ProxyServer {}
+
+/// `socks5://proxy.corp:1080`, never the credentials.
+impl fmt::Display for ProxyServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.kind.scheme(), self.authority())
+    }
+}
+
+impl fmt::Debug for ProxyServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        if self.credentials.is_some() {
+            f.write_str(" (with credentials)")?;
+        }
+        Ok(())
+    }
+}
+
+/// An entry of `no_proxy` (and of `NO_PROXY`): `*` (everything), an
+/// address or network (`10.0.0.0/8`), or a host name that also covers its
+/// subdomains (`corp.example` and `.corp.example` both match
+/// `mail.corp.example`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum NoProxyRule {
+    All,
+    Network(IpNet),
+    Domain(String),
+}
+
+impl NoProxyRule {
+    pub fn parse(text: &str) -> Result<NoProxyRule, String> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(NoProxyRule::All);
+        }
+        if let Ok(net) = parse_network(text) {
+            return Ok(NoProxyRule::Network(net));
+        }
+        // `host:port` entries (as some NO_PROXY values carry) match the host.
+        let host = match text.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => h,
+            _ => text,
+        };
+        let domain = host.trim_start_matches("*.").trim_start_matches('.');
+        if domain.is_empty() || rustls_pki_types::ServerName::try_from(domain).is_err() {
+            return Err(format!(
+                "`{text}` is not a host name, an address or a network (no_proxy)"
+            ));
+        }
+        Ok(NoProxyRule::Domain(domain.to_ascii_lowercase()))
+    }
+
+    /// Whether a connection to `host` goes direct under this rule.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match self {
+            NoProxyRule::All => true,
+            NoProxyRule::Network(net) => host.parse::<IpAddr>().is_ok_and(|a| net.contains(&a)),
+            NoProxyRule::Domain(d) => {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                host == *d
+                    || host
+                        .strip_suffix(d.as_str())
+                        .is_some_and(|rest| rest.ends_with('.'))
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for NoProxyRule {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        NoProxyRule::parse(&text)
+    }
+}

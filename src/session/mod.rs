@@ -61,6 +61,8 @@ pub struct Context {
     pub gate: Gate,
     pub upstream_tls: Arc<ClientConfig>,
     pub connect_timeout: Duration,
+    /// `[proxy] upstream_proxy` and `no_proxy`; a listener may set its own.
+    pub proxy: crate::net::proxy::ProxyPolicy,
     pub preauth_timeout: Duration,
     /// The TLS acceptor of `local_tls` listeners (none when no listener has TLS).
     pub local_tls: Option<tokio_rustls::TlsAcceptor>,
@@ -83,6 +85,10 @@ impl Context {
             port,
             tls: self.upstream_tls.clone(),
             timeout: self.connect_timeout,
+            route: self
+                .proxy
+                .with_setting(listener.upstream_proxy.as_ref())
+                .route(host),
         }
     }
 

@@ -21,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
 
 use crate::config::UpstreamTls;
+use crate::net::proxy::{self, ConnectError, ProxyError, Route};
 use crate::sasl::{ErrorChallenge, decode_error_challenge, xoauth2_response};
 
 /// The longest server line the proxy reads before authentication. Greetings,
@@ -44,6 +45,8 @@ pub enum UpstreamError {
     LineTooLong,
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Proxy(#[from] ProxyError),
 }
 
 /// Where and how to reach one upstream.
@@ -53,6 +56,8 @@ pub struct Target {
     pub port: u16,
     pub tls: Arc<ClientConfig>,
     pub timeout: Duration,
+    /// Direct, or through which proxy (`upstream_proxy`).
+    pub route: Route,
 }
 
 impl Target {
@@ -62,13 +67,22 @@ impl Target {
 
     pub async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
         let addr = self.addr();
+        // The timeout covers the proxy hop, when there is one.
         let stream = tokio::time::timeout(
             self.timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
+            proxy::connect(&self.route, &self.host, self.port),
         )
         .await
-        .map_err(|_| UpstreamError::Timeout(addr.clone()))?
-        .map_err(|cause| UpstreamError::Connect { addr, cause })?;
+        .map_err(|_| match &self.route {
+            Route::Direct => UpstreamError::Timeout(addr.clone()),
+            Route::Via(proxy) => {
+                UpstreamError::Timeout(format!("{addr} (through the proxy {proxy})"))
+            }
+        })?
+        .map_err(|e| match e {
+            ConnectError::Direct(cause) => UpstreamError::Connect { addr, cause },
+            ConnectError::Proxy(e) => UpstreamError::Proxy(e),
+        })?;
         // Small interactive commands (IMAP IDLE DONE, SMTP replies) must not
         // wait for Nagle; bulk transfers are unaffected.
         let _ = stream.set_nodelay(true);

@@ -135,7 +135,7 @@ wait_port() {
 
 install_packages() {
   local need=() pkg
-  for pkg in dovecot-imapd dovecot-pop3d dovecot-submissiond curl openssl; do
+  for pkg in dovecot-imapd dovecot-pop3d dovecot-submissiond curl openssl tinyproxy microsocks; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
       need+=("$pkg")
     fi
@@ -190,8 +190,11 @@ render() {
 
 # proxy_config LOCAL_TLS OUT: the proxy's configuration for one run. With
 # local TLS, the proxy shows the clients a certificate from the test CA.
+# UPSTREAM_PROXY, when set, is the proxy's upstream_proxy.
+UPSTREAM_PROXY=""
 proxy_config() {
-  local tls=$1 out=$2 local_cert=""
+  local tls=$1 out=$2 local_cert="" via=""
+  [[ -n "$UPSTREAM_PROXY" ]] && via="upstream_proxy = \"$UPSTREAM_PROXY\""
   if [[ "$tls" != none ]]; then
     local_cert="cert_file = \"$RUN/pki/server.pem\"
 key_file = \"$RUN/pki/server.key\""
@@ -202,6 +205,7 @@ state_dir = "$RUN/proxy-state"
 ca_file = "$RUN/pki/ca.pem"
 connect_timeout_secs = 10
 $local_cert
+$via
 
 [[listener]]
 protocol = "imap"
@@ -389,7 +393,7 @@ message() { PY "$HERE/tool.py" message "$1" "$2" "$3"; }
 client_suite() {
   LOCAL_TLS=$1
   clients_env
-  local m="$RUN/msg" t="local_tls=$LOCAL_TLS"
+  local m="$RUN/msg" t="local_tls=$LOCAL_TLS${VIA:+, $VIA}"
   local idle_out="$RUN/idle-$LOCAL_TLS.out" idle_pid
 
   # The IDLE check runs alongside the others (it is quiet for IDLE_SECS);
@@ -462,16 +466,18 @@ show_result() {
   return "$1"
 }
 
-# start_proxy LOCAL_TLS: (re)starts the proxy with that local TLS mode.
+# start_proxy LOCAL_TLS [TAG]: (re)starts the proxy with that local TLS mode
+# (and UPSTREAM_PROXY); TAG names its configuration and log.
 PROXY_PID=""
 start_proxy() {
-  local tls=$1 conf="$RUN/proxy-$1.toml"
+  local tls=$1 tag=${2:-$1}
+  local conf="$RUN/proxy-$tag.toml"
   if [[ -n "$PROXY_PID" ]]; then
     kill "$PROXY_PID" 2>/dev/null || true
     wait "$PROXY_PID" 2>/dev/null || true
   fi
   proxy_config "$tls" "$conf"
-  start "xoauth2-proxy (local_tls=$tls)" "proxy-$tls.log" \
+  start "xoauth2-proxy (local_tls=$tls${UPSTREAM_PROXY:+, through $UPSTREAM_PROXY})" "proxy-$tag.log" \
     env NO_COLOR=1 "$PROXY" run --config "$conf"
   PROXY_PID=$!
   wait_port "$PROXY_IMAP" "the proxy" "$PROXY_PID"
@@ -483,6 +489,86 @@ start_proxy() {
 local_tls_supported() {
   proxy_config "$1" "$RUN/probe-$1.toml"
   "$PROXY" check-config --config "$RUN/probe-$1.toml" >"$RUN/probe-$1.out" 2>&1
+}
+
+# --- through the company's proxy ---------------------------------------------
+
+# The proxies' password; "@" is percent-encoded in the URL.
+PROXY_SECRET='pr0xy@s3cret'
+PROXY_SECRET_URL='pr0xy%40s3cret'
+TINYPROXY_PID=""
+
+# start_tinyproxy LOG [BasicAuth line]: (re)starts tinyproxy in the foreground.
+start_tinyproxy() {
+  if [[ -n "$TINYPROXY_PID" ]]; then
+    kill "$TINYPROXY_PID" 2>/dev/null || true
+    wait "$TINYPROXY_PID" 2>/dev/null || true
+  fi
+  printf '%s\n' "Port $HTTP_PROXY_PORT" "Listen 127.0.0.1" "Timeout 600" "LogLevel Connect" \
+    "MaxClients 200" "Allow 127.0.0.1" "DisableViaHeader Yes" ${2:+"$2"} >"$RUN/tinyproxy.conf"
+  start "tinyproxy${2:+ ($2)}" "$1" tinyproxy -d -c "$RUN/tinyproxy.conf"
+  TINYPROXY_PID=$!
+  wait_port "$HTTP_PROXY_PORT" "tinyproxy" "$TINYPROXY_PID"
+}
+
+# Every client check again with upstream_proxy set: tinyproxy (HTTP CONNECT,
+# without and with Basic authentication) and microsocks (SOCKS5 with a user
+# and password; socks5h: it resolves the names). The sign-in goes through it
+# too (authorize: the device flow's token requests), and its log must show
+# a tunnel to each Dovecot port and to the token endpoint.
+through_proxies() {
+  start "microsocks" microsocks.log microsocks -i 127.0.0.1 -p "$SOCKS_PORT" -u tester -P "$PROXY_SECRET"
+  wait_port "$SOCKS_PORT" "microsocks" "$!"
+  log "$(tinyproxy -v), microsocks $(dpkg-query -W -f='${Version}' microsocks)"
+
+  local via url log_file
+  for via in http http-basic socks5h; do
+    case "$via" in
+      http)
+        start_tinyproxy tinyproxy.log
+        url="http://127.0.0.1:$HTTP_PROXY_PORT" log_file=tinyproxy.log
+        ;;
+      http-basic)
+        start_tinyproxy tinyproxy-basic.log "BasicAuth tester $PROXY_SECRET"
+        url="http://tester:$PROXY_SECRET_URL@127.0.0.1:$HTTP_PROXY_PORT" log_file=tinyproxy-basic.log
+        ;;
+      socks5h)
+        url="socks5h://tester:$PROXY_SECRET_URL@127.0.0.1:$SOCKS_PORT" log_file=microsocks.log
+        ;;
+    esac
+    UPSTREAM_PROXY=$url VIA="through $via"
+    proxy_config none "$RUN/proxy-$via.toml"
+    check "authorize (device flow) through $via: the token requests take the proxy" \
+      authorize_device "$RUN/proxy-$via.toml"
+    start_proxy none "$via"
+    client_suite none
+    check "$via: the proxy's log shows tunnels to IMAP, POP3, submission and the token endpoint" \
+      proxy_log_shows "$RUN/$log_file" "$DOVECOT_IMAPS" "$DOVECOT_POP3S" "$DOVECOT_SUBMISSION" "$TOKEN_PORT"
+    check "$via: the proxy password is not in xoauth2-proxy's log" \
+      nothing_secret "$RUN/proxy-$via.log" "s3cret"
+  done
+  UPSTREAM_PROXY="" VIA=""
+}
+
+# proxy_log_shows LOG PORT...: tinyproxy's "CONNECT 127.0.0.1:PORT" or
+# microsocks' "connected to 127.0.0.1:PORT", for each port.
+proxy_log_shows() {
+  local log_file=$1 port n
+  shift
+  for port in "$@"; do
+    n=$(grep -acE "(CONNECT|connected to) 127\.0\.0\.1:$port( |\$)" "$log_file" || true)
+    [[ $n -gt 0 ]] || { echo "no tunnel to port $port in ${log_file##*/}"; tail -n 20 "$log_file"; return 1; }
+    echo "port $port: $n tunnel(s)"
+  done
+}
+
+# nothing_secret LOG WORD: WORD appears nowhere in LOG.
+nothing_secret() {
+  if grep -aq "$2" "$1"; then
+    grep -a "$2" "$1" | head -n 3
+    return 1
+  fi
+  echo "$(wc -l <"$1") log lines, none with it"
 }
 
 # --- main -------------------------------------------------------------------
@@ -508,10 +594,11 @@ main() {
 
   make_pki
   local ports
-  mapfile -t ports < <(python3 "$HERE/tool.py" free-ports 8)
+  mapfile -t ports < <(python3 "$HERE/tool.py" free-ports 10)
   DOVECOT_IMAPS=${ports[0]} DOVECOT_POP3S=${ports[1]} DOVECOT_SUBMISSION=${ports[2]}
   SINK_PORT=${ports[3]} TOKEN_PORT=${ports[4]}
   PROXY_IMAP=${ports[5]} PROXY_POP3=${ports[6]} PROXY_SMTP=${ports[7]}
+  HTTP_PROXY_PORT=${ports[8]} SOCKS_PORT=${ports[9]}
 
   # The SMTP sink Dovecot's submission service relays to.
   mkdir -p "$RUN/sink"
@@ -576,6 +663,8 @@ main() {
       log "skip: local_tls = \"$mode\" is not supported by this build: $(tail -n 1 "$RUN/probe-$mode.out")"
     fi
   done
+
+  through_proxies
 
   log "finished in $((SECONDS - t0))s"
   echo "$passed passed, $failed failed"

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod imap_server;
 pub mod pki;
 pub mod pop3_server;
+pub mod proxies;
 pub mod smtp_server;
 pub mod token_server;
 
