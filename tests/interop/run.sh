@@ -392,14 +392,16 @@ message() { PY "$HERE/tool.py" message "$1" "$2" "$3"; }
 # The checks through the proxy, for one local TLS mode.
 client_suite() {
   LOCAL_TLS=$1
+  # Folder, file and sink names of this run: unique per run of the suite.
+  local n=${SUITE:-$LOCAL_TLS}
   clients_env
   local m="$RUN/msg" t="local_tls=$LOCAL_TLS${VIA:+, $VIA}"
-  local idle_out="$RUN/idle-$LOCAL_TLS.out" idle_pid
+  local idle_out="$RUN/idle-$n.out" idle_pid
 
   # The IDLE check runs alongside the others (it is quiet for IDLE_SECS);
   # it uses a folder of its own, so their mail does not wake it early.
-  message 3000 "idle-$LOCAL_TLS" "$m/idle-$LOCAL_TLS.eml"
-  PY "$HERE/clients.py" imap-idle "idle-$LOCAL_TLS" "$MAILDIR" "$m/idle-$LOCAL_TLS.eml" \
+  message 3000 "idle-$n" "$m/idle-$n.eml"
+  PY "$HERE/clients.py" imap-idle "idle-$n" "$MAILDIR" "$m/idle-$n.eml" \
     "$IDLE_SECS" >"$idle_out" 2>&1 &
   idle_pid=$!
   PIDS+=("$idle_pid")
@@ -421,15 +423,15 @@ client_suite() {
     curl_pop3_retr "$m/inbox-small.eml"
   check "curl: POP3 RETR of a 20 MiB message, byte-exact ($t)" curl_pop3_retr "$m/inbox-big.eml"
 
-  message 5000 "curl-plain-$LOCAL_TLS" "$m/curl-plain-$LOCAL_TLS.eml"
+  message 5000 "curl-plain-$n" "$m/curl-plain-$n.eml"
   check "curl: SMTP AUTH PLAIN send, sink copy byte-exact ($t)" \
-    curl_smtp_send PLAIN "$m/curl-plain-$LOCAL_TLS.eml" "curl-plain-$LOCAL_TLS"
-  message 5000 "curl-login-$LOCAL_TLS" "$m/curl-login-$LOCAL_TLS.eml"
+    curl_smtp_send PLAIN "$m/curl-plain-$n.eml" "curl-plain-$n"
+  message 5000 "curl-login-$n" "$m/curl-login-$n.eml"
   check "curl: SMTP AUTH LOGIN send, sink copy byte-exact ($t)" \
-    curl_smtp_send LOGIN "$m/curl-login-$LOCAL_TLS.eml" "curl-login-$LOCAL_TLS"
-  message "$BIG" "curl-big-$LOCAL_TLS" "$m/curl-big-$LOCAL_TLS.eml"
+    curl_smtp_send LOGIN "$m/curl-login-$n.eml" "curl-login-$n"
+  message "$BIG" "curl-big-$n" "$m/curl-big-$n.eml"
   check "curl: SMTP send of a 20 MiB message, sink copy byte-exact ($t)" \
-    curl_smtp_send PLAIN "$m/curl-big-$LOCAL_TLS.eml" "curl-big-$LOCAL_TLS"
+    curl_smtp_send PLAIN "$m/curl-big-$n.eml" "curl-big-$n"
 
   check "imaplib: LOGIN (quoted password) + FETCH, byte-exact ($t)" \
     PY "$HERE/clients.py" imap-fetch quoted small "$m/small.eml"
@@ -437,22 +439,22 @@ client_suite() {
     PY "$HERE/clients.py" imap-fetch literal small "$m/small.eml"
   check "imaplib: AUTHENTICATE PLAIN + FETCH of a 20 MiB message, byte-exact ($t)" \
     PY "$HERE/clients.py" imap-fetch plain big "$m/big.eml"
-  message 1048576 "append-$LOCAL_TLS" "$m/append-$LOCAL_TLS.eml"
+  message 1048576 "append-$n" "$m/append-$n.eml"
   check "imaplib: APPEND 1 MiB through the proxy, FETCH it back byte-exact ($t)" \
-    PY "$HERE/clients.py" imap-append "append-$LOCAL_TLS" "$m/append-$LOCAL_TLS.eml"
+    PY "$HERE/clients.py" imap-append "append-$n" "$m/append-$n.eml"
   check "imaplib: a wrong password is refused, the connection stays usable ($t)" \
     PY "$HERE/clients.py" imap-wrong-password
   check "poplib: USER/PASS + RETR of a small and a 20 MiB message, byte-exact ($t)" \
     PY "$HERE/clients.py" pop3-retr "$m/inbox-small.eml" "$m/inbox-big.eml"
 
-  message 4000 "smtplib-plain-$LOCAL_TLS" "$m/smtplib-plain-$LOCAL_TLS.eml"
+  message 4000 "smtplib-plain-$n" "$m/smtplib-plain-$n.eml"
   check "smtplib: login (AUTH PLAIN) + send, sink copy byte-exact ($t)" \
-    PY "$HERE/clients.py" smtp-send plain "$m/smtplib-plain-$LOCAL_TLS.eml" \
-    "smtplib-plain-$LOCAL_TLS" "$RUN/sink"
-  message "$BIG" "smtplib-big-$LOCAL_TLS" "$m/smtplib-big-$LOCAL_TLS.eml"
+    PY "$HERE/clients.py" smtp-send plain "$m/smtplib-plain-$n.eml" \
+    "smtplib-plain-$n" "$RUN/sink"
+  message "$BIG" "smtplib-big-$n" "$m/smtplib-big-$n.eml"
   check "smtplib: AUTH LOGIN + send of a 20 MiB message, sink copy byte-exact ($t)" \
-    PY "$HERE/clients.py" smtp-send login "$m/smtplib-big-$LOCAL_TLS.eml" \
-    "smtplib-big-$LOCAL_TLS" "$RUN/sink"
+    PY "$HERE/clients.py" smtp-send login "$m/smtplib-big-$n.eml" \
+    "smtplib-big-$n" "$RUN/sink"
 
   local idle_rc=0
   wait "$idle_pid" || idle_rc=$?
@@ -493,9 +495,11 @@ local_tls_supported() {
 
 # --- through the company's proxy ---------------------------------------------
 
-# The proxies' password; "@" is percent-encoded in the URL.
-PROXY_SECRET='pr0xy@s3cret'
-PROXY_SECRET_URL='pr0xy%40s3cret'
+# The proxies' passwords: tinyproxy's config takes letters, digits and
+# dashes; microsocks' has an "@", percent-encoded in the URL.
+TINYPROXY_SECRET='pr0xy-s3cret'
+SOCKS_SECRET='pr0xy@s3cret'
+SOCKS_SECRET_URL='pr0xy%40s3cret'
 TINYPROXY_PID=""
 
 # start_tinyproxy LOG [BasicAuth line]: (re)starts tinyproxy in the foreground.
@@ -506,7 +510,7 @@ start_tinyproxy() {
   fi
   printf '%s\n' "Port $HTTP_PROXY_PORT" "Listen 127.0.0.1" "Timeout 600" "LogLevel Connect" \
     "MaxClients 200" "Allow 127.0.0.1" "DisableViaHeader Yes" ${2:+"$2"} >"$RUN/tinyproxy.conf"
-  start "tinyproxy${2:+ ($2)}" "$1" tinyproxy -d -c "$RUN/tinyproxy.conf"
+  start "tinyproxy${2:+ (Basic authentication)}" "$1" tinyproxy -d -c "$RUN/tinyproxy.conf"
   TINYPROXY_PID=$!
   wait_port "$HTTP_PROXY_PORT" "tinyproxy" "$TINYPROXY_PID"
 }
@@ -517,7 +521,7 @@ start_tinyproxy() {
 # too (authorize: the device flow's token requests), and its log must show
 # a tunnel to each Dovecot port and to the token endpoint.
 through_proxies() {
-  start "microsocks" microsocks.log microsocks -i 127.0.0.1 -p "$SOCKS_PORT" -u tester -P "$PROXY_SECRET"
+  start "microsocks" microsocks.log microsocks -i 127.0.0.1 -p "$SOCKS_PORT" -u tester -P "$SOCKS_SECRET"
   wait_port "$SOCKS_PORT" "microsocks" "$!"
   log "$(tinyproxy -v), microsocks $(dpkg-query -W -f='${Version}' microsocks)"
 
@@ -529,14 +533,14 @@ through_proxies() {
         url="http://127.0.0.1:$HTTP_PROXY_PORT" log_file=tinyproxy.log
         ;;
       http-basic)
-        start_tinyproxy tinyproxy-basic.log "BasicAuth tester $PROXY_SECRET"
-        url="http://tester:$PROXY_SECRET_URL@127.0.0.1:$HTTP_PROXY_PORT" log_file=tinyproxy-basic.log
+        start_tinyproxy tinyproxy-basic.log "BasicAuth tester $TINYPROXY_SECRET"
+        url="http://tester:$TINYPROXY_SECRET@127.0.0.1:$HTTP_PROXY_PORT" log_file=tinyproxy-basic.log
         ;;
       socks5h)
-        url="socks5h://tester:$PROXY_SECRET_URL@127.0.0.1:$SOCKS_PORT" log_file=microsocks.log
+        url="socks5h://tester:$SOCKS_SECRET_URL@127.0.0.1:$SOCKS_PORT" log_file=microsocks.log
         ;;
     esac
-    UPSTREAM_PROXY=$url VIA="through $via"
+    UPSTREAM_PROXY=$url VIA="through $via" SUITE="none-$via"
     proxy_config none "$RUN/proxy-$via.toml"
     check "authorize (device flow) through $via: the token requests take the proxy" \
       authorize_device "$RUN/proxy-$via.toml"
@@ -547,7 +551,7 @@ through_proxies() {
     check "$via: the proxy password is not in xoauth2-proxy's log" \
       nothing_secret "$RUN/proxy-$via.log" "s3cret"
   done
-  UPSTREAM_PROXY="" VIA=""
+  UPSTREAM_PROXY="" VIA="" SUITE=""
 }
 
 # proxy_log_shows LOG PORT...: tinyproxy's "CONNECT 127.0.0.1:PORT" or
