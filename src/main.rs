@@ -677,12 +677,14 @@ impl xoauth2_proxy::auth::paste::PastePrompt for PasteAtTerminal<'_> {
             self.username
         );
         println!("{url}");
+        // As the address bar will show it (`http://localhost/`).
+        let shown = reqwest::Url::parse(redirect_uri)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| redirect_uri.to_owned());
         println!(
-            "After the sign-in the browser goes to {redirect_uri} (its address then reads \
-             {}?code=…&state=…) and may show an error page: nothing answers there, that is \
-             expected. Copy that whole address from the address bar and paste it here within {} \
-             minutes.",
-            redirect_uri.trim_end_matches('/'),
+            "After the sign-in the browser is sent to {shown}?code=…&state=… and may show an \
+             error page there (nothing answers at that address; that is expected). Copy that \
+             whole address from the address bar and paste it here within {} minutes.",
             xoauth2_proxy::auth::authcode::SIGN_IN_LIFETIME.as_secs() / 60
         );
         print!("Address the browser ended on: ");
