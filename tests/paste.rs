@@ -88,6 +88,13 @@ fn start(dir: &Path, account: &str, args: &[&str]) -> Run {
     }
 }
 
+/// [`start`] with `--password-stdin`, its first line (the password) written.
+fn with_password(dir: &Path, account: &str, args: &[&str]) -> Run {
+    let mut run = start(dir, account, &[args, &["--password-stdin"]].concat());
+    run.type_in(&format!("{PASSWORD}\n"));
+    run
+}
+
 impl Run {
     /// Writes `text` to its standard input (a child that already exited
     /// closed the pipe: ignored, its exit says why).
@@ -173,12 +180,7 @@ async fn a_pasted_address_signs_in_with_pkce_and_seals_the_tokens() {
     let fake = FakeTokenServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     // The account's flow picks the paste; no flag needed.
-    let mut run = start(
-        dir.path(),
-        &account(&fake, "flow = \"paste\""),
-        &["--password-stdin"],
-    );
-    run.type_in(&format!("{PASSWORD}\n"));
+    let mut run = with_password(dir.path(), &account(&fake, "flow = \"paste\""), &[]);
     let (link, before) = run.link(&fake);
     assert!(
         before
@@ -240,12 +242,7 @@ async fn a_pasted_address_signs_in_with_pkce_and_seals_the_tokens() {
 async fn another_sign_ins_answer_is_refused_and_nothing_is_stored() {
     let fake = FakeTokenServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut run = start(
-        dir.path(),
-        &account(&fake, ""),
-        &["--paste", "--password-stdin"],
-    );
-    run.type_in(&format!("{PASSWORD}\n"));
+    let mut run = with_password(dir.path(), &account(&fake, ""), &["--paste"]);
     let (link, _) = run.link(&fake);
     let ended_on = sign_in_at(&link).await;
     let state = query(&ended_on, "state");
@@ -268,12 +265,7 @@ async fn the_providers_refusal_is_shown_escaped() {
         "AADSTS65004: User declined\r\n\u{1b}[2Jto consent.",
     )));
     let dir = tempfile::tempdir().unwrap();
-    let mut run = start(
-        dir.path(),
-        &account(&fake, ""),
-        &["--paste", "--password-stdin"],
-    );
-    run.type_in(&format!("{PASSWORD}\n"));
+    let mut run = with_password(dir.path(), &account(&fake, ""), &["--paste"]);
     let (link, _) = run.link(&fake);
     let ended_on = sign_in_at(&link).await;
     assert!(ended_on.contains("error=access_denied"), "{ended_on}");
@@ -320,12 +312,7 @@ async fn unusable_pastes_end_the_run_with_a_reason() {
     ];
     for (paste, says) in rows {
         let dir = tempfile::tempdir().unwrap();
-        let mut run = start(
-            dir.path(),
-            &account(&fake, ""),
-            &["--paste", "--password-stdin"],
-        );
-        run.type_in(&format!("{PASSWORD}\n"));
+        let mut run = with_password(dir.path(), &account(&fake, ""), &["--paste"]);
         run.link(&fake);
         run.type_in(paste);
         if paste.len() > MAX_PASTE_BYTES {
@@ -389,12 +376,11 @@ async fn an_https_redirect_uri_is_pasted_back() {
     let fake = FakeTokenServer::start().await;
     let native = "https://login.example.test/common/oauth2/nativeclient";
     let dir = tempfile::tempdir().unwrap();
-    let mut run = start(
+    let mut run = with_password(
         dir.path(),
         &account(&fake, &format!("redirect_uri = \"{native}\"")),
-        &["--password-stdin"],
+        &[],
     );
-    run.type_in(&format!("{PASSWORD}\n"));
     let (link, before) = run.link(&fake);
     assert!(
         before
@@ -418,12 +404,11 @@ async fn an_https_redirect_uri_is_pasted_back() {
 
     // The browser on this machine cannot take that answer: a clear refusal.
     let dir = tempfile::tempdir().unwrap();
-    let mut run = start(
+    let run = with_password(
         dir.path(),
         &account(&fake, &format!("redirect_uri = \"{native}\"")),
-        &["--browser", "--no-open", "--password-stdin"],
+        &["--browser", "--no-open"],
     );
-    run.type_in(&format!("{PASSWORD}\n"));
     let (status, _, err) = run.finish().await;
     assert!(!status.success());
     assert!(
@@ -438,12 +423,11 @@ async fn an_https_redirect_uri_is_pasted_back() {
 async fn the_browser_sign_in_listens_at_the_configured_redirect_uri() {
     let fake = FakeTokenServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut run = start(
+    let run = with_password(
         dir.path(),
         &account(&fake, "redirect_uri = \"http://127.0.0.1/signed-in\""),
-        &["--browser", "--no-open", "--password-stdin"],
+        &["--browser", "--no-open"],
     );
-    run.type_in(&format!("{PASSWORD}\n"));
     let (link, _) = run.link(&fake);
     let redirect = query(&link, "redirect_uri");
     assert!(
