@@ -513,7 +513,8 @@ fn choose_password(from_stdin: bool) -> anyhow::Result<LocalPassword> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(
             "no terminal to ask for the local password on: pass it as one line of standard \
-             input with --password-stdin"
+             input with --password-stdin (with --paste, the address the browser ended on is \
+             the next line)"
         );
     }
     println!(
@@ -711,10 +712,11 @@ impl xoauth2_proxy::auth::paste::PastePrompt for PasteAtTerminal<'_> {
 
     fn refused(&mut self, why: &xoauth2_proxy::auth::paste::PasteError, left: usize) -> bool {
         use std::io::Write as _;
-        eprintln!("{why}");
+        // A script's run ends with the reason as its error; a person hears it now.
         if !self.interactive {
             return false;
         }
+        eprintln!("{why}");
         print!(
             "Paste the address again ({left} {} left): ",
             if left == 1 { "try" } else { "tries" }

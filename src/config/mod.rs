@@ -464,7 +464,9 @@ impl AccountConfig {
             authorize_url,
             token_url,
             device_code_url,
-            redirect_uri,
+            // Only where a new sign-in's browser is sent: the tokens and
+            // the password of the last one stay good.
+            redirect_uri: _,
             scopes,
             password_hash,
             mailbox,
@@ -488,7 +490,6 @@ impl AccountConfig {
             && *authorize_url == other.authorize_url
             && *token_url == other.token_url
             && *device_code_url == other.device_code_url
-            && *redirect_uri == other.redirect_uri
             && *scopes == other.scopes
             && secret_eq(password_hash, &other.password_hash)
             && *mailbox == other.mailbox
