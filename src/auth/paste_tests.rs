@@ -240,3 +240,28 @@ fn only_whole_line_mistakes_are_asked_again() {
     assert!(!PasteError::Ended.may_retry());
     assert!(!PasteError::Read("x".into()).may_retry());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+    /// Whatever is pasted (arbitrary text, or text after the redirect
+    /// address), `parse` answers without panicking, and a refusal never
+    /// carries a control character or the pasted query.
+    #[test]
+    fn any_paste_gets_an_answer(
+        tail in "[a-z=&?#%/:@.\\[\\]0-9\u{0}-\u{1f}\u{202e} ]{0,80}",
+        raw in "\\PC{0,60}",
+    ) {
+        let home = url(DEFAULT_REDIRECT_URI);
+        for line in [format!("http://localhost/{tail}"), raw.clone(), format!("http://localhost/?code=Q9&state=S7{tail}")] {
+            match parse(&line, &home) {
+                Ok(p) => proptest::prop_assert!(!p.state.is_empty()),
+                Err(e) => {
+                    let text = e.to_string();
+                    proptest::prop_assert!(!text.chars().any(char::is_control), "{:?}", text);
+                    proptest::prop_assert!(!text.contains("Q9") && !text.contains("S7"), "{}", text);
+                }
+            }
+        }
+    }
+}
