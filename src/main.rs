@@ -61,8 +61,13 @@ enum Command {
         account: String,
         /// Sign in in a browser on this machine (authorization code with PKCE;
         /// the answer comes back to a listener on localhost).
-        #[arg(long, conflicts_with = "device")]
+        #[arg(long, conflicts_with_all = ["device", "paste"])]
         browser: bool,
+        /// Sign in in a browser on any machine, then paste back here the
+        /// address it ends on (http://localhost/?code=…&state=…): for machines
+        /// without a desktop where the device code is blocked.
+        #[arg(long, conflicts_with = "device")]
+        paste: bool,
         /// Use the device code flow (a code to enter on any device).
         #[arg(long)]
         device: bool,
@@ -70,8 +75,9 @@ enum Command {
         #[arg(long)]
         no_open: bool,
         /// Read the local password (the one mail clients will log in with;
-        /// it seals the tokens) as one line of standard input instead of
-        /// prompting for it twice.
+        /// it seals the tokens) as the first line of standard input instead
+        /// of prompting for it twice; with --paste, the address the browser
+        /// ended on is the next line.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -272,13 +278,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Authorize {
             account,
             browser,
+            paste,
             device,
             no_open,
             password_stdin,
         } => {
-            let how = match (browser, device) {
-                (true, _) => Some(SignIn::Browser { open: !no_open }),
-                (_, true) => Some(SignIn::Device),
+            let how = match (browser, paste, device) {
+                (true, _, _) => Some(SignIn::Browser { open: !no_open }),
+                (_, true, _) => Some(SignIn::Paste),
+                (_, _, true) => Some(SignIn::Device),
                 _ => None,
             };
             authorize(&config, &account, how, !no_open, password_stdin).await
@@ -482,6 +490,7 @@ fn hash_password() -> anyhow::Result<()> {
 #[derive(Clone, Copy)]
 enum SignIn {
     Browser { open: bool },
+    Paste,
     Device,
 }
 
@@ -504,7 +513,8 @@ fn choose_password(from_stdin: bool) -> anyhow::Result<LocalPassword> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(
             "no terminal to ask for the local password on: pass it as one line of standard \
-             input with --password-stdin"
+             input with --password-stdin (with --paste, the address the browser ended on is \
+             the next line)"
         );
     }
     println!(
@@ -542,7 +552,8 @@ async fn authorize(
     let how = match (account.flow, how) {
         (Flow::ClientCredentials, Some(_)) => anyhow::bail!(
             "{} uses flow = \"client_credentials\" (app-only): nobody signs in; run \
-             `xoauth2-proxy authorize {}` without --browser/--device to check its credentials",
+             `xoauth2-proxy authorize {}` without --browser/--paste/--device to check its \
+             credentials",
             account.username,
             account.username
         ),
@@ -551,19 +562,35 @@ async fn authorize(
             use xoauth2_proxy::auth::choice::{self, Interactive};
             let explicit = explicit.map(|h| match h {
                 SignIn::Browser { .. } => Interactive::Browser,
+                SignIn::Paste => Interactive::Paste,
                 SignIn::Device => Interactive::Device,
             });
             let chosen = choice::choose(account, explicit, choice::Machine::current());
             let (how, name) = match chosen.how {
                 Interactive::Browser => (SignIn::Browser { open }, "the browser"),
+                Interactive::Paste => {
+                    (SignIn::Paste, "a browser anywhere, its address pasted back")
+                }
                 Interactive::Device => (SignIn::Device, "the device code"),
             };
             println!("Signing in with {name}: {}.", chosen.why);
             how
         }
     };
+    if matches!(how, SignIn::Paste) && password_stdin && account.password_hash.is_some() {
+        // No password is read for it, so the first line would be taken for
+        // the address: refused rather than misread.
+        anyhow::bail!(
+            "{} has password_hash: no local password is chosen at its sign-in, so \
+             --password-stdin has nothing to read; leave it out and give only the address the \
+             browser ended on",
+            account.username
+        );
+    }
     // Asked before the sign-in, so nothing waits on a person at the end:
-    // the tokens are sealed with it from their first write.
+    // the tokens are sealed with it from their first write. (With --paste
+    // and --password-stdin: the password is the first line, the address
+    // the second, the one a script learns last.)
     let password = if account.password_hash.is_none() {
         Some(choose_password(password_stdin)?)
     } else {
@@ -579,6 +606,14 @@ async fn authorize(
                 );
             })
             .await?
+        }
+        SignIn::Paste => {
+            use std::io::IsTerminal as _;
+            let mut prompt = PasteAtTerminal {
+                username: &account.username,
+                interactive: std::io::stdin().is_terminal(),
+            };
+            xoauth2_proxy::auth::paste::paste_sign_in(account, &http, &mut prompt).await?
         }
         SignIn::Browser { open } => {
             use std::io::Write as _;
@@ -625,6 +660,70 @@ async fn authorize(
         store.path_for(&account.username).display()
     );
     Ok(())
+}
+
+/// The paste sign-in's side in the terminal: the link and what to paste
+/// on standard output, each pasted line read from standard input.
+struct PasteAtTerminal<'a> {
+    username: &'a str,
+    /// Standard input is a terminal: a person who may paste again.
+    interactive: bool,
+}
+
+impl xoauth2_proxy::auth::paste::PastePrompt for PasteAtTerminal<'_> {
+    fn show(&mut self, url: &str, redirect_uri: &str) {
+        use std::io::Write as _;
+        println!(
+            "To sign in {}, open this address in a browser on any machine:",
+            self.username
+        );
+        println!("{url}");
+        // As the address bar will show it (`http://localhost/`).
+        let shown = reqwest::Url::parse(redirect_uri)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| redirect_uri.to_owned());
+        println!(
+            "After the sign-in the browser is sent to {shown}?code=…&state=… and may show an \
+             error page there (nothing answers at that address; that is expected). Copy that \
+             whole address from the address bar and paste it here within {} minutes.",
+            xoauth2_proxy::auth::authcode::SIGN_IN_LIFETIME.as_secs() / 60
+        );
+        print!("Address the browser ended on: ");
+        let _ = std::io::stdout().flush();
+    }
+
+    fn read(
+        &mut self,
+    ) -> impl std::future::Future<
+        Output = Result<zeroize::Zeroizing<String>, xoauth2_proxy::auth::paste::PasteError>,
+    > + Send {
+        use xoauth2_proxy::auth::paste::{PasteError, read_line};
+        // A thread of its own: a blocking read that the sign-in's deadline
+        // can walk away from (it ends with the process).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_line(&mut std::io::stdin().lock()));
+        });
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(PasteError::Read("the reading thread ended".into())))
+        }
+    }
+
+    fn refused(&mut self, why: &xoauth2_proxy::auth::paste::PasteError, left: usize) -> bool {
+        use std::io::Write as _;
+        // A script's run ends with the reason as its error; a person hears it now.
+        if !self.interactive {
+            return false;
+        }
+        eprintln!("{why}");
+        print!(
+            "Paste the address again ({left} {} left): ",
+            if left == 1 { "try" } else { "tries" }
+        );
+        let _ = std::io::stdout().flush();
+        true
+    }
 }
 
 /// An app-only account: one client credentials request shows whether the

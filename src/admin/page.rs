@@ -159,6 +159,7 @@ fn flow_text(flow: Flow) -> &'static str {
     match flow {
         Flow::Auto => "flow: browser or device code, as the machine allows",
         Flow::AuthorizationCode => "flow: authorization code",
+        Flow::Paste => "flow: authorization code, answer pasted back",
         Flow::DeviceCode => "flow: device code",
         Flow::ClientCredentials => "flow: client credentials",
     }

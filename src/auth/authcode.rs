@@ -180,19 +180,23 @@ pub async fn finish_sign_in(
 }
 
 /// The error of an authorize redirect (`error=access_denied&error_description=…`),
-/// if it is one; `None` for an answer with a code.
+/// if it is one; `None` for an answer with a code. The provider's text is
+/// escaped ([`crate::escape::log_text`]: control characters, line
+/// separators and bidi overrides written out) and cut short, as it reaches
+/// a terminal, a log line and the page alike, and whoever made the link
+/// the browser followed chose it.
 pub fn callback_error(params: &HashMap<String, String>) -> Option<FlowError> {
     let error = params.get("error")?;
-    let description = params
-        .get("error_description")
-        .map(|d| d.chars().filter(|c| !c.is_control()).take(500).collect());
-    Some(FlowError::Denied {
-        error: error
+    let shown = |text: &str, max: usize| -> String {
+        crate::escape::log_text(text)
+            .to_string()
             .chars()
-            .filter(|c| !c.is_control())
-            .take(100)
-            .collect(),
-        description,
+            .take(max)
+            .collect()
+    };
+    Some(FlowError::Denied {
+        error: shown(error, 100),
+        description: params.get("error_description").map(|d| shown(d, 500)),
     })
 }
 
@@ -294,7 +298,7 @@ mod tests {
                 assert_eq!(error, "access_denied");
                 assert_eq!(
                     description.unwrap(),
-                    "AADSTS65004: User declinedto consent."
+                    "AADSTS65004: User declined\\r\\nto consent."
                 );
             }
             other => panic!("{other:?}"),

@@ -159,6 +159,7 @@ mod tests {
             authorize_url: None,
             token_url: None,
             device_code_url: None,
+            redirect_uri: None,
             scopes: None,
             password_hash: None,
             mailbox: None,

@@ -2,7 +2,10 @@
 //! code with PKCE) where this machine has a desktop session to open one in,
 //! the device code otherwise. Microsoft-managed Conditional Access policies
 //! block the device code flow in many tenants, so it is no longer the
-//! first choice where a browser is at hand.
+//! first choice where a browser is at hand; where none is, the paste
+//! (the same request, signed in on another machine, its answer pasted
+//! back) is asked for by name, or taken when the account's `redirect_uri`
+//! is not on this machine.
 
 use crate::config::{AccountConfig, Flow, ProviderKind};
 
@@ -10,6 +13,8 @@ use crate::config::{AccountConfig, Flow, ProviderKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interactive {
     Browser,
+    /// The browser on any machine; the address it ends on is pasted back.
+    Paste,
     Device,
 }
 
@@ -52,8 +57,10 @@ pub struct Choice {
     pub why: &'static str,
 }
 
-/// Chooses the interactive flow: an explicit `--browser`/`--device` first,
-/// then an explicit `flow` of the account, then the machine.
+/// Chooses the interactive flow: an explicit `--browser`/`--paste`/`--device`
+/// first, then an explicit `flow` of the account, then (`auto`) the account's
+/// `redirect_uri` when it is not on this machine (only a paste can take its
+/// answer), then the machine.
 /// (`client_credentials` accounts never get here: nobody signs in.)
 pub fn choose(account: &AccountConfig, explicit: Option<Interactive>, machine: Machine) -> Choice {
     if let Some(how) = explicit {
@@ -67,6 +74,10 @@ pub fn choose(account: &AccountConfig, explicit: Option<Interactive>, machine: M
             how: Interactive::Browser,
             why: "the account's flow = \"authorization_code\"",
         },
+        Flow::Paste => Choice {
+            how: Interactive::Paste,
+            why: "the account's flow = \"paste\"",
+        },
         Flow::DeviceCode | Flow::ClientCredentials => Choice {
             how: Interactive::Device,
             why: "the account's flow = \"device_code\"",
@@ -79,6 +90,10 @@ pub fn choose(account: &AccountConfig, explicit: Option<Interactive>, machine: M
                 why: "the custom provider has no authorize_url",
             }
         }
+        Flow::Auto if !account.redirect_on_this_machine() => Choice {
+            how: Interactive::Paste,
+            why: "the account's redirect_uri is not on this machine, so its answer is pasted back",
+        },
         Flow::Auto if machine.can_open_browser() => Choice {
             how: Interactive::Browser,
             why: "this machine has a desktop session to open a browser in",
@@ -86,8 +101,8 @@ pub fn choose(account: &AccountConfig, explicit: Option<Interactive>, machine: M
         Flow::Auto => Choice {
             how: Interactive::Device,
             why: "no desktop session here (no DISPLAY or WAYLAND_DISPLAY, or not interactive); \
-                  if the tenant blocks the device code, use --browser and open its link in a \
-                  browser on this machine",
+                  if the tenant blocks the device code, use --paste: sign in in a browser on \
+                  any machine and paste the address it ends on back here",
         },
     }
 }
@@ -97,6 +112,10 @@ mod tests {
     use super::*;
 
     fn account(flow: Flow, provider: ProviderKind) -> AccountConfig {
+        account_with(flow, provider, None)
+    }
+
+    fn account_with(flow: Flow, provider: ProviderKind, redirect: Option<&str>) -> AccountConfig {
         let text = format!(
             "[[account]]\nusername = \"a@example.com\"\nprovider = \"{}\"\nclient_id = \"c\"\n\
              token_url = \"https://t.example/token\"\nscopes = [\"s\"]\n\
@@ -111,6 +130,7 @@ mod tests {
             .expect("test config");
         let mut a = c.accounts.remove(0);
         a.flow = flow;
+        a.redirect_uri = redirect.map(str::to_owned);
         a
     }
 
@@ -137,7 +157,7 @@ mod tests {
 
     #[test]
     fn table() {
-        use Interactive::{Browser, Device};
+        use Interactive::{Browser, Device, Paste};
         use ProviderKind::{Custom, Office365};
         let rows: &[(
             Flow,
@@ -184,11 +204,68 @@ mod tests {
                 WINDOWS_TERMINAL,
                 Device,
             ),
+            // The paste: by name on the command line or in the config, never
+            // by the machine alone (headless machines keep the device code).
+            (Flow::Paste, Office365, None, LINUX_DESKTOP, Paste),
+            (Flow::Paste, Office365, None, LINUX_HEADLESS, Paste),
+            (Flow::Auto, Office365, Some(Paste), LINUX_HEADLESS, Paste),
+            (
+                Flow::DeviceCode,
+                Office365,
+                Some(Paste),
+                WINDOWS_SCRIPT,
+                Paste,
+            ),
+            (
+                Flow::Paste,
+                Office365,
+                Some(Browser),
+                LINUX_DESKTOP,
+                Browser,
+            ),
+            (Flow::Paste, Office365, Some(Device), LINUX_HEADLESS, Device),
         ];
         for (i, (flow, provider, explicit, machine, want)) in rows.iter().enumerate() {
             let got = choose(&account(*flow, *provider), *explicit, *machine);
             assert_eq!(got.how, *want, "row {i}: {flow:?} {explicit:?} {machine:?}");
             assert!(!got.why.is_empty());
         }
+    }
+
+    #[test]
+    fn a_redirect_uri_elsewhere_takes_the_paste_under_auto() {
+        use Interactive::{Browser, Device, Paste};
+        let native = Some("https://login.microsoftonline.com/common/oauth2/nativeclient");
+        let local = Some("http://localhost:8400/cb");
+        type Row<'a> = (
+            Flow,
+            Option<&'a str>,
+            Option<Interactive>,
+            Machine,
+            Interactive,
+        );
+        let rows: &[Row] = &[
+            (Flow::Auto, native, None, LINUX_DESKTOP, Paste),
+            (Flow::Auto, native, None, LINUX_HEADLESS, Paste),
+            (Flow::Auto, native, Some(Device), LINUX_DESKTOP, Device),
+            (Flow::DeviceCode, native, None, LINUX_DESKTOP, Device),
+            // A redirect URI on this machine changes nothing.
+            (Flow::Auto, local, None, LINUX_DESKTOP, Browser),
+            (Flow::Auto, local, None, LINUX_HEADLESS, Device),
+        ];
+        for (i, (flow, redirect, explicit, machine, want)) in rows.iter().enumerate() {
+            let got = choose(
+                &account_with(*flow, ProviderKind::Office365, *redirect),
+                *explicit,
+                *machine,
+            );
+            assert_eq!(got.how, *want, "row {i}");
+        }
+        let headless = choose(
+            &account(Flow::Auto, ProviderKind::Office365),
+            None,
+            LINUX_HEADLESS,
+        );
+        assert!(headless.why.contains("--paste"), "{}", headless.why);
     }
 }

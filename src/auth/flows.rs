@@ -67,6 +67,9 @@ pub enum FlowError {
     /// The redirect carried neither a code nor an error.
     #[error("the sign-in answer carries no authorization code")]
     MissingCode,
+    /// A pasted answer (`authorize --paste`) that could not be used.
+    #[error(transparent)]
+    Paste(#[from] super::paste::PasteError),
     /// The sign-in was not completed in time.
     #[error("the sign-in was not completed within {} minutes; start again", .0.as_secs() / 60)]
     TimedOut(Duration),

@@ -11,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod loopback;
 pub mod password;
+pub mod paste;
 pub mod provider;
 pub mod signin;
 pub mod throttle;

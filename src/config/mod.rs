@@ -398,7 +398,12 @@ pub enum Flow {
     /// (`auth::choice`). Configs written before it say `device_code`
     /// explicitly or relied on the old default; both still sign in.
     Auto,
+    /// The browser on this machine; its answer comes back to a listener on
+    /// localhost (`authorize --browser`).
     AuthorizationCode,
+    /// The same request, signed in on any machine: the address the browser
+    /// ends on is pasted back (`authorize --paste`).
+    Paste,
     DeviceCode,
     ClientCredentials,
 }
@@ -422,6 +427,11 @@ pub struct AccountConfig {
     pub token_url: Option<String>,
     #[serde(default, deserialize_with = "values::optional_web_url")]
     pub device_code_url: Option<String>,
+    /// Where the browser and paste sign-ins send the browser back (the
+    /// app registration must list it). Unset: `http://localhost:PORT/callback`
+    /// for the browser (a free port), `http://localhost` for the paste.
+    #[serde(default, deserialize_with = "values::optional_redirect_uri")]
+    pub redirect_uri: Option<String>,
     pub scopes: Option<Vec<String>>,
     /// An Argon2 PHC string (`xoauth2-proxy hash-password`). When set, the
     /// local password is checked against it and the tokens are not sealed
@@ -473,6 +483,9 @@ impl AccountConfig {
             authorize_url,
             token_url,
             device_code_url,
+            // Only where a new sign-in's browser is sent: the tokens and
+            // the password of the last one stay good.
+            redirect_uri: _,
             scopes,
             password_hash,
             mailbox,
@@ -504,6 +517,15 @@ impl AccountConfig {
             && *client_key == other.client_key
             && *verify_identity == other.verify_identity
             && *catch_all == other.catch_all
+    }
+
+    /// Whether the browser's answer can come back to this machine: no
+    /// `redirect_uri` (the default is on localhost), or an http one to
+    /// localhost. Otherwise only the paste sign-in can take it.
+    pub fn redirect_on_this_machine(&self) -> bool {
+        self.redirect_uri
+            .as_deref()
+            .is_none_or(values::is_local_redirect)
     }
 
     /// Whether a sign-in's id_token must name this account's user (`verify_identity`, default true).

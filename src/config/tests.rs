@@ -508,3 +508,81 @@ fn endpoints_are_https_off_loopback_and_the_page_timeout_is_bounded() {
         assert!(e.contains("proxy.admin_timeout_secs"), "{e}");
     }
 }
+
+#[test]
+fn redirect_uris_are_loopback_http_or_https() {
+    let with = |extra: &str| GOOD.to_owned() + extra + "\n";
+    for ok in [
+        "http://localhost",
+        "http://localhost:8400/callback",
+        "http://LOCALHOST/cb",
+        "http://127.0.0.1:9/",
+        "http://[::1]:8400/x/y",
+        "https://login.microsoftonline.com/common/oauth2/nativeclient",
+        "https://mail.example.com/oauth/done",
+    ] {
+        let c = parse(&with(&format!("redirect_uri = \"{ok}\"")))
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(c.accounts[0].redirect_uri.as_deref(), Some(ok));
+    }
+    assert_eq!(parse(GOOD).unwrap().accounts[0].redirect_uri, None);
+    for (bad, says) in [
+        ("localhost:8400", "is a localhost: URL"),
+        ("not a url", "is not a URL"),
+        ("ftp://localhost/x", "is a ftp: URL"),
+        (
+            "http://mail.example.com/cb",
+            "plain http to another machine",
+        ),
+        ("http://10.0.0.1/cb", "plain http to another machine"),
+        ("http://127.0.0.2/cb", "plain http to another machine"),
+        (
+            "http://localhost.evil.example/cb",
+            "plain http to another machine",
+        ),
+        ("http://user@localhost/cb", "user name"),
+        ("https://a:b@example.com/cb", "user name"),
+        ("http://localhost/cb?x=1", "?query"),
+        ("http://localhost/cb#top", "#fragment"),
+    ] {
+        let e = parse(&with(&format!("redirect_uri = \"{bad}\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("account[0].redirect_uri") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+    // The browser on this machine cannot take an answer sent elsewhere.
+    let e = parse(&with(
+        "redirect_uri = \"https://example.com/cb\"\nflow = \"authorization_code\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("account[0].redirect_uri") && e.contains("flow = \"paste\""),
+        "{e}"
+    );
+    let c = parse(&with(
+        "redirect_uri = \"https://example.com/cb\"\nflow = \"paste\"",
+    ))
+    .unwrap();
+    assert_eq!(c.accounts[0].flow, Flow::Paste);
+    assert!(!c.accounts[0].redirect_on_this_machine());
+    assert!(
+        parse(&with("redirect_uri = \"http://[::1]/cb\""))
+            .unwrap()
+            .accounts[0]
+            .redirect_on_this_machine()
+    );
+    // A custom provider's paste needs its authorize_url, as the browser does.
+    let custom = GOOD.replace("provider = \"office365\"", "provider = \"custom\"")
+        + "token_url = \"https://idp.example/token\"\nscopes = [\"mail\"]\nflow = \"paste\"\n";
+    let e = parse(&custom.replace("tenant = \"contoso.onmicrosoft.com\"\n", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("account[0].authorize_url") && e.contains("flow = \"paste\""),
+        "{e}"
+    );
+}

@@ -360,11 +360,25 @@ impl Config {
         match a.flow {
             // `auto` takes the device code where no authorize_url is known.
             Flow::DeviceCode | Flow::Auto => {}
-            Flow::AuthorizationCode => {
+            Flow::AuthorizationCode | Flow::Paste => {
+                let flow = if a.flow == Flow::Paste {
+                    "paste"
+                } else {
+                    "authorization_code"
+                };
                 if a.provider == ProviderKind::Custom && a.authorize_url.is_none() {
                     return Err(self.invalid(
                         key("authorize_url"),
-                        "is required with provider = \"custom\" and flow = \"authorization_code\"",
+                        format!("is required with provider = \"custom\" and flow = \"{flow}\""),
+                    ));
+                }
+                if a.flow == Flow::AuthorizationCode && !a.redirect_on_this_machine() {
+                    return Err(self.invalid(
+                        key("redirect_uri"),
+                        "is not on this machine, so flow = \"authorization_code\" (which \
+                         listens for the answer on localhost) cannot receive it; use flow = \
+                         \"paste\" (the address the browser ends on is pasted back) or an \
+                         http://localhost redirect URI",
                     ));
                 }
             }

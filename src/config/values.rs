@@ -181,6 +181,75 @@ pub(super) fn optional_web_url<'de, D: Deserializer<'de>>(
     }
 }
 
+/// `redirect_uri`: where the provider sends the browser back with the
+/// authorization code. An absolute `https://` URL anywhere (the answer is
+/// then pasted back, `authorize --paste`), or plain `http://` only to this
+/// machine (`localhost`, `127.0.0.1` or `[::1]`, any port and path), as
+/// Entra and Google accept for apps on a desktop: a code sent in the clear
+/// to another host could be read on the way. No user name, `?query` (the
+/// provider appends `code` and `state`; a query of our own could be
+/// confused with them) or `#fragment` (RFC 6749 §3.1.2 forbids one).
+pub(super) fn optional_redirect_uri<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    check_redirect_uri(&text).map_err(serde::de::Error::custom)?;
+    Ok(Some(text))
+}
+
+/// The rule of [`optional_redirect_uri`], as a message naming the value.
+pub(crate) fn check_redirect_uri(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|_| {
+        format!(
+            "`{text}` is not a URL; write http://localhost[:PORT][/path] or an https:// address"
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "`{text}` is a {}: URL; a redirect URI is http://localhost[:PORT][/path] or an \
+             https:// address",
+            url.scheme()
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "`{text}` carries a user name; remove the part before `@`"
+        ));
+    }
+    if url.query().is_some() {
+        return Err(format!(
+            "`{text}` has a ?query: the provider adds the answer's code and state there; \
+             remove it"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!(
+            "`{text}` has a #fragment, which a redirect URI may not have; remove it"
+        ));
+    }
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        return Err(format!(
+            "`{text}` is plain http to another machine: the authorization code would cross \
+             the network unencrypted; use http://localhost[:PORT][/path] (or 127.0.0.1, \
+             [::1]) or an https:// address"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `text` is a redirect URI this machine can serve itself: plain
+/// http to `localhost`, `127.0.0.1` or `[::1]` (what `authorize --browser`
+/// listens on). Anything else is answered elsewhere and pasted back.
+pub(crate) fn is_local_redirect(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| url.scheme() == "http" && is_loopback_host(&url))
+}
+
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    // The URL parser writes hosts in one form: lower case, IPv4 as four
+    // decimal numbers (`127.1` is `127.0.0.1`), IPv6 compressed in brackets.
+    matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+}
+
 /// An endpoint gets client secrets, authorization codes and refresh tokens,
 /// and sends back the tokens that open a mailbox: over plain http anyone on
 /// the path (an allowed LAN host, a Wi-Fi) could read or change them. So

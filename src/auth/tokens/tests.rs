@@ -20,6 +20,7 @@ fn account(password_hash: Option<&str>) -> AccountConfig {
         // Nothing listens here: a test that reaches the network fails loudly.
         token_url: Some("http://127.0.0.1:9/token".into()),
         device_code_url: None,
+        redirect_uri: None,
         scopes: Some(vec!["x".into()]),
         password_hash: password_hash.map(|s| SecretString::from(s.to_owned())),
         mailbox: None,
