@@ -302,6 +302,23 @@ pub struct ListenerConfig {
     /// With `fixed_account`: recipients per message (`RCPT TO` beyond it is
     /// answered `452 4.5.3` by the proxy). Default [`DEFAULT_MAX_RECIPIENTS`].
     pub max_recipients: Option<usize>,
+    /// SMTP only: where messages go. `smtp` (the default) relays the
+    /// session to `upstream` byte for byte; `graph` takes each message
+    /// itself and sends it with Microsoft Graph's `sendMail` (for tenants
+    /// or mailboxes where SMTP AUTH is switched off).
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// Where an SMTP listener's messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The SMTP relay to `upstream` after XOAUTH2.
+    #[default]
+    Smtp,
+    /// Microsoft Graph `sendMail` with the account's Graph token.
+    Graph,
 }
 
 impl ListenerConfig {
@@ -371,6 +388,18 @@ pub enum Cloud {
     China,
 }
 
+impl Cloud {
+    /// Microsoft Graph's endpoint in this cloud (GCC High's for `usgov`;
+    /// DoD tenants set `graph_url = "https://dod-graph.microsoft.us"`).
+    pub fn graph_url(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Flow {
@@ -424,6 +453,11 @@ pub struct AccountConfig {
     /// (the id_token's user is its address; default true). `false` only
     /// for a custom provider that returns no id_token.
     pub verify_identity: Option<bool>,
+    /// Microsoft Graph's base URL for a `backend = "graph"` listener
+    /// (default: the cloud's, see [`Cloud::graph_url`]); https, except on
+    /// this machine.
+    #[serde(default, deserialize_with = "values::optional_web_url")]
+    pub graph_url: Option<String>,
     /// For an address under a catch-all: the catch-all's `@domain`.
     #[serde(skip)]
     pub(crate) catch_all: Option<String>,
@@ -438,6 +472,12 @@ impl AccountConfig {
     /// The Microsoft cloud (`cloud`, default global).
     pub fn cloud(&self) -> Cloud {
         self.cloud.unwrap_or_default()
+    }
+
+    /// Microsoft Graph's base URL for this account, without a trailing `/`.
+    pub fn graph_url(&self) -> String {
+        let url = self.graph_url.as_deref().unwrap_or(self.cloud().graph_url());
+        url.trim_end_matches('/').to_owned()
     }
 
     /// Whether `other` is this account with nothing changed that matters to
@@ -461,6 +501,7 @@ impl AccountConfig {
             client_certificate,
             client_key,
             verify_identity,
+            graph_url,
             catch_all,
         } = self;
         let secret_eq = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
@@ -484,6 +525,7 @@ impl AccountConfig {
             && *client_certificate == other.client_certificate
             && *client_key == other.client_key
             && *verify_identity == other.verify_identity
+            && *graph_url == other.graph_url
             && *catch_all == other.catch_all
     }
 

@@ -3,7 +3,7 @@
 //! error names the key.
 
 use super::{
-    AccountConfig, AdminListen, Config, ConfigError, Flow, ListenerConfig, LocalTls,
+    AccountConfig, AdminListen, Backend, Config, ConfigError, Flow, ListenerConfig, LocalTls,
     MAX_MAX_RECIPIENTS, Protocol, ProviderKind,
 };
 
@@ -129,6 +129,12 @@ impl Config {
     fn validate_listener(&self, i: usize, l: &ListenerConfig) -> Result<(), ConfigError> {
         let key = |k: &str| format!("listener[{i}].{k}");
         self.validate_exposure(l, &key)?;
+        if l.backend == Backend::Graph && l.protocol != Protocol::Smtp {
+            return Err(self.invalid(
+                key("backend"),
+                "\"graph\" only applies with protocol = \"smtp\" (Graph sends mail; it does not read it here)",
+            ));
+        }
         if let Some(account) = &l.fixed_account {
             self.validate_fixed_account(l, account, &key)?;
         } else if !l.allowed_senders.is_empty() {
@@ -136,7 +142,7 @@ impl Config {
                 key("allowed_senders"),
                 "only applies with fixed_account; client logins may send as their account",
             ));
-        } else if l.max_recipients.is_some() {
+        } else if l.max_recipients.is_some() && l.backend != Backend::Graph {
             return Err(self.invalid(
                 key("max_recipients"),
                 "only applies with fixed_account; client logins are limited by Office 365",
@@ -286,6 +292,7 @@ impl Config {
             ("authorize_url", &a.authorize_url),
             ("token_url", &a.token_url),
             ("device_code_url", &a.device_code_url),
+            ("graph_url", &a.graph_url),
         ] {
             if let Some(url) = url
                 && let Err(why) = super::values::require_https_off_loopback(url)

@@ -69,6 +69,10 @@ pub(crate) trait UpstreamLogin: Sized + Send {
     /// Whether the connection is given up after a refusal (POP3 servers may
     /// close it), so the next try starts on a fresh one.
     const FRESH_AFTER_REFUSAL: bool = false;
+
+    /// Whether this is a server the listener connects to (its health is
+    /// recorded for the page); not for the Graph backend, which has none.
+    const REMOTE: bool = true;
 }
 
 impl<U: UpstreamLogin> Session<U> {
@@ -128,7 +132,9 @@ impl<U: UpstreamLogin> Session<U> {
                 },
             };
             let outcome = up.xoauth2(tag, user, &grant.token).await;
-            ctx.note_upstream(target, &outcome);
+            if U::REMOTE {
+                ctx.note_upstream(target, &outcome);
+            }
             match outcome {
                 Ok(Outcome::Accepted(reply)) => {
                     tracing::info!(%peer, account = %user, "logged in upstream");
