@@ -476,7 +476,10 @@ impl AccountConfig {
 
     /// Microsoft Graph's base URL for this account, without a trailing `/`.
     pub fn graph_url(&self) -> String {
-        let url = self.graph_url.as_deref().unwrap_or(self.cloud().graph_url());
+        let url = self
+            .graph_url
+            .as_deref()
+            .unwrap_or(self.cloud().graph_url());
         url.trim_end_matches('/').to_owned()
     }
 

@@ -98,7 +98,10 @@ impl Protocol for GraphSmtp {
             greeted: false,
             fixed_account: session.listener.fixed_account.as_deref().map(str::to_owned),
         };
-        (smtp, b"220 xoauth2-proxy ESMTP ready (Microsoft Graph)\r\n".to_vec())
+        (
+            smtp,
+            b"220 xoauth2-proxy ESMTP ready (Microsoft Graph)\r\n".to_vec(),
+        )
     }
 
     async fn step(&mut self, session: &mut Session<GraphBackend>) -> Step {
@@ -346,8 +349,14 @@ fn refusal(status: u16, code: &str) -> String {
             "Microsoft Graph refused to send for this account (the app needs Mail.Send, or Mail.Send.Shared for a shared mailbox)",
         ),
         413 => ("552 5.3.4", "Message too big for Microsoft Graph"),
-        429 => ("451 4.4.5", "Microsoft Graph is throttling this mailbox; try again later"),
-        500..=599 => ("451 4.4.0", "Microsoft Graph is not available now; try again later"),
+        429 => (
+            "451 4.4.5",
+            "Microsoft Graph is throttling this mailbox; try again later",
+        ),
+        500..=599 => (
+            "451 4.4.0",
+            "Microsoft Graph is not available now; try again later",
+        ),
         400 => ("554 5.6.0", "Microsoft Graph refused the message"),
         _ => ("554 5.0.0", "Microsoft Graph refused the message"),
     };
@@ -414,7 +423,10 @@ mod tests {
 
     #[test]
     fn error_codes_are_bounded_and_escaped() {
-        assert_eq!(error_code(br#"{"error":{"code":"ErrorAccessDenied","message":"x"}}"#), "ErrorAccessDenied");
+        assert_eq!(
+            error_code(br#"{"error":{"code":"ErrorAccessDenied","message":"x"}}"#),
+            "ErrorAccessDenied"
+        );
         assert_eq!(error_code(b"not json"), "unknown");
         assert_eq!(error_code(br#"{"error":{"code":"a\r\n250 ok"}}"#), "a250ok");
         let long = format!(r#"{{"error":{{"code":"{}"}}}}"#, "x".repeat(500));

@@ -37,11 +37,11 @@ use crate::config::AccountConfig;
 
 pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
 pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
+pub use graph::graph_scopes;
 pub use refresh::{
     BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
     backoff_delay,
 };
-pub use graph::graph_scopes;
 use state::{AccountTokens, RefreshState};
 pub use status::{AccountState, AccountStatus};
 

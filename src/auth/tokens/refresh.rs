@@ -433,10 +433,11 @@ async fn exchange_and_save(
     _in_flight: InFlight,
 ) -> Outcome {
     let username = account.config.username.clone();
-    let response = match exchange_refresh(&account, &http, &refresh_token, &account.endpoints.scopes).await {
-        Ok(response) => response,
-        Err(failure) => return Outcome::Failed(failure),
-    };
+    let response =
+        match exchange_refresh(&account, &http, &refresh_token, &account.endpoints.scopes).await {
+            Ok(response) => response,
+            Err(failure) => return Outcome::Failed(failure),
+        };
     let refresh_token_used = refresh_token.clone();
     let access = SecretString::from(response.access_token().secret().to_owned());
     let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);

@@ -82,7 +82,10 @@ fn named_recipients(message: &[u8]) -> Vec<String> {
     let mut named = Vec::new();
     for header in &headers {
         let key = header.get_key();
-        if !["to", "cc", "bcc"].iter().any(|k| key.eq_ignore_ascii_case(k)) {
+        if !["to", "cc", "bcc"]
+            .iter()
+            .any(|k| key.eq_ignore_ascii_case(k))
+        {
             continue;
         }
         let Ok(list) = addrparse_header(header) else {
@@ -123,7 +126,10 @@ fn existing_bcc(message: &[u8]) -> Option<ExistingBcc> {
     let mut found: Option<(usize, usize)> = None; // (value start, last line start)
     while pos < message.len() {
         let rest = message.get(pos..)?;
-        let line_len = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+        let line_len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
         let line = rest.get(..line_len)?;
         let content = line
             .strip_suffix(b"\n")
@@ -174,7 +180,10 @@ mod tests {
             ("To: \"A, B\" <A@X.test>\r\n\r\nbody\r\n", vec!["a@x.test"]),
             ("Cc: Bee (work) <b@x.test>\r\n\r\n", vec!["b@x.test"]),
             ("To: friends: a@x.test, b@x.test;\r\n\r\n", vec!["b@x.test"]),
-            ("To: =?utf-8?q?J=C3=B6rg?= <j@x.test>\r\n\r\n", vec!["j@x.test"]),
+            (
+                "To: =?utf-8?q?J=C3=B6rg?= <j@x.test>\r\n\r\n",
+                vec!["j@x.test"],
+            ),
             ("To: a@x.test,\r\n b@x.test\r\n\r\n", vec!["b@x.test"]),
             ("bcc: c@x.test\r\n\r\n", vec!["c@x.test"]),
         ];
@@ -191,13 +200,19 @@ mod tests {
             format!("Bcc: <hidden@y.test>\r\n{message}")
         );
         // A bare-LF message gets a bare-LF field.
-        assert_eq!(add("To: a@x.test\n\nb\n", &["z@y.test"]), "Bcc: <z@y.test>\nTo: a@x.test\n\nb\n");
+        assert_eq!(
+            add("To: a@x.test\n\nb\n", &["z@y.test"]),
+            "Bcc: <z@y.test>\nTo: a@x.test\n\nb\n"
+        );
     }
 
     #[test]
     fn a_missing_recipient_joins_an_existing_bcc() {
         assert_eq!(
-            add("Bcc: c@x.test\r\nTo: a@x.test\r\n\r\n", &["a@x.test", "d@y.test"]),
+            add(
+                "Bcc: c@x.test\r\nTo: a@x.test\r\n\r\n",
+                &["a@x.test", "d@y.test"]
+            ),
             "Bcc: c@x.test, <d@y.test>\r\nTo: a@x.test\r\n\r\n"
         );
         assert_eq!(
@@ -213,7 +228,10 @@ mod tests {
     #[test]
     fn a_bcc_in_the_body_is_not_the_header() {
         let message = "To: a@x.test\r\n\r\nBcc: z@y.test\r\n";
-        assert_eq!(add(message, &["z@y.test"]), format!("Bcc: <z@y.test>\r\n{message}"));
+        assert_eq!(
+            add(message, &["z@y.test"]),
+            format!("Bcc: <z@y.test>\r\n{message}")
+        );
     }
 
     #[test]

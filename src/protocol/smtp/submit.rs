@@ -67,7 +67,10 @@ enum State {
     Command,
     /// Message text; `overflow` once it passed the limit (then it is read
     /// and dropped); `mid_line` when the last octets taken ended no line.
-    Data { overflow: bool, mid_line: bool },
+    Data {
+        overflow: bool,
+        mid_line: bool,
+    },
 }
 
 /// The transaction dialogue with one client.
@@ -121,7 +124,9 @@ impl Submission {
     fn command(&mut self, line: &[u8]) -> Step {
         let (verb, arg) = split_verb(line);
         match verb.to_ascii_uppercase().as_slice() {
-            b"EHLO" | b"HELO" if arg.trim_ascii().is_empty() => reply("501 5.5.4 Syntax: EHLO hostname"),
+            b"EHLO" | b"HELO" if arg.trim_ascii().is_empty() => {
+                reply("501 5.5.4 Syntax: EHLO hostname")
+            }
             b"EHLO" => {
                 self.reset();
                 Step::Reply(self.ehlo.clone())

@@ -127,7 +127,12 @@ fn hostile_and_out_of_order_commands_get_their_replies() {
     for (input, want) in table {
         let mut m = machine(None);
         let (replies, delivered) = run(&mut m, input);
-        assert_eq!(&codes(&replies), want, "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            &codes(&replies),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
         assert!(delivered.is_empty());
     }
 }
