@@ -97,6 +97,7 @@ mod tests {
             client_certificate: None,
             client_key: None,
             verify_identity: None,
+            graph_url: None,
             catch_all: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
@@ -134,6 +135,7 @@ mod tests {
             client_certificate: None,
             client_key: None,
             verify_identity: None,
+            graph_url: None,
             catch_all: None,
         }
     }
