@@ -8,7 +8,7 @@ mod support;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use harness::{Listener, PASSWORD, Setup, dead_addr, setup, smtp, start};
+use harness::{PASSWORD, Setup, setup, start};
 use support::graph_server::FakeGraphServer;
 use support::*;
 
@@ -28,17 +28,13 @@ impl GraphProxy {
 /// listener lines `extra` and account lines `account_extra`.
 async fn graph_proxy_with(s: Setup, extra: &str, account_extra: &str) -> GraphProxy {
     let graph = FakeGraphServer::start(s.tokens.state.clone()).await;
-    let unused = smtp(dead_addr().await);
-    let lines = format!("backend = \"graph\"\n{extra}");
-    let mut text = s.config(
-        &[Listener {
-            upstream: &unused,
-            listen: "127.0.0.1:0",
-            extra: &lines,
-        }],
-        "",
-    );
-    text.push_str(&format!("graph_url = \"{}\"\n{account_extra}", graph.url()));
+    // No upstream: the listener's messages go to Graph.
+    let mut text = s.config(&[], "");
+    text.push_str(&format!(
+        "graph_url = \"{}\"\n{account_extra}\n[[listener]]\nprotocol = \"smtp\"\n\
+         listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n{extra}\n",
+        graph.url()
+    ));
     let running = start(&text).await;
     GraphProxy {
         setup: s,

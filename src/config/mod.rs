@@ -278,9 +278,11 @@ pub enum LocalTls {
 pub struct ListenerConfig {
     pub protocol: Protocol,
     pub listen: SocketAddr,
-    /// `host:port` of the real server.
-    pub upstream: HostPort,
-    pub upstream_tls: UpstreamTls,
+    /// `host:port` of the real server (none for `backend = "graph"`).
+    #[serde(default)]
+    pub upstream: Option<HostPort>,
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTls>,
     #[serde(default)]
     pub local_tls: LocalTls,
     /// Networks (`192.168.1.0/24`, or single addresses) that may connect.
@@ -360,7 +362,22 @@ impl ListenerConfig {
     /// always there (`upstream` is a [`HostPort`]), an `Option` for the
     /// callers written when it was a string.
     pub(crate) fn upstream_host_port(&self) -> Option<(&str, u16)> {
-        Some((self.upstream.host(), self.upstream.port()))
+        self.upstream.as_ref().map(|u| (u.host(), u.port()))
+    }
+
+    /// How to reach the upstream: validated present for every listener
+    /// that has one; a Graph listener never connects (any value does).
+    pub(crate) fn upstream_tls_mode(&self) -> UpstreamTls {
+        self.upstream_tls.unwrap_or(UpstreamTls::Implicit)
+    }
+
+    /// Where the listener's sessions go, for logs and the page:
+    /// `host:port`, or `Microsoft Graph`.
+    pub fn upstream_name(&self) -> String {
+        match &self.upstream {
+            Some(u) => u.to_string(),
+            None => "Microsoft Graph".to_owned(),
+        }
     }
 }
 

@@ -135,6 +135,27 @@ impl Config {
                 "\"graph\" only applies with protocol = \"smtp\" (Graph sends mail; it does not read it here)",
             ));
         }
+        match (l.backend, &l.upstream, l.upstream_tls) {
+            (Backend::Smtp, None, _) => {
+                return Err(self.invalid(
+                    key("upstream"),
+                    "is required (host:port of the mail server)",
+                ));
+            }
+            (Backend::Smtp, Some(_), None) => {
+                return Err(self.invalid(
+                    key("upstream_tls"),
+                    "is required: \"implicit\" (993, 995) or \"starttls\" (587, 143)",
+                ));
+            }
+            (Backend::Graph, Some(_), _) | (Backend::Graph, _, Some(_)) => {
+                return Err(self.invalid(
+                    key("upstream"),
+                    "does not apply with backend = \"graph\": messages go to Microsoft Graph (remove upstream and upstream_tls)",
+                ));
+            }
+            _ => {}
+        }
         if let Some(account) = &l.fixed_account {
             self.validate_fixed_account(l, account, &key)?;
         } else if !l.allowed_senders.is_empty() {

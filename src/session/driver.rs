@@ -143,7 +143,7 @@ pub(super) async fn serve<P: Protocol>(
     // The client's TLS handshake and the upstream connection overlap.
     let (handshake, connected) = tokio::join!(
         accept_implicit_tls(&mut client, &listener, &ctx, peer, deadline),
-        P::Upstream::connect(&target, listener.upstream_tls)
+        P::Upstream::connect(&target, listener.upstream_tls_mode())
     );
     if P::Upstream::REMOTE {
         ctx.note_upstream(&target, &connected);

@@ -79,9 +79,9 @@ pub struct Context {
 
 impl Context {
     pub fn target(&self, listener: &ListenerConfig) -> Target {
-        let (host, port) = listener
-            .upstream_host_port()
-            .expect("validated by config::validate");
+        // Validated present, except on a Graph listener, whose backend
+        // never connects.
+        let (host, port) = listener.upstream_host_port().unwrap_or(("", 0));
         Target {
             host: host.to_owned(),
             port,

@@ -110,7 +110,7 @@ impl<U: UpstreamLogin> Session<U> {
         grant: &Grant,
     ) -> Result<Vec<u8>, Vec<u8>> {
         let (ctx, target, peer) = (&self.ctx, &self.target, self.peer);
-        let tls = self.listener.upstream_tls;
+        let tls = self.listener.upstream_tls_mode();
         let upstream = &mut self.upstream;
         let user = grant.upstream_user();
         loop {
