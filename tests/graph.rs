@@ -268,3 +268,81 @@ async fn a_fixed_account_sends_without_login_only_as_its_allowed_senders() {
     want.extend_from_slice(scan);
     assert_eq!(got[0].mime, want);
 }
+
+#[tokio::test]
+async fn a_shared_mailbox_sends_as_itself_with_mail_send_shared() {
+    let p = graph_proxy_with(setup().await, "", "mailbox = \"shared@example.test\"\n").await;
+    let mut c = logged_in_plain(&p).await;
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    let got = p.graph.state.requests();
+    assert_eq!(got[0].mailbox, "shared@example.test");
+    let form = p.setup.tokens.state.last_form().expect("a token request");
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    assert!(
+        scope.contains("https://graph.microsoft.com/Mail.Send.Shared"),
+        "{scope}"
+    );
+    assert!(scope.contains("offline_access"), "{scope}");
+}
+
+/// A Graph that takes the request and closes without an answer, or none at all.
+async fn graph_at(url: String) -> (GraphProxy, TestClient) {
+    let s = setup().await;
+    let graph = FakeGraphServer::start(s.tokens.state.clone()).await;
+    let mut text = s.config(&[], "");
+    text.push_str(&format!(
+        "graph_url = \"{url}\"\n\n[[listener]]\nprotocol = \"smtp\"\n\
+         listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n"
+    ));
+    let running = start(&text).await;
+    let p = GraphProxy {
+        setup: s,
+        graph,
+        running,
+    };
+    let c = logged_in_plain(&p).await;
+    (p, c)
+}
+
+#[tokio::test]
+async fn no_answer_after_the_request_went_out_is_a_451_that_says_it_may_have_gone() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (_p, mut c) = graph_at(url).await;
+    let hangup = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut conn, _) = silent.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 65536];
+        // Read the whole request (headers and the base64 body), then hang up.
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() < 200 {
+            let n = conn.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        seen
+    });
+    let (code, text) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("may have been sent"), "{text}");
+    let seen = hangup.await.unwrap();
+    assert!(
+        seen.starts_with(b"POST /v1.0/users/"),
+        "{}",
+        seen.escape_ascii()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_graph_is_a_451_that_says_nothing_was_sent() {
+    let dead = harness::dead_addr().await;
+    let (_p, mut c) = graph_at(format!("http://{dead}")).await;
+    let (code, text) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("4.4.1") && text.contains("not sent"),
+        "{text}"
+    );
+}
