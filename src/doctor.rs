@@ -162,10 +162,15 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
     };
     let timeout = Duration::from_secs(config.proxy.connect_timeout_secs);
     for (i, l) in config.listeners.iter().enumerate() {
-        let (host, port) = (l.upstream.host(), l.upstream.port());
+        // A Graph listener has no server of its own to reach.
+        let Some((host, port)) = l.upstream_host_port() else {
+            continue;
+        };
         let what = format!(
             "listener[{i}] ({} on {}) → {}",
-            l.protocol, l.listen, l.upstream
+            l.protocol,
+            l.listen,
+            l.upstream_name()
         );
         let route = crate::net::proxy::ProxyPolicy::from_config(&config.proxy)
             .with_setting(l.upstream_proxy.as_ref())
@@ -195,13 +200,13 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             route,
         };
         let greeting = match l.protocol {
-            Protocol::Imap => crate::upstream::imap::connect(&target, l.upstream_tls)
+            Protocol::Imap => crate::upstream::imap::connect(&target, l.upstream_tls_mode())
                 .await
                 .map(|_| ()),
-            Protocol::Pop3 => crate::upstream::pop3::connect(&target, l.upstream_tls)
+            Protocol::Pop3 => crate::upstream::pop3::connect(&target, l.upstream_tls_mode())
                 .await
                 .map(|_| ()),
-            Protocol::Smtp => crate::upstream::smtp::connect(&target, l.upstream_tls)
+            Protocol::Smtp => crate::upstream::smtp::connect(&target, l.upstream_tls_mode())
                 .await
                 .map(|_| ()),
         };

@@ -156,7 +156,7 @@ pub(crate) async fn serve(
     });
     let allowed: Vec<IpNet> = bound.config.allowed_networks();
     let addr = bound.local_addr();
-    tracing::info!(protocol = %bound.config.protocol, listen = %addr, upstream = %bound.config.upstream,
+    tracing::info!(protocol = %bound.config.protocol, listen = %addr, upstream = %bound.config.upstream_name(),
         local_tls = ?bound.config.local_tls, allow_from = ?bound.config.allow_from, "listening");
     loop {
         let accepted = tokio::select! {

@@ -353,3 +353,35 @@ async fn an_unreachable_token_endpoint_or_upstream_gives_454() {
     let line = c.read_line_str().await;
     assert!(line.starts_with("454 4.7.0 cannot reach "), "{line}");
 }
+
+/// Office 365's SMTP AUTH refuses `user=<shared mailbox>`: an account with
+/// `mailbox` signs in as the delegate itself (the fake accepts only
+/// `user=` [`USER`]) and sends as the shared address (Send As).
+#[tokio::test]
+async fn a_shared_mailbox_account_signs_in_to_smtp_as_the_delegate() {
+    let pki = TestPki::new();
+    let tokens = FakeTokenServer::start().await;
+    let server = FakeSmtpServer::start(&pki, tokens.state.clone(), SmtpOpts::default()).await;
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    seed_tokens(state_dir.path(), &tokens);
+    let mut text = config_text(
+        &pki,
+        state_dir.path(),
+        &tokens.url(),
+        &[smtp(server.addr)],
+        "",
+    );
+    text.push_str("mailbox = \"info@example.test\"\n");
+    let proxy = Proxy {
+        running: start(&text).await,
+        pki,
+        tokens,
+        state_dir,
+    };
+    let mut c = greeted(&proxy).await;
+    c.send(format!("AUTH PLAIN {}\r\n", plain_ir()).as_bytes())
+        .await;
+    c.expect_smtp(235).await;
+    c.send(b"MAIL FROM:<info@example.test>\r\n").await;
+    c.expect_smtp(250).await;
+}

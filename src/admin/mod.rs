@@ -102,9 +102,12 @@ impl View {
                 .map(|((l, addr), stats)| ListenerView {
                     protocol: l.protocol.to_string(),
                     listen: *addr,
-                    upstream: l.upstream.to_string(),
+                    upstream: l.upstream_name(),
                     // The key the sessions record under (`Target`'s host and port).
-                    upstream_key: format!("{}:{}", l.upstream.host(), l.upstream.port()),
+                    upstream_key: match l.upstream_host_port() {
+                        Some((host, port)) => format!("{host}:{port}"),
+                        None => String::new(),
+                    },
                     security: l.client_security(),
                     stats: stats.clone(),
                 })

@@ -98,6 +98,7 @@ mod tests {
             client_certificate: None,
             client_key: None,
             verify_identity: None,
+            graph_url: None,
             catch_all: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
@@ -136,6 +137,7 @@ mod tests {
             client_certificate: None,
             client_key: None,
             verify_identity: None,
+            graph_url: None,
             catch_all: None,
         }
     }

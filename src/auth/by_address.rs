@@ -167,6 +167,7 @@ mod tests {
             client_certificate: None,
             client_key: None,
             verify_identity: None,
+            graph_url: None,
             catch_all: None,
         }
     }

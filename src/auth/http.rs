@@ -95,6 +95,50 @@ impl HttpClient {
     }
 }
 
+/// Why a request to an API (not a token endpoint) got no answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct SendError {
+    /// No connection was made: the request cannot have arrived.
+    pub unsent: bool,
+    /// Transport only; never a header or the body.
+    pub text: String,
+}
+
+impl HttpClient {
+    /// Sends one API request (Microsoft Graph) within `timeout` and returns
+    /// the answer whatever its status: the caller maps each status itself.
+    pub async fn send_api(
+        &self,
+        request: http::Request<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<http::Response<Vec<u8>>, SendError> {
+        let (parts, body) = request.into_parts();
+        let failed = |e: reqwest::Error| SendError {
+            unsent: e.is_connect(),
+            text: describe(&e).replace("the token endpoint", "the API"),
+        };
+        let response = self
+            .inner
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(failed)?;
+        let mut builder = http::Response::builder().status(response.status());
+        for (name, value) in response.headers() {
+            builder = builder.header(name, value);
+        }
+        let body = response.bytes().await.map_err(failed)?;
+        builder.body(body.to_vec()).map_err(|e| SendError {
+            unsent: false,
+            text: e.to_string(),
+        })
+    }
+}
+
 /// A reqwest error in words, with its cause chain (the top-level message
 /// alone is often just "error sending request").
 fn describe(e: &reqwest::Error) -> String {

@@ -295,9 +295,11 @@ pub enum LocalTls {
 pub struct ListenerConfig {
     pub protocol: Protocol,
     pub listen: SocketAddr,
-    /// `host:port` of the real server.
-    pub upstream: HostPort,
-    pub upstream_tls: UpstreamTls,
+    /// `host:port` of the real server (none for `backend = "graph"`).
+    #[serde(default)]
+    pub upstream: Option<HostPort>,
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTls>,
     #[serde(default)]
     pub local_tls: LocalTls,
     /// Networks (`192.168.1.0/24`, or single addresses) that may connect.
@@ -321,6 +323,23 @@ pub struct ListenerConfig {
     pub max_recipients: Option<usize>,
     /// This listener's own `upstream_proxy` (default: `[proxy]`'s).
     pub upstream_proxy: Option<ProxySetting>,
+    /// SMTP only: where messages go. `smtp` (the default) relays the
+    /// session to `upstream` byte for byte; `graph` takes each message
+    /// itself and sends it with Microsoft Graph's `sendMail` (for tenants
+    /// or mailboxes where SMTP AUTH is switched off).
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// Where an SMTP listener's messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The SMTP relay to `upstream` after XOAUTH2.
+    #[default]
+    Smtp,
+    /// Microsoft Graph `sendMail` with the account's Graph token.
+    Graph,
 }
 
 impl ListenerConfig {
@@ -362,7 +381,22 @@ impl ListenerConfig {
     /// always there (`upstream` is a [`HostPort`]), an `Option` for the
     /// callers written when it was a string.
     pub(crate) fn upstream_host_port(&self) -> Option<(&str, u16)> {
-        Some((self.upstream.host(), self.upstream.port()))
+        self.upstream.as_ref().map(|u| (u.host(), u.port()))
+    }
+
+    /// How to reach the upstream: validated present for every listener
+    /// that has one; a Graph listener never connects (any value does).
+    pub(crate) fn upstream_tls_mode(&self) -> UpstreamTls {
+        self.upstream_tls.unwrap_or(UpstreamTls::Implicit)
+    }
+
+    /// Where the listener's sessions go, for logs and the page:
+    /// `host:port`, or `Microsoft Graph`.
+    pub fn upstream_name(&self) -> String {
+        match &self.upstream {
+            Some(u) => u.to_string(),
+            None => "Microsoft Graph".to_owned(),
+        }
     }
 }
 
@@ -388,6 +422,18 @@ pub enum Cloud {
     Usgov,
     /// Operated by 21Vianet: login.chinacloudapi.cn, partner.outlook.cn.
     China,
+}
+
+impl Cloud {
+    /// Microsoft Graph's endpoint in this cloud (GCC High's for `usgov`;
+    /// DoD tenants set `graph_url = "https://dod-graph.microsoft.us"`).
+    pub fn graph_url(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -453,6 +499,11 @@ pub struct AccountConfig {
     /// (the id_token's user is its address; default true). `false` only
     /// for a custom provider that returns no id_token.
     pub verify_identity: Option<bool>,
+    /// Microsoft Graph's base URL for a `backend = "graph"` listener
+    /// (default: the cloud's, see [`Cloud::graph_url`]); https, except on
+    /// this machine.
+    #[serde(default, deserialize_with = "values::optional_web_url")]
+    pub graph_url: Option<String>,
     /// For an address under a catch-all: the catch-all's `@domain`.
     #[serde(skip)]
     pub(crate) catch_all: Option<String>,
@@ -467,6 +518,15 @@ impl AccountConfig {
     /// The Microsoft cloud (`cloud`, default global).
     pub fn cloud(&self) -> Cloud {
         self.cloud.unwrap_or_default()
+    }
+
+    /// Microsoft Graph's base URL for this account, without a trailing `/`.
+    pub fn graph_url(&self) -> String {
+        let url = self
+            .graph_url
+            .as_deref()
+            .unwrap_or(self.cloud().graph_url());
+        url.trim_end_matches('/').to_owned()
     }
 
     /// Whether `other` is this account with nothing changed that matters to
@@ -493,6 +553,7 @@ impl AccountConfig {
             client_certificate,
             client_key,
             verify_identity,
+            graph_url,
             catch_all,
         } = self;
         let secret_eq = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
@@ -516,6 +577,7 @@ impl AccountConfig {
             && *client_certificate == other.client_certificate
             && *client_key == other.client_key
             && *verify_identity == other.verify_identity
+            && *graph_url == other.graph_url
             && *catch_all == other.catch_all
     }
 

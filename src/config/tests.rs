@@ -586,3 +586,47 @@ fn redirect_uris_are_loopback_http_or_https() {
         "{e}"
     );
 }
+
+#[test]
+fn graph_listeners_need_no_upstream_and_take_none() {
+    let graph = "protocol = \"smtp\"\nlisten = \"127.0.0.1:1587\"\nbackend = \"graph\"\n";
+    let upstream = "upstream = \"outlook.office365.com:993\"\nupstream_tls = \"implicit\"\n";
+    let with = |listener: &str, account: &str| {
+        let text = GOOD.replace(
+            &format!("protocol = \"imap\"\nlisten = \"127.0.0.1:1143\"\n{upstream}"),
+            listener,
+        );
+        parse(&format!("{text}{account}"))
+    };
+    let c = with(graph, "").expect("a Graph listener without upstream");
+    assert_eq!(c.listeners[0].backend, Backend::Graph);
+    assert_eq!(c.listeners[0].upstream_name(), "Microsoft Graph");
+    assert_eq!(c.accounts[0].graph_url(), "https://graph.microsoft.com");
+    let c = with(graph, "cloud = \"usgov\"\n").unwrap();
+    assert_eq!(c.accounts[0].graph_url(), "https://graph.microsoft.us");
+    let c = with(graph, "graph_url = \"http://127.0.0.1:9/\"\n").unwrap();
+    assert_eq!(c.accounts[0].graph_url(), "http://127.0.0.1:9");
+    let cases: &[(String, &str, &str)] = &[
+        (format!("{graph}{upstream}"), "", "listener[0].upstream"),
+        (graph.replace("smtp", "imap"), "", "listener[0].backend"),
+        (
+            "protocol = \"smtp\"\nlisten = \"127.0.0.1:1587\"\n".to_owned(),
+            "",
+            "listener[0].upstream",
+        ),
+        (
+            "protocol = \"smtp\"\nlisten = \"127.0.0.1:1587\"\nupstream = \"a:587\"\n".to_owned(),
+            "",
+            "listener[0].upstream_tls",
+        ),
+        (
+            graph.to_owned(),
+            "graph_url = \"http://graph.example\"\n",
+            "account[0].graph_url",
+        ),
+    ];
+    for (listener, account, key) in cases {
+        let e = with(listener, account).expect_err(listener).to_string();
+        assert!(e.contains(key), "{listener}{account}: {e}");
+    }
+}

@@ -3,7 +3,7 @@
 //! error names the key.
 
 use super::{
-    AccountConfig, AdminListen, Config, ConfigError, Flow, ListenerConfig, LocalTls,
+    AccountConfig, AdminListen, Backend, Config, ConfigError, Flow, ListenerConfig, LocalTls,
     MAX_MAX_RECIPIENTS, Protocol, ProviderKind,
 };
 
@@ -129,6 +129,33 @@ impl Config {
     fn validate_listener(&self, i: usize, l: &ListenerConfig) -> Result<(), ConfigError> {
         let key = |k: &str| format!("listener[{i}].{k}");
         self.validate_exposure(l, &key)?;
+        if l.backend == Backend::Graph && l.protocol != Protocol::Smtp {
+            return Err(self.invalid(
+                key("backend"),
+                "\"graph\" only applies with protocol = \"smtp\" (Graph sends mail; it does not read it here)",
+            ));
+        }
+        match (l.backend, &l.upstream, l.upstream_tls) {
+            (Backend::Smtp, None, _) => {
+                return Err(self.invalid(
+                    key("upstream"),
+                    "is required (host:port of the mail server)",
+                ));
+            }
+            (Backend::Smtp, Some(_), None) => {
+                return Err(self.invalid(
+                    key("upstream_tls"),
+                    "is required: \"implicit\" (993, 995) or \"starttls\" (587, 143)",
+                ));
+            }
+            (Backend::Graph, Some(_), _) | (Backend::Graph, _, Some(_)) => {
+                return Err(self.invalid(
+                    key("upstream"),
+                    "does not apply with backend = \"graph\": messages go to Microsoft Graph (remove upstream and upstream_tls)",
+                ));
+            }
+            _ => {}
+        }
         if let Some(account) = &l.fixed_account {
             self.validate_fixed_account(l, account, &key)?;
         } else if !l.allowed_senders.is_empty() {
@@ -136,7 +163,7 @@ impl Config {
                 key("allowed_senders"),
                 "only applies with fixed_account; client logins may send as their account",
             ));
-        } else if l.max_recipients.is_some() {
+        } else if l.max_recipients.is_some() && l.backend != Backend::Graph {
             return Err(self.invalid(
                 key("max_recipients"),
                 "only applies with fixed_account; client logins are limited by Office 365",
@@ -286,6 +313,7 @@ impl Config {
             ("authorize_url", &a.authorize_url),
             ("token_url", &a.token_url),
             ("device_code_url", &a.device_code_url),
+            ("graph_url", &a.graph_url),
         ] {
             if let Some(url) = url
                 && let Err(why) = super::values::require_https_off_loopback(url)

@@ -505,7 +505,9 @@ fn reverse_path(arg: &[u8]) -> Option<String> {
     valid.then(|| mailbox.to_owned())
 }
 
+pub mod bcc;
 pub mod filter;
+pub mod submit;
 
 #[cfg(test)]
 #[path = "smtp_tests.rs"]

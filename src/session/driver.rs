@@ -101,6 +101,18 @@ pub(super) trait Protocol: Sized + Send {
     fn hello(&self) -> &str {
         ""
     }
+
+    /// After a login (or a fixed account's first `MAIL FROM`, with its
+    /// `policy`): by default the relay to the upstream; a protocol that
+    /// serves the client itself (the Graph backend) takes over here.
+    fn after_login(
+        &mut self,
+        session: &mut Session<Self::Upstream>,
+        account: String,
+        policy: Option<Policy>,
+    ) -> impl Future<Output = ()> + Send {
+        async move { session.relay(&account, policy).await }
+    }
 }
 
 /// One client connection before login, and the upstream connection held for it.
@@ -131,9 +143,11 @@ pub(super) async fn serve<P: Protocol>(
     // The client's TLS handshake and the upstream connection overlap.
     let (handshake, connected) = tokio::join!(
         accept_implicit_tls(&mut client, &listener, &ctx, peer, deadline),
-        P::Upstream::connect(&target, listener.upstream_tls)
+        P::Upstream::connect(&target, listener.upstream_tls_mode())
     );
-    ctx.note_upstream(&target, &connected);
+    if P::Upstream::REMOTE {
+        ctx.note_upstream(&target, &connected);
+    }
     if !handshake {
         return;
     }
@@ -213,7 +227,7 @@ impl<U: UpstreamLogin> Session<U> {
                                 // Logged in: the pre-authentication deadline
                                 // no longer bounds the client.
                                 if self.client.write_all(&reply).await.is_ok() {
-                                    self.relay(&account, None).await;
+                                    protocol.after_login(self, account, None).await;
                                 }
                                 return;
                             }
@@ -222,7 +236,7 @@ impl<U: UpstreamLogin> Session<U> {
                     }
                 }
                 Step::Relay { account, policy } => {
-                    self.relay(&account, Some(policy)).await;
+                    protocol.after_login(self, account, Some(policy)).await;
                     return;
                 }
             };
@@ -285,7 +299,7 @@ impl<U: UpstreamLogin> Session<U> {
 /// Before login every write is bounded by the same deadline as the reads:
 /// a client that sends commands and never reads the answers cannot park a
 /// session once the socket buffer is full.
-async fn write_client<C: AsyncWrite + Unpin + ?Sized>(
+pub(super) async fn write_client<C: AsyncWrite + Unpin + ?Sized>(
     client: &mut C,
     bytes: &[u8],
     deadline: Instant,
@@ -338,14 +352,14 @@ async fn upgrade(
 }
 
 /// Outcome of waiting for client bytes before login.
-enum Read {
+pub(super) enum Read {
     Data,
     Closed,
     Deadline,
 }
 
 /// Appends what the client sent next, or says why nothing came.
-async fn read_client<C: AsyncRead + Unpin + ?Sized>(
+pub(super) async fn read_client<C: AsyncRead + Unpin + ?Sized>(
     client: &mut C,
     buf: &mut Vec<u8>,
     deadline: Instant,

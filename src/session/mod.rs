@@ -4,6 +4,7 @@
 
 pub mod client;
 mod driver;
+mod graph;
 mod imap;
 mod pop3;
 mod smtp;
@@ -17,7 +18,7 @@ use rustls::ClientConfig;
 use secrecy::ExposeSecret as _;
 
 use crate::auth::gate::{Gate, Grant, LoginError, Origin};
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::{Backend, ListenerConfig, Protocol};
 use crate::protocol::Failure;
 use crate::sasl::Credentials;
 use crate::upstream::{Target, UpstreamError};
@@ -51,6 +52,9 @@ pub async fn serve(
     match listener.protocol {
         Protocol::Imap => driver::serve::<imap::Imap>(client, peer, listener, ctx).await,
         Protocol::Pop3 => driver::serve::<pop3::Pop3>(client, peer, listener, ctx).await,
+        Protocol::Smtp if listener.backend == Backend::Graph => {
+            driver::serve::<graph::GraphSmtp>(client, peer, listener, ctx).await
+        }
         Protocol::Smtp => driver::serve::<smtp::Smtp>(client, peer, listener, ctx).await,
     }
 }
@@ -77,9 +81,9 @@ pub struct Context {
 
 impl Context {
     pub fn target(&self, listener: &ListenerConfig) -> Target {
-        let (host, port) = listener
-            .upstream_host_port()
-            .expect("validated by config::validate");
+        // Validated present, except on a Graph listener, whose backend
+        // never connects.
+        let (host, port) = listener.upstream_host_port().unwrap_or(("", 0));
         Target {
             host: host.to_owned(),
             port,

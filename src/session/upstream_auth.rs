@@ -69,6 +69,17 @@ pub(crate) trait UpstreamLogin: Sized + Send {
     /// Whether the connection is given up after a refusal (POP3 servers may
     /// close it), so the next try starts on a fresh one.
     const FRESH_AFTER_REFUSAL: bool = false;
+
+    /// Whether XOAUTH2's `user=` is the signed-in account even when it
+    /// opens a shared `mailbox`: Office 365's SMTP AUTH refuses
+    /// `user=<shared mailbox>` (`535 5.7.3`); the delegate signs in as
+    /// itself and sends as the shared address (Send As) in `MAIL FROM` and
+    /// `From:`. IMAP and POP3 open the shared mailbox by its `user=`.
+    const USER_IS_THE_DELEGATE: bool = false;
+
+    /// Whether this is a server the listener connects to (its health is
+    /// recorded for the page); not for the Graph backend, which has none.
+    const REMOTE: bool = true;
 }
 
 impl<U: UpstreamLogin> Session<U> {
@@ -106,9 +117,12 @@ impl<U: UpstreamLogin> Session<U> {
         grant: &Grant,
     ) -> Result<Vec<u8>, Vec<u8>> {
         let (ctx, target, peer) = (&self.ctx, &self.target, self.peer);
-        let tls = self.listener.upstream_tls;
+        let tls = self.listener.upstream_tls_mode();
         let upstream = &mut self.upstream;
-        let user = grant.upstream_user();
+        let user = match U::USER_IS_THE_DELEGATE {
+            true => grant.address(),
+            false => grant.upstream_user(),
+        };
         loop {
             let fresh = upstream.is_none();
             let up = match upstream {
@@ -128,7 +142,9 @@ impl<U: UpstreamLogin> Session<U> {
                 },
             };
             let outcome = up.xoauth2(tag, user, &grant.token).await;
-            ctx.note_upstream(target, &outcome);
+            if U::REMOTE {
+                ctx.note_upstream(target, &outcome);
+            }
             match outcome {
                 Ok(Outcome::Accepted(reply)) => {
                     tracing::info!(%peer, account = %user, "logged in upstream");
@@ -245,6 +261,7 @@ impl UpstreamLogin for pop3::Pop3Upstream {
 
 impl UpstreamLogin for smtp::SmtpUpstream {
     type Stream = TlsStream<TcpStream>;
+    const USER_IS_THE_DELEGATE: bool = true;
 
     fn connect(
         target: &Target,

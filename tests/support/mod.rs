@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod graph_server;
 pub mod imap_server;
 pub mod pki;
 pub mod pop3_server;

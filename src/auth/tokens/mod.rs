@@ -16,6 +16,7 @@
 //! `background` the renewal ahead of expiry, `status` what the page shows.
 
 mod background;
+mod graph;
 mod refresh;
 mod state;
 mod status;
@@ -36,6 +37,7 @@ use crate::config::AccountConfig;
 
 pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
 pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
+pub use graph::graph_scopes;
 pub use refresh::{
     BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
     backoff_delay,
@@ -86,6 +88,8 @@ pub struct TokenManager {
     digest: PasswordDigest,
     /// Refreshes whose exchange or write is still running.
     in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Microsoft Graph tokens (`backend = "graph"` listeners).
+    graph: graph::GraphTokens,
 }
 
 /// Counts a refresh task as in flight until it is dropped.
@@ -133,6 +137,7 @@ impl TokenManager {
             kdf_runs: Default::default(),
             digest: PasswordDigest::new(),
             in_flight: Arc::new(tokio::sync::watch::channel(0).0),
+            graph: Default::default(),
         }
     }
 

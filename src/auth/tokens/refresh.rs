@@ -369,7 +369,7 @@ impl TokenManager {
 
     /// The account's stored tokens: unsealed ones as they are, sealed ones
     /// opened with `key`, which must be the entry's (not replaced since).
-    async fn load(
+    pub(super) async fn load(
         &self,
         username: &str,
         key: Option<Arc<SealKey>>,
@@ -433,10 +433,11 @@ async fn exchange_and_save(
     _in_flight: InFlight,
 ) -> Outcome {
     let username = account.config.username.clone();
-    let response = match exchange_refresh(&account, &http, &refresh_token).await {
-        Ok(response) => response,
-        Err(failure) => return Outcome::Failed(failure),
-    };
+    let response =
+        match exchange_refresh(&account, &http, &refresh_token, &account.endpoints.scopes).await {
+            Ok(response) => response,
+            Err(failure) => return Outcome::Failed(failure),
+        };
     let refresh_token_used = refresh_token.clone();
     let access = SecretString::from(response.access_token().secret().to_owned());
     let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
@@ -538,10 +539,11 @@ pub(super) async fn save_to(
     .map_err(|e: crate::auth::vault::StoreError| e.to_string())
 }
 
-async fn exchange_refresh(
+pub(super) async fn exchange_refresh(
     account: &AccountTokens,
     http: &HttpClient,
     refresh_token: &SecretString,
+    scopes: &[String],
 ) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
     let config_failure =
         |e: crate::auth::flows::FlowError| Failure::new(TokenError::Configuration(e.to_string()));
@@ -554,7 +556,7 @@ async fn exchange_refresh(
         async move { client_http.send(req).await }
     };
     let mut request = client.exchange_refresh_token(&refresh);
-    for scope in &account.endpoints.scopes {
+    for scope in scopes {
         request = request.add_scope(oauth2::Scope::new(scope.clone()));
     }
     for (name, value) in &auth {
@@ -566,8 +568,8 @@ async fn exchange_refresh(
         .map_err(|e| classify(&account.config.username, e))
 }
 
-struct Failure {
-    error: TokenError,
+pub(super) struct Failure {
+    pub(super) error: TokenError,
     retry_after: Option<Duration>,
     /// The endpoint itself asked for the wait (a 429 or a `Retry-After`):
     /// client logins do not probe before it ends.
@@ -636,7 +638,7 @@ fn still_usable(
 
 /// Sorts a failed token request into what the caller must do about it.
 /// Branches on the OAuth `error` code, never on AADSTS numbers (they change).
-fn classify(
+pub(super) fn classify(
     username: &str,
     e: RequestTokenError<HttpError, oauth2::basic::BasicErrorResponse>,
 ) -> Failure {

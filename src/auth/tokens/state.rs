@@ -38,6 +38,16 @@ pub(super) struct RefreshState {
     pub(super) health: Health,
 }
 
+impl RefreshState {
+    /// A redemption for another resource (Graph, `graph.rs`) returned a
+    /// new refresh token, already saved: the next refresh uses it.
+    pub(super) fn rotated(&mut self, refresh_token: Option<SecretString>) {
+        if let Some(token) = refresh_token {
+            self.refresh_token = Some(token);
+        }
+    }
+}
+
 /// What the refreshes so far say about the next one.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Health {

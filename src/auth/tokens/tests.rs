@@ -28,6 +28,7 @@ fn account(password_hash: Option<&str>) -> AccountConfig {
         client_certificate: None,
         client_key: None,
         verify_identity: None,
+        graph_url: None,
         catch_all: None,
     }
 }

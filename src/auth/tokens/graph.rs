@@ -1,0 +1,208 @@
+//! Microsoft Graph access tokens, for listeners with `backend = "graph"`.
+//!
+//! The account's one sign-in serves Graph too: its refresh token is
+//! redeemed for a token with Graph's scopes (one resource per request),
+//! beside the Exchange token the login path keeps. Per account: a cached
+//! Graph token, one redemption in flight (the others wait and take its
+//! token). The redemption holds the account's refresh lock, since the
+//! endpoint rotates the refresh token: the new one is saved through the
+//! same conditional write as a refresh and set in the account's state
+//! (`RefreshState::rotated`) before the Graph token is used. App-only
+//! accounts ask for Graph's `.default` with the app's own credential.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use oauth2::TokenResponse;
+use parking_lot::Mutex;
+use secrecy::SecretString;
+
+use super::refresh::{Expect, Saved, classify, exchange_refresh, save_to};
+use super::state::AccountTokens;
+use super::{
+    InFlight, LIFETIME_WITHOUT_EXPIRY, TokenError, TokenManager, not_signed_in, replaced, unix_secs,
+};
+use crate::auth::vault::StoredTokens;
+use crate::config::{AccountConfig, Flow};
+
+/// The delegated Graph scopes of `account`: `Mail.Send` for its own
+/// mailbox, `Mail.Send.Shared` when it sends as a shared `mailbox`; for an
+/// app-only account, every application permission (`.default`).
+pub fn graph_scopes(account: &AccountConfig) -> Vec<String> {
+    let resource = account.cloud().graph_url();
+    if account.flow == Flow::ClientCredentials {
+        return vec![format!("{resource}/.default")];
+    }
+    let permission = match account.mailbox {
+        Some(_) => "Mail.Send.Shared",
+        None => "Mail.Send",
+    };
+    vec![
+        format!("{resource}/{permission}"),
+        "offline_access".to_owned(),
+    ]
+}
+
+/// One account's Graph token and its single flight.
+#[derive(Default)]
+struct Slot {
+    cached: Mutex<Option<(SecretString, SystemTime)>>,
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn fresh(&self, margin: Duration) -> Option<SecretString> {
+        let cached = self.cached.lock();
+        let (token, expires_at) = cached.as_ref()?;
+        let left = expires_at.duration_since(SystemTime::now()).ok()?;
+        (left > margin).then(|| token.clone())
+    }
+}
+
+/// The Graph tokens of every account, by lowercase address.
+#[derive(Default)]
+pub struct GraphTokens {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl GraphTokens {
+    fn slot(&self, username: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock();
+        slots.entry(username.to_lowercase()).or_default().clone()
+    }
+}
+
+impl TokenManager {
+    /// A Graph access token for `username`. A delegated account must have
+    /// been unlocked by a login in this process (its tokens are sealed).
+    pub async fn graph_token(&self, username: &str) -> Result<SecretString, TokenError> {
+        let account = self.account(username)?;
+        let slot = self.graph.slot(&account.config.username);
+        let margin = self.margin.min(Duration::from_secs(5 * 60));
+        if let Some(token) = slot.fresh(margin) {
+            return Ok(token);
+        }
+        let _flight = slot.flight.lock().await;
+        if let Some(token) = slot.fresh(margin) {
+            return Ok(token);
+        }
+        let (token, lifetime) = match account.config.flow {
+            Flow::ClientCredentials => self.graph_app_only(&account).await?,
+            _ => self.graph_redeem(&account).await?,
+        };
+        *slot.cached.lock() = Some((token.clone(), SystemTime::now() + lifetime));
+        tracing::info!(account = %account.config.username, expires_in_secs = lifetime.as_secs(),
+            "Graph access token issued");
+        Ok(token)
+    }
+
+    /// Graph refused the token of `username` (401): the next message asks
+    /// for a new one.
+    pub fn graph_token_refused(&self, username: &str) {
+        *self.graph.slot(username).cached.lock() = None;
+    }
+
+    async fn graph_app_only(
+        &self,
+        account: &AccountTokens,
+    ) -> Result<(SecretString, Duration), TokenError> {
+        let mut config = account.config.clone();
+        config.scopes = Some(graph_scopes(&account.config));
+        let response = crate::auth::flows::client_credentials(&config, &self.http)
+            .await
+            .map_err(|e| classify(&account.config.username, e).error)?;
+        let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+        let token = SecretString::from(response.access_token().secret().to_owned());
+        Ok((token, lifetime))
+    }
+
+    /// The refresh token redeemed for Graph's scopes, under the account's
+    /// refresh lock; the rotated refresh token is on disk (or, if the disk
+    /// refuses, in memory) before the Graph token is handed out.
+    async fn graph_redeem(
+        &self,
+        account: &Arc<AccountTokens>,
+    ) -> Result<(SecretString, Duration), TokenError> {
+        let username = account.config.username.clone();
+        let key = match (account.sealed, account.current_key()) {
+            (false, _) => None,
+            (true, Some(key)) => Some(key),
+            (true, None) => {
+                return Err(TokenError::NeedsSignIn(format!(
+                    "the tokens of {username} are sealed; they open at the next login with its password"
+                )));
+            }
+        };
+        let mut state = account.refresh.lock().await;
+        if !state.loaded || state.refresh_token.is_none() {
+            let stored = self.load(&username, key.clone()).await?;
+            state.loaded = true;
+            state.refresh_token = stored.and_then(|s| s.refresh_token);
+        }
+        let Some(refresh_token) = state.refresh_token.clone() else {
+            return Err(not_signed_in(&username));
+        };
+        let scopes = graph_scopes(&account.config);
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // As for a refresh: the exchange and the write run in their own
+        // task, so a session dropped meanwhile cannot lose a rotated token;
+        // `loaded = false` makes the next caller read the disk if this one
+        // is dropped.
+        state.loaded = false;
+        let (account_job, http, store) = (account.clone(), self.http.clone(), self.store.clone());
+        let in_flight = InFlight::new(&self.in_flight);
+        let job = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let account = account_job;
+            let response = exchange_refresh(&account, &http, &refresh_token, &scopes)
+                .await
+                .map_err(|f| f.error)?;
+            let new_refresh = response
+                .refresh_token()
+                .map(|r| SecretString::from(r.secret().to_owned()));
+            if let Some(new_refresh) = &new_refresh {
+                // The Exchange token in hand stays on disk beside it.
+                let (access_token, expires_at) = match account.cached.read().as_ref() {
+                    Some(a) => (Some(a.token.clone()), Some(unix_secs(a.expires_at))),
+                    None => (None, None),
+                };
+                let stored = StoredTokens {
+                    refresh_token: Some(new_refresh.clone()),
+                    access_token,
+                    expires_at,
+                };
+                let expect = match &key {
+                    Some(key) => Expect::SealedWith(key.clone()),
+                    None => Expect::Unsealed(Some(refresh_token.clone())),
+                };
+                match save_to(store, &account.config.username, stored, key, expect).await {
+                    Ok(Saved::Written) => {}
+                    Ok(Saved::Replaced) => return Err(replaced(&account.config.username)),
+                    Err(e) => tracing::error!(account = %account.config.username, error = %e,
+                        "cannot save the rotated refresh token; it is kept in memory until the next successful write"),
+                }
+            }
+            let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+            let token = SecretString::from(response.access_token().secret().to_owned());
+            Ok::<_, TokenError>((token, lifetime, new_refresh))
+        });
+        let outcome = job.await.unwrap_or_else(|e| {
+            Err(TokenError::Transient(format!(
+                "Graph token request task failed: {e}"
+            )))
+        });
+        state.loaded = true;
+        match outcome {
+            Ok((token, lifetime, new_refresh)) => {
+                state.rotated(new_refresh);
+                Ok((token, lifetime))
+            }
+            Err(e) => {
+                tracing::warn!(account = %username, error = %e, "Graph token request failed");
+                Err(e)
+            }
+        }
+    }
+}

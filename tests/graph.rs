@@ -1,0 +1,348 @@
+//! An SMTP listener with `backend = "graph"`, end to end: a mail client
+//! logs in as with the relay, and each message reaches a fake Microsoft
+//! Graph `sendMail` byte for byte (a `Bcc:` for envelope-only recipients
+//! aside), with the replies Graph's answers map to.
+
+mod harness;
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use harness::{PASSWORD, Setup, setup, start};
+use support::graph_server::FakeGraphServer;
+use support::*;
+
+struct GraphProxy {
+    setup: Setup,
+    graph: FakeGraphServer,
+    running: xoauth2_proxy::Running,
+}
+
+impl GraphProxy {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.running.addrs[0]
+    }
+}
+
+/// A Graph listener for [`USER`] (sealed tokens, [`PASSWORD`]) with the
+/// listener lines `extra` and account lines `account_extra`.
+async fn graph_proxy_with(s: Setup, extra: &str, account_extra: &str) -> GraphProxy {
+    let graph = FakeGraphServer::start(s.tokens.state.clone()).await;
+    // No upstream: the listener's messages go to Graph.
+    let mut text = s.config(&[], "");
+    text.push_str(&format!(
+        "graph_url = \"{}\"\n{account_extra}\n[[listener]]\nprotocol = \"smtp\"\n\
+         listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n{extra}\n",
+        graph.url()
+    ));
+    let running = start(&text).await;
+    GraphProxy {
+        setup: s,
+        graph,
+        running,
+    }
+}
+
+async fn graph_proxy() -> GraphProxy {
+    graph_proxy_with(setup().await, "", "").await
+}
+
+async fn greeted(p: &GraphProxy) -> TestClient {
+    let mut c = TestClient::connect(p.addr()).await;
+    c.expect_smtp(220).await;
+    c.send(b"EHLO client.example\r\n").await;
+    let lines = c.expect_smtp(250).await;
+    let text: Vec<String> = lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
+        .collect();
+    for keyword in [
+        "SIZE 3145728",
+        "8BITMIME",
+        "PIPELINING",
+        "ENHANCEDSTATUSCODES",
+        "AUTH PLAIN LOGIN",
+    ] {
+        assert!(
+            text.iter().any(|l| l.ends_with(keyword)),
+            "{keyword} in {text:?}"
+        );
+    }
+    assert!(!text.iter().any(|l| l.contains("CHUNKING")), "{text:?}");
+    c
+}
+
+async fn logged_in_plain(p: &GraphProxy) -> TestClient {
+    let mut c = greeted(p).await;
+    let ir = B64.encode(format!("\0{USER}\0{PASSWORD}"));
+    c.send(format!("AUTH PLAIN {ir}\r\n").as_bytes()).await;
+    c.expect_smtp(235).await;
+    c
+}
+
+/// One transaction; returns the reply code to the end of DATA.
+async fn send(c: &mut TestClient, recipients: &[&str], body: &[u8]) -> (u16, String) {
+    c.send(format!("MAIL FROM:<{USER}>\r\n").as_bytes()).await;
+    c.expect_smtp(250).await;
+    for r in recipients {
+        c.send(format!("RCPT TO:<{r}>\r\n").as_bytes()).await;
+        c.expect_smtp(250).await;
+    }
+    c.send(b"DATA\r\n").await;
+    c.expect_smtp(354).await;
+    c.send(&dot_stuff(body)).await;
+    let reply = c.read_smtp_reply().await;
+    let text = String::from_utf8_lossy(reply.last().unwrap()).into_owned();
+    (text[..3].parse().unwrap(), text)
+}
+
+const MESSAGE: &[u8] = b"From: user@example.test\r\nTo: Bob <bob@example.test>\r\nSubject: caf\xc3\xa9\r\n\
+    MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+    .leading dot\r\n.\r\n..two\r\nraw \xff\x80 octets\r\n";
+
+#[tokio::test]
+async fn auth_plain_sends_the_message_byte_exact_with_a_bcc_for_the_hidden_recipient() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    let (code, text) = send(
+        &mut c,
+        &["bob@example.test", "hidden@example.test"],
+        MESSAGE,
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    assert!(text.contains("2.0.0"), "{text}");
+    c.send(b"QUIT\r\n").await;
+    c.expect_smtp(221).await;
+    let got = p.graph.state.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mailbox, USER);
+    assert_eq!(got[0].content_type, "text/plain");
+    assert!(got[0].token_valid, "a token the token server issued");
+    let mut want = b"Bcc: <hidden@example.test>\r\n".to_vec();
+    want.extend_from_slice(MESSAGE);
+    assert_eq!(
+        got[0].mime.escape_ascii().to_string(),
+        want.escape_ascii().to_string()
+    );
+}
+
+#[tokio::test]
+async fn auth_login_sends_a_message_whose_header_names_everyone_unchanged() {
+    let p = graph_proxy().await;
+    let mut c = greeted(&p).await;
+    c.send(b"AUTH LOGIN\r\n").await;
+    c.expect(b"334 VXNlcm5hbWU6").await;
+    c.send(format!("{}\r\n", B64.encode(USER)).as_bytes()).await;
+    c.expect(b"334 UGFzc3dvcmQ6").await;
+    c.send(format!("{}\r\n", B64.encode(PASSWORD)).as_bytes())
+        .await;
+    c.expect_smtp(235).await;
+    let (code, _) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 250);
+    let got = p.graph.state.requests();
+    assert_eq!(got[0].mime, MESSAGE);
+}
+
+#[tokio::test]
+async fn a_wrong_password_sends_nothing() {
+    let p = graph_proxy().await;
+    let mut c = greeted(&p).await;
+    let ir = B64.encode(format!("\0{USER}\0wrong"));
+    c.send(format!("AUTH PLAIN {ir}\r\n").as_bytes()).await;
+    c.expect_smtp(535).await;
+    c.send(format!("MAIL FROM:<{USER}>\r\n").as_bytes()).await;
+    c.expect_smtp(530).await;
+    assert!(p.graph.state.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_size_limit_is_offered_and_enforced_for_size_and_data() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    c.send(format!("MAIL FROM:<{USER}> SIZE=3145729\r\n").as_bytes())
+        .await;
+    let reply = c.expect_smtp(552).await;
+    assert!(String::from_utf8_lossy(&reply[0]).contains("5.3.4"));
+    let mut big = b"To: bob@example.test\r\n\r\n".to_vec();
+    while big.len() <= 3 * 1024 * 1024 {
+        big.extend_from_slice(&[b'x'; 998]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let (code, text) = send(&mut c, &["bob@example.test"], &big).await;
+    assert_eq!(code, 552, "{text}");
+    assert!(text.contains("5.3.4") && text.contains("3145728"), "{text}");
+    // The session goes on.
+    let (code, _) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 250);
+    assert_eq!(p.graph.state.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn graph_refusals_map_to_smtp_replies_and_nothing_is_sent_twice() {
+    let p = graph_proxy().await;
+    let table: &[(u16, &str, Option<u64>, &str)] = &[
+        (401, "InvalidAuthenticationToken", None, "535 5.7.8"),
+        (403, "ErrorAccessDenied", None, "550 5.7.1"),
+        (403, "ErrorSendAsDenied", None, "550 5.7.60"),
+        (413, "RequestEntityTooLarge", None, "552 5.3.4"),
+        (429, "ApplicationThrottled", Some(30), "451 4.4.5"),
+        (503, "ServiceUnavailable", None, "451 4.4.0"),
+    ];
+    let mut c = logged_in_plain(&p).await;
+    for (status, code, retry_after, want) in table {
+        p.graph.state.answer_next(*status, code, *retry_after);
+        let (_, text) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+        assert!(text.starts_with(want), "{status}: {text}");
+        assert!(text.contains(code), "{status}: {text}");
+    }
+    assert_eq!(
+        p.graph.state.requests().len(),
+        table.len(),
+        "one request per message"
+    );
+}
+
+#[tokio::test]
+async fn a_token_is_refreshed_between_two_messages_and_the_rotation_kept() {
+    let s = setup().await;
+    // Every Graph token is inside the refresh margin: each message needs a new one.
+    s.tokens.state.set_access_token_lifetime(30);
+    s.tokens.state.set_single_use_refresh_tokens(true);
+    let p = graph_proxy_with(s, "", "").await;
+    let mut c = logged_in_plain(&p).await;
+    let before = p.setup.tokens.state.requests("refresh_token");
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    assert_eq!(p.setup.tokens.state.requests("refresh_token"), before + 2);
+    let got = p.graph.state.requests();
+    assert!(got.iter().all(|r| r.token_valid));
+    assert_ne!(got[0].bearer, got[1].bearer);
+    // The rotated refresh token is the one on disk: a new login still works.
+    drop(c);
+    let mut c = logged_in_plain(&p).await;
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+}
+
+#[tokio::test]
+async fn a_fixed_account_sends_without_login_only_as_its_allowed_senders() {
+    let s = setup().await;
+    harness::seed_unattended_tokens(s.state_dir.path(), &s.tokens);
+    let hash = xoauth2_proxy::auth::password::hash_password(b"unused").expect("hash");
+    let p = graph_proxy_with(
+        s,
+        &format!(
+            "allow_from = [\"127.0.0.0/8\"]\nallow_plaintext = true\nfixed_account = \"{USER}\"\n\
+             allowed_senders = [\"scanner@example.test\"]\nmax_recipients = 2"
+        ),
+        &format!("password_hash = \"{hash}\"\n"),
+    )
+    .await;
+    let mut c = TestClient::connect(p.addr()).await;
+    c.expect_smtp(220).await;
+    c.send(b"EHLO scanner\r\n").await;
+    c.expect_smtp(250).await;
+    c.send(b"MAIL FROM:<other@example.test>\r\n").await;
+    c.expect_smtp(550).await;
+    c.send(b"MAIL FROM:<scanner@example.test>\r\n").await;
+    c.expect_smtp(250).await;
+    for (r, code) in [
+        ("a@example.test", 250),
+        ("b@example.test", 250),
+        ("c@example.test", 452),
+    ] {
+        c.send(format!("RCPT TO:<{r}>\r\n").as_bytes()).await;
+        c.expect_smtp(code).await;
+    }
+    c.send(b"DATA\r\n").await;
+    c.expect_smtp(354).await;
+    let scan = b"From: scanner@example.test\r\nSubject: scan\r\n\r\nscan\r\n";
+    c.send(&dot_stuff(scan)).await;
+    c.expect_smtp(250).await;
+    // Every transaction is checked, not only the first.
+    c.send(b"MAIL FROM:<other@example.test>\r\n").await;
+    c.expect_smtp(550).await;
+    let got = p.graph.state.requests();
+    assert_eq!(got.len(), 1);
+    let mut want = b"Bcc: <a@example.test>, <b@example.test>\r\n".to_vec();
+    want.extend_from_slice(scan);
+    assert_eq!(got[0].mime, want);
+}
+
+#[tokio::test]
+async fn a_shared_mailbox_sends_as_itself_with_mail_send_shared() {
+    let p = graph_proxy_with(setup().await, "", "mailbox = \"shared@example.test\"\n").await;
+    let mut c = logged_in_plain(&p).await;
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    let got = p.graph.state.requests();
+    assert_eq!(got[0].mailbox, "shared@example.test");
+    let form = p.setup.tokens.state.last_form().expect("a token request");
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    assert!(
+        scope.contains("https://graph.microsoft.com/Mail.Send.Shared"),
+        "{scope}"
+    );
+    assert!(scope.contains("offline_access"), "{scope}");
+}
+
+/// A Graph that takes the request and closes without an answer, or none at all.
+async fn graph_at(url: String) -> (GraphProxy, TestClient) {
+    let s = setup().await;
+    let graph = FakeGraphServer::start(s.tokens.state.clone()).await;
+    let mut text = s.config(&[], "");
+    text.push_str(&format!(
+        "graph_url = \"{url}\"\n\n[[listener]]\nprotocol = \"smtp\"\n\
+         listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n"
+    ));
+    let running = start(&text).await;
+    let p = GraphProxy {
+        setup: s,
+        graph,
+        running,
+    };
+    let c = logged_in_plain(&p).await;
+    (p, c)
+}
+
+#[tokio::test]
+async fn no_answer_after_the_request_went_out_is_a_451_that_says_it_may_have_gone() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (_p, mut c) = graph_at(url).await;
+    let hangup = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut conn, _) = silent.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 65536];
+        // Read the whole request (headers and the base64 body), then hang up.
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() < 200 {
+            let n = conn.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        seen
+    });
+    let (code, text) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("may have been sent"), "{text}");
+    let seen = hangup.await.unwrap();
+    assert!(
+        seen.starts_with(b"POST /v1.0/users/"),
+        "{}",
+        seen.escape_ascii()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_graph_is_a_451_that_says_nothing_was_sent() {
+    let dead = harness::dead_addr().await;
+    let (_p, mut c) = graph_at(format!("http://{dead}")).await;
+    let (code, text) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("4.4.1") && text.contains("not sent"),
+        "{text}"
+    );
+}
