@@ -30,6 +30,8 @@ readonly MSIEXEC_TIMEOUT=180
 # admin_listen's default): the service runs with it right after install.
 readonly EXAMPLE_PORTS=(1143 1110 1587 8089)
 readonly SIGNIN_URL=http://127.0.0.1:8089/
+# Service starts until the page's port is free (see its check).
+readonly PAGE_TRIES=3
 
 STEP_T=$SECONDS
 # step WHAT: the previous sub-step's duration, then the next one's name.
@@ -158,9 +160,25 @@ main() {
     [[ "$got" == "${name#*:}" ]] || die "service ${name%%:*}: $got; expected: ${name#*:}"
   done
   ok "registered: $want; automatic start, own process, LocalSystem, the description"
-  local page
-  page=$(timeout 30 python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())' "$SIGNIN_URL" 2>&1) ||
-    die "the sign-in page: $page"
+  # The example's fixed ports: on a shared machine another program may hold
+  # 8089 for a moment (seen once: other checkouts' tests run proxies with
+  # the default admin_listen). The service then does without its page and
+  # says so in its log; it gets up to PAGE_TRIES restarts.
+  local page try
+  for ((try = 1; ; try++)); do
+    page=$(timeout 30 python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())' "$SIGNIN_URL" 2>&1) &&
+      break
+    # What the service's latest start logged.
+    if ((try >= PAGE_TRIES)) || ! awk '/running as the Windows service/ { taken = 0 }
+      /PORT IS TAKEN/ { taken = 1 } END { exit !taken }' "$data"/logs/*; then
+      die "the sign-in page: $(tail -n 1 <<<"$page")"
+    fi
+    log "the page's port was taken when the service started (try $try of $PAGE_TRIES): net stop, net start"
+    wine_cmd 90 net stop "$SERVICE" >"$RUN/net.log" 2>&1 || die "net stop: $(tail -n 3 "$RUN/net.log")"
+    sleep 2
+    wine_cmd 90 net start "$SERVICE" >"$RUN/net.log" 2>&1 || die "net start: $(tail -n 3 "$RUN/net.log")"
+    wait_port_open 1143 "after net start"
+  done
   grep -q 'id="first-run"' <<<"$page" || die "the sign-in page has no first-run hint: $(head -c 300 <<<"$page")"
   ok "the service serves the sign-in page at $SIGNIN_URL (first run: no account signed in)"
 
