@@ -40,16 +40,19 @@ command -v ruby >/dev/null || need+=(ruby)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 # The container image: built and run without a daemon (chroot isolation).
 command -v buildah >/dev/null || need+=(buildah)
+command -v wixl >/dev/null || need+=(wixl)
+command -v msibuild >/dev/null || need+=(msitools)
 if [ "${#need[@]}" -gt 0 ]; then
     timeout "$APT_TIMEOUT" apt-get update
     DEBIAN_FRONTEND=noninteractive timeout "$APT_TIMEOUT" apt-get install -y --no-install-recommends "${need[@]}"
 fi
 
 part "shell scripts: bash -n, shellcheck"
-for s in dist/build.sh .ci/package.sh .ci/container.sh dist/debian/postinst dist/debian/prerm dist/debian/postrm; do
+for s in dist/build.sh dist/msi.sh .ci/package.sh .ci/container.sh .ci/wine.sh .ci/msi.sh \
+    .ci/wine/lib.sh dist/debian/postinst dist/debian/prerm dist/debian/postrm; do
     bash -n "$s"
 done
-t shellcheck dist/build.sh .ci/package.sh .ci/container.sh
+t shellcheck -x dist/build.sh dist/msi.sh .ci/package.sh .ci/container.sh .ci/wine.sh .ci/msi.sh .ci/wine/lib.sh
 t shellcheck -s sh dist/debian/postinst dist/debian/prerm dist/debian/postrm
 
 part "dist/build.sh (reuses the targets already built)"
@@ -98,6 +101,15 @@ t unzip -l "$out/xoauth2-proxy-$version-x86_64-pc-windows-gnu.zip" | tee "$work/
 for f in xoauth2-proxy.exe README.md proxy.toml.example; do
     grep -q "x86_64-pc-windows-gnu/$f\$" "$work/zip.txt" || { echo "zip lacks $f" >&2; exit 1; }
 done
+
+part "Windows MSI: its files, service and version (installed under wine by .ci/msi.sh)"
+msi="$out/xoauth2-proxy-$version.msi"
+t msiinfo export "$msi" File | tr -d '\r' | tee "$work/msi-files.txt"
+for f in xoauth2-proxy.exe README.md proxy.toml.example proxy.toml 'xoauth2-proxy sign-in.url'; do
+    grep -q $'\t'"$f"$'\t' "$work/msi-files.txt" || { echo "the MSI lacks $f" >&2; exit 1; }
+done
+t msiinfo export "$msi" Property | tr -d '\r' | grep -qx $'ProductVersion\t'"${version%%[-+]*}"
+t msiinfo export "$msi" ServiceInstall | tr -d '\r' | grep -q $'^Service\txoauth2-proxy\txoauth2-proxy\t16\t2\t1\t'
 
 part "Homebrew formula: ruby -c, consistent with the source tarball"
 t ruby -c "$out/xoauth2-proxy.rb"

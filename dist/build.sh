@@ -3,6 +3,8 @@
 #   xoauth2-proxy-<v>-x86_64-unknown-linux-musl.tar.gz  static Linux binary
 #   xoauth2-proxy_<v>_amd64.deb                         the binary, the system unit, /etc conffile
 #   xoauth2-proxy-<v>-x86_64-pc-windows-gnu.zip         the exe, README, example config
+#   xoauth2-proxy-<v>.msi                               Windows installer: the exe, the service,
+#                                                       %ProgramData% config, a Start-menu link
 #   xoauth2-proxy-<v>.tar.gz                            the source (git archive), for Homebrew
 #   xoauth2-proxy.rb                                    the Homebrew formula, url/sha256 filled in
 #   Dockerfile + the binary it copies                   `docker build target/dist/container`
@@ -12,7 +14,8 @@
 # Cargo builds are incremental: a target already built (the release build and
 # the Windows exe of .ci/run) is reused, not rebuilt. Needs: cargo with the
 # x86_64-unknown-linux-musl and x86_64-pc-windows-gnu targets, musl-gcc
-# (Debian: musl-tools), gcc-mingw-w64-x86-64, dpkg-deb, zip, git.
+# (Debian: musl-tools), gcc-mingw-w64-x86-64, dpkg-deb, zip, git, wixl and
+# msibuild/msiinfo (Debian: wixl, msitools).
 # DIST_BASE_URL: where the source tarball is published (the formula's url).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,6 +106,9 @@ mkdir "$stage/$zipname"
 install -m 0644 "$exe" "$stage/$zipname/$name.exe"
 install -m 0644 README.md proxy.toml.example "$stage/$zipname/"
 (cd "$stage" && run "$TOOL_TIMEOUT" zip -q -r -X "$OLDPWD/$out/$zipname.zip" "$zipname")
+
+# --- Windows installer (MSI) ---------------------------------------------------
+run "$TOOL_TIMEOUT" bash dist/msi.sh "$exe" "$out/$name-$version.msi"
 
 # --- source tarball and the Homebrew formula -----------------------------------
 src="$name-$version.tar.gz"
