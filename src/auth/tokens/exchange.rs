@@ -207,7 +207,6 @@ impl Failure {
     }
 }
 
-
 /// Sorts a failed token request into what the caller must do about it.
 /// Branches on the OAuth `error` code, never on AADSTS numbers (they change).
 pub(super) fn classify(
@@ -268,4 +267,3 @@ pub(super) fn classify(
         ))),
     }
 }
-

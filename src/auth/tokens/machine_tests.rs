@@ -225,7 +225,10 @@ fn logins_probe_a_backoff_but_never_a_firm_one() {
     assert!(!state.may_start(true, now), "no probe right after a try");
     assert!(state.may_start(true, later), "a login probes");
     assert!(!state.may_start(false, later), "the background waits");
-    assert_eq!(state.step(Event::Start { login: false }, later), Err(Illegal));
+    assert_eq!(
+        state.step(Event::Start { login: false }, later),
+        Err(Illegal)
+    );
     assert_eq!(state.step(Event::Start { login: true }, later), Ok(()));
 
     let mut firm = make(Kind::Ready, now);

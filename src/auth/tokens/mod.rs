@@ -43,11 +43,11 @@ use crate::config::AccountConfig;
 
 pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
 pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
+use machine::Event;
 pub use refresh::{
     BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
     backoff_delay,
 };
-use machine::Event;
 use state::AccountTokens;
 pub use status::{AccountState, AccountStatus};
 

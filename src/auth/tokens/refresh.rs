@@ -73,7 +73,6 @@ pub(super) enum Caller {
     Background,
 }
 
-
 impl TokenManager {
     pub(super) async fn token(
         &self,
