@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::machine::Event;
 use super::refresh::{Caller, jitter};
 use super::{TokenError, TokenManager};
 
@@ -84,7 +85,8 @@ impl TokenManager {
                     // Needs a sign-in or a configuration change: stop trying
                     // until a client logs in again.
                     tracing::warn!(account = %username, error = %e, "background refresh failed");
-                    *account.cached.write() = None;
+                    let mut state = account.lock();
+                    account.step(&mut state, Event::Discard);
                 }
             }
         }

@@ -4,10 +4,10 @@
 //! redeemed for a token with Graph's scopes (one resource per request),
 //! beside the Exchange token the login path keeps. Per account: a cached
 //! Graph token, one redemption in flight (the others wait and take its
-//! token). The redemption holds the account's refresh lock, since the
-//! endpoint rotates the refresh token: the new one is saved through the
-//! same conditional write as a refresh and set in the account's state
-//! (`RefreshState::rotated`) before the Graph token is used. App-only
+//! token). The redemption is a flight of the account's state machine,
+//! since the endpoint rotates the refresh token: the new one is saved
+//! through the same conditional write as a refresh and set in the state
+//! (`Event::Rotated`) before the Graph token is used. App-only
 //! accounts ask for Graph's `.default` with the app's own credential.
 
 use std::collections::HashMap;
@@ -18,7 +18,9 @@ use oauth2::TokenResponse;
 use parking_lot::Mutex;
 use secrecy::SecretString;
 
-use super::refresh::{Expect, Saved, classify, exchange_refresh, save_to};
+use super::exchange::{Expect, Saved, classify, exchange_refresh, save_to};
+use super::flight::{Landing, failed};
+use super::machine::{Event, Kind};
 use super::state::AccountTokens;
 use super::{
     InFlight, LIFETIME_WITHOUT_EXPIRY, TokenError, TokenManager, not_signed_in, replaced, unix_secs,
@@ -117,9 +119,11 @@ impl TokenManager {
         Ok((token, lifetime))
     }
 
-    /// The refresh token redeemed for Graph's scopes, under the account's
-    /// refresh lock; the rotated refresh token is on disk (or, if the disk
-    /// refuses, in memory) before the Graph token is handed out.
+    /// The refresh token redeemed for Graph's scopes as one flight of the
+    /// account's state machine (`Start` → `Rotated`, or the failure's
+    /// event), so no refresh of the mail token runs on the same refresh
+    /// token meanwhile; the rotated refresh token is on disk before the
+    /// Graph token is handed out.
     async fn graph_redeem(
         &self,
         account: &Arc<AccountTokens>,
@@ -134,38 +138,55 @@ impl TokenManager {
                 )));
             }
         };
-        let mut state = account.refresh.lock().await;
-        if !state.loaded || state.refresh_token.is_none() {
-            let stored = self.load(&username, key.clone()).await?;
-            state.loaded = true;
-            state.refresh_token = stored.and_then(|s| s.refresh_token);
-        }
-        let Some(refresh_token) = state.refresh_token.clone() else {
-            return Err(not_signed_in(&username));
+        // The mail path loads the disk, waits out a flight in progress and
+        // answers a backoff or a refusal; then the state holds the refresh
+        // token, unless another flight starts before this one.
+        let (refresh_token, access) = loop {
+            self.token(account, key.clone()).await?;
+            let mut ended = {
+                let mut state = account.lock();
+                match state.kind() {
+                    Kind::Ready => {
+                        let Some(refresh_token) = state.refresh_token().cloned() else {
+                            return Err(not_signed_in(&username));
+                        };
+                        let access = state
+                            .access()
+                            .map(|a| (a.token.clone(), unix_secs(a.expires_at)));
+                        account.step(&mut state, Event::Start { login: true });
+                        break (refresh_token, access);
+                    }
+                    _ => account.flights.subscribe(),
+                }
+            };
+            let _ = ended.changed().await;
         };
         let scopes = graph_scopes(&account.config);
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // As for a refresh: the exchange and the write run in their own
-        // task, so a session dropped meanwhile cannot lose a rotated token;
-        // `loaded = false` makes the next caller read the disk if this one
-        // is dropped.
-        state.loaded = false;
-        let (account_job, http, store) = (account.clone(), self.http.clone(), self.store.clone());
+        // In its own task, as a refresh: a session dropped meanwhile cannot
+        // lose a rotated token; the landing ends the flight either way.
+        let landing = Landing::new(account.clone());
+        let (job_account, http, store) = (account.clone(), self.http.clone(), self.store.clone());
         let in_flight = InFlight::new(&self.in_flight);
         let job = tokio::spawn(async move {
             let _in_flight = in_flight;
-            let account = account_job;
-            let response = exchange_refresh(&account, &http, &refresh_token, &scopes)
-                .await
-                .map_err(|f| f.error)?;
+            let account = job_account;
+            let response = match exchange_refresh(&account, &http, &refresh_token, &scopes).await {
+                Ok(response) => response,
+                Err(failure) => {
+                    let error = failure.error.clone();
+                    landing.land(Some(failed(&account, failure)));
+                    return Err(error);
+                }
+            };
             let new_refresh = response
                 .refresh_token()
                 .map(|r| SecretString::from(r.secret().to_owned()));
             if let Some(new_refresh) = &new_refresh {
-                // The Exchange token in hand stays on disk beside it.
-                let (access_token, expires_at) = match account.cached.read().as_ref() {
-                    Some(a) => (Some(a.token.clone()), Some(unix_secs(a.expires_at))),
+                // The mail access token in hand stays on disk beside it.
+                let (access_token, expires_at) = match access {
+                    Some((token, expires)) => (Some(token), Some(expires)),
                     None => (None, None),
                 };
                 let stored = StoredTokens {
@@ -179,30 +200,34 @@ impl TokenManager {
                 };
                 match save_to(store, &account.config.username, stored, key, expect).await {
                     Ok(Saved::Written) => {}
-                    Ok(Saved::Replaced) => return Err(replaced(&account.config.username)),
+                    Ok(Saved::Replaced) => {
+                        let error = replaced(&account.config.username);
+                        if account.sealed {
+                            account.forget_unlock();
+                        }
+                        landing.land(Some(Event::Failed(error.clone())));
+                        return Err(error);
+                    }
                     Err(e) => tracing::error!(account = %account.config.username, error = %e,
                         "cannot save the rotated refresh token; it is kept in memory until the next successful write"),
                 }
             }
+            landing.land(Some(Event::Rotated {
+                refresh_token: new_refresh,
+            }));
             let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
             let token = SecretString::from(response.access_token().secret().to_owned());
-            Ok::<_, TokenError>((token, lifetime, new_refresh))
+            Ok::<_, TokenError>((token, lifetime))
         });
-        let outcome = job.await.unwrap_or_else(|e| {
-            Err(TokenError::Transient(format!(
-                "Graph token request task failed: {e}"
-            )))
-        });
-        state.loaded = true;
-        match outcome {
-            Ok((token, lifetime, new_refresh)) => {
-                state.rotated(new_refresh);
-                Ok((token, lifetime))
-            }
-            Err(e) => {
+        match job.await {
+            Ok(Ok(issued)) => Ok(issued),
+            Ok(Err(e)) => {
                 tracing::warn!(account = %username, error = %e, "Graph token request failed");
                 Err(e)
             }
+            Err(e) => Err(TokenError::Transient(format!(
+                "Graph token request task failed: {e}"
+            ))),
         }
     }
 }

@@ -10,13 +10,20 @@
 //! and opens the seal; it keeps the key, to re-seal rotated refresh tokens, and
 //! a keyed digest of the password, so every later login is one HMAC.
 //!
-//! The module's parts: `state` is one account's record (its configuration,
-//! unlock and token state), `unlock` the password check that opens sealed
-//! tokens, `refresh` the token endpoint exchange, single flight and backoff,
-//! `background` the renewal ahead of expiry, `status` what the page shows.
+//! The module's parts: `machine` is the token lifecycle of an account as
+//! one enum and its one transition function, `state` one account's record
+//! (its configuration, unlock and token state), `unlock` the password check
+//! that opens sealed tokens, `refresh` the decision at each request for a
+//! token (cache, wait, backoff, start a flight), `flight` the flight itself
+//! (disk, exchange, outcome) in its own task, `exchange` the token endpoint
+//! request and the write of its result, `background` the renewal ahead of
+//! expiry, `status` what the page shows.
 
 mod background;
+mod exchange;
+mod flight;
 mod graph;
+mod machine;
 mod refresh;
 mod state;
 mod status;
@@ -38,11 +45,12 @@ use crate::config::AccountConfig;
 pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
 pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
 pub use graph::graph_scopes;
+use machine::Event;
 pub use refresh::{
     BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
     backoff_delay,
 };
-use state::{AccountTokens, RefreshState};
+use state::AccountTokens;
 pub use status::{AccountState, AccountStatus};
 
 /// What a name is to the proxy before its password is checked.
@@ -82,7 +90,8 @@ pub struct TokenManager {
     http: HttpClient,
     store: Arc<TokenStore>,
     margin: Duration,
-    refreshes: std::sync::atomic::AtomicU64,
+    /// Token requests sent (shared with the flights, which send them).
+    refreshes: Arc<std::sync::atomic::AtomicU64>,
     kdf: KdfParams,
     kdf_runs: std::sync::atomic::AtomicU64,
     digest: PasswordDigest,
@@ -141,8 +150,7 @@ impl TokenManager {
         }
     }
 
-    /// After a reload: keeps `old`'s state (unlock, cached token, refresh
-    /// state) for every account whose settings did not change, so clients
+    /// After a reload: keeps `old`'s state (unlock and token state) for every account whose settings did not change, so clients
     /// of unchanged accounts log in without a KDF run or a token request.
     pub fn carry_over(mut self, old: &TokenManager) -> TokenManager {
         self.digest = old.digest.clone();
@@ -170,7 +178,8 @@ impl TokenManager {
     /// kept, and other accounts (even ones sharing its mailbox) are untouched.
     pub fn discard_access_token(&self, username: &str) {
         if let Some(account) = self.accounts.exact(username) {
-            *account.cached.write() = None;
+            let mut state = account.lock();
+            account.step(&mut state, Event::Discard);
         }
     }
 
@@ -187,16 +196,11 @@ impl TokenManager {
     #[doc(hidden)]
     pub fn age_access_token(&self, username: &str, by: Duration) {
         if let Ok(account) = self.account(username)
-            && let Some(access) = account.cached.write().as_mut()
+            && let Some(access) = account.lock().access_mut()
         {
             access.expires_at = access.expires_at.checked_sub(by).unwrap_or(UNIX_EPOCH);
             access.cached_at = access.cached_at.checked_sub(by).unwrap_or(access.cached_at);
         }
-    }
-
-    /// How many refresh requests this process has sent (for status and tests).
-    pub fn refresh_count(&self) -> u64 {
-        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The entry of `username`: its own account, or a catch-all address
@@ -266,14 +270,18 @@ impl TokenManager {
 
     /// A sign-in outside the login path (the local page) stored new tokens
     /// for `username`, sealed under the password chosen with it: forget the
-    /// old unlock, cached token and refresh state, so the next client login
-    /// opens the new entry with that password. A catch-all address earns its
-    /// entry by this.
+    /// old unlock and token state, so the next client login opens the new
+    /// entry with that password. A flight in progress ends first (its write
+    /// finds the entry replaced and leaves it). A catch-all address earns
+    /// its entry by this.
     pub async fn signed_in(&self, username: &str) {
         if let Some(account) = self.accounts.admit(username, AccountTokens::new) {
-            let mut state = account.refresh.lock().await;
-            account.relock();
-            *state = RefreshState::default();
+            account
+                .when_idle(|state| {
+                    account.forget_unlock();
+                    account.step(state, Event::Relock);
+                })
+                .await;
         }
     }
 

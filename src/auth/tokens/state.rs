@@ -1,85 +1,20 @@
 //! One account's record: its settings, the unlock of its sealed tokens and
-//! its token state.
+//! its token state (one [`TokenState`], changed only by [`transition`]).
+//!
+//! [`transition`]: super::machine::transition
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::RwLock;
-use std::time::{Duration, SystemTime};
-
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use super::TokenError;
+use super::machine::{Event, TokenState};
 use crate::auth::password::{PasswordDigest, SealKey, Tag};
 use crate::auth::provider::{Endpoints, endpoints};
 use crate::config::AccountConfig;
-
-pub(super) struct Access {
-    pub(super) token: SecretString,
-    pub(super) expires_at: SystemTime,
-    /// The whole life it was issued with, when known (not for one read from
-    /// disk): the refresh margin is at most half of it.
-    pub(super) lifetime: Option<Duration>,
-    /// When it was cached (monotonic), so a token whose whole life is inside
-    /// the margin is not renewed in the background at every check.
-    pub(super) cached_at: Instant,
-}
-
-#[derive(Default)]
-pub(super) struct RefreshState {
-    /// Loaded from disk on first use; `None` after loading means no sign-in yet.
-    pub(super) refresh_token: Option<SecretString>,
-    pub(super) loaded: bool,
-    /// The outcome of the last refresh, if it failed: callers that were
-    /// waiting for that refresh share it.
-    pub(super) last_failure: Option<TokenError>,
-    /// How the last refreshes went: one value, so "backing off" and
-    /// "needs a sign-in" cannot both hold.
-    pub(super) health: Health,
-}
-
-impl RefreshState {
-    /// A redemption for another resource (Graph, `graph.rs`) returned a
-    /// new refresh token, already saved: the next refresh uses it.
-    pub(super) fn rotated(&mut self, refresh_token: Option<SecretString>) {
-        if let Some(token) = refresh_token {
-            self.refresh_token = Some(token);
-        }
-    }
-}
-
-/// What the refreshes so far say about the next one.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Health {
-    /// The last refresh worked, or none ran yet.
-    #[default]
-    Good,
-    /// Transient failures in a row: the background waits until `until`; a
-    /// client login may probe once `last_try` is [`LOGIN_PROBE_EVERY`] old,
-    /// unless the endpoint asked for the wait itself (`firm`: a 429 or a
-    /// `Retry-After`).
-    ///
-    /// [`LOGIN_PROBE_EVERY`]: super::refresh::LOGIN_PROBE_EVERY
-    BackingOff {
-        failures: u32,
-        until: Instant,
-        last_try: Instant,
-        firm: bool,
-    },
-    /// The refresh token was refused (`invalid_grant`, ...): no more
-    /// refreshes; the access token in hand is used until it expires.
-    SignInNeeded,
-}
-
-impl Health {
-    /// While backing off: when the next background try may go out.
-    pub(super) fn retry_at(&self) -> Option<Instant> {
-        match self {
-            Health::BackingOff { until, .. } => Some(*until),
-            _ => None,
-        }
-    }
-}
 
 /// What a verified password opens: the sealing key of a delegated
 /// account's tokens, nothing for a `password_hash` account (unsealed tokens).
@@ -97,15 +32,17 @@ pub(super) struct AccountTokens {
     pub(super) endpoints: Endpoints,
     /// Tokens sealed with the local password (no `password_hash` configured).
     pub(super) sealed: bool,
-    pub(super) cached: RwLock<Option<Access>>,
-    pub(super) refresh: tokio::sync::Mutex<RefreshState>,
+    /// The token lifecycle. Held only for a few field reads or one
+    /// [`AccountTokens::step`], never across an `.await`.
+    pub(super) state: Mutex<TokenState>,
+    /// Sent to when a flight ends (after its last step): callers that found
+    /// the state `Refreshing` subscribe under the state's lock, wait for
+    /// this, then read the flight's outcome from the state.
+    pub(super) flights: tokio::sync::watch::Sender<()>,
     pub(super) unlocked: RwLock<Option<Unlocked>>,
     /// One password check (KDF) per account at a time: the others wait and
     /// then take the fast path.
     pub(super) unlocking: tokio::sync::Mutex<()>,
-    /// Refreshes finished (either way), so a caller that waited for one
-    /// can tell it happened meanwhile and share its outcome.
-    pub(super) refreshes_done: std::sync::atomic::AtomicU64,
 }
 
 impl AccountTokens {
@@ -114,11 +51,10 @@ impl AccountTokens {
             endpoints: endpoints(&config),
             sealed: config.password_hash.is_none(),
             config,
-            cached: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            state: Mutex::new(TokenState::Locked { error: None }),
+            flights: tokio::sync::watch::channel(()).0,
             unlocked: RwLock::new(None),
             unlocking: tokio::sync::Mutex::new(()),
-            refreshes_done: Default::default(),
         })
     }
 
@@ -148,51 +84,52 @@ impl AccountTokens {
         *self.unlocked.write() = Some(Unlocked { tag, key });
     }
 
-    /// Forgets the password and the cached access token: the next login reads
-    /// the disk again (after `forget`, a new sign-in, or a revoked grant).
-    pub(super) fn relock(&self) {
+    /// Forgets the password (and with it the sealing key): the next login
+    /// checks it again (after `forget`, a new sign-in, or a revoked grant).
+    pub(super) fn forget_unlock(&self) {
         *self.unlocked.write() = None;
-        *self.cached.write() = None;
     }
 
-    /// The cached token if more than `margin` of its life is left; the
-    /// margin is never more than half its lifetime, so a token is not
-    /// renewed in the first half of its life (a token shorter-lived than
-    /// the margin would otherwise be renewed at every login).
-    pub(super) fn fresh(&self, margin: Duration) -> Option<SecretString> {
-        let cached = self.cached.read();
-        let access = cached.as_ref()?;
-        let left = access.expires_at.duration_since(SystemTime::now()).ok()?;
-        let margin = access.lifetime.map_or(margin, |life| margin.min(life / 2));
-        (left > margin).then(|| access.token.clone())
+    pub(super) fn lock(&self) -> MutexGuard<'_, TokenState> {
+        self.state.lock()
     }
 
-    /// `lifetime`: what the token endpoint said, or `None` for a token read
-    /// from disk (its issue time is not stored).
-    pub(super) fn set_cached(
-        &self,
-        token: SecretString,
-        expires_at: SystemTime,
-        lifetime: Option<Duration>,
-    ) {
-        *self.cached.write() = Some(Access {
-            token,
-            expires_at,
-            lifetime,
-            cached_at: Instant::now(),
-        });
+    /// Takes `event` through [`transition`]. An event the state cannot
+    /// take is a bug here: it is logged (and fails debug builds), the state
+    /// stays as it was.
+    ///
+    /// [`transition`]: super::machine::transition
+    pub(super) fn step(&self, state: &mut TokenState, event: Event) {
+        let name = event.name();
+        let from = state.kind();
+        if state.step(event, Instant::now()).is_err() {
+            tracing::error!(account = %self.config.username, state = ?from, event = name,
+                "illegal token state change refused (a bug)");
+            debug_assert!(false, "illegal token state change: {from:?} --{name}-->");
+        }
+    }
+
+    /// Waits until no flight is in progress, then runs `f` on the state
+    /// (under its lock, so none can start in between).
+    pub(super) async fn when_idle<T>(&self, f: impl FnOnce(&mut TokenState) -> T) -> T {
+        loop {
+            let mut ended = {
+                let mut state = self.lock();
+                if !matches!(*state, TokenState::Refreshing { .. }) {
+                    return f(&mut state);
+                }
+                self.flights.subscribe()
+            };
+            let _ = ended.changed().await;
+        }
     }
 
     /// For the background refresher: the wall-clock life left of the cached
     /// access token and how long ago it was cached; `None` when nothing is
     /// cached (never used in this process, locked again, or given up on).
     pub(super) fn cached_life(&self) -> Option<(Duration, Duration)> {
-        let cached = self.cached.read();
-        let access = cached.as_ref()?;
-        let left = access
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        Some((left, access.cached_at.elapsed()))
+        let state = self.lock();
+        let access = state.access()?;
+        Some((access.left(), access.cached_at.elapsed()))
     }
 }

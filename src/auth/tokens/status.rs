@@ -1,11 +1,13 @@
-//! What the local page shows of each account.
+//! What the local page shows of each account: read from its token state
+//! (one short lock), and from the disk when nothing is in memory.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::{AccountTokens, Health};
+use super::machine::TokenState;
+use super::state::AccountTokens;
 use super::{TokenManager, blocking};
 use crate::auth::vault::Entry;
 use crate::config::Flow;
@@ -65,29 +67,23 @@ impl TokenManager {
 
     async fn status_of(&self, account: &Arc<AccountTokens>) -> AccountStatus {
         let username = account.config.username.clone();
-        // A refresh in flight holds the lock: show no error rather than wait for it.
-        let (last_error, retry_in) = match account.refresh.try_lock() {
-            Ok(state) => (
-                state
-                    .last_failure
-                    .as_ref()
-                    .map(|e| match (state.health, account.cached_life()) {
-                        (Health::SignInNeeded, Some((left, _))) if !left.is_zero() => format!(
-                            "{e}; the current access token works for {} more minutes: sign in \
-                             again before then",
-                            left.as_secs().div_ceil(60)
-                        ),
-                        _ => e.to_string(),
-                    }),
-                state
-                    .health
-                    .retry_at()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
-                    .filter(|d| !d.is_zero()),
-            ),
-            Err(_) => (None, None),
+        let (last_error, retry_in, expires_in) = {
+            let state = account.lock();
+            let expires_in = state.access().map(|a| a.left());
+            let last_error = state.error().map(|e| match (&*state, expires_in) {
+                (TokenState::SignInNeeded { .. }, Some(left)) if !left.is_zero() => format!(
+                    "{e}; the current access token works for {} more minutes: sign in again \
+                     before then",
+                    left.as_secs().div_ceil(60)
+                ),
+                _ => e.to_string(),
+            });
+            let retry_in = state
+                .retry_at()
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .filter(|d| !d.is_zero());
+            (last_error, retry_in, expires_in)
         };
-        let expires_in = account.cached_life().map(|(left, _)| left);
         let state = if account.config.flow == Flow::ClientCredentials {
             AccountState::AppOnly { expires_in }
         } else if expires_in.is_some() || account.current_key().is_some() {

@@ -524,3 +524,35 @@ async fn unsealed_tokens_of_a_sealed_account_are_refused_not_bound() {
         Err(TokenError::NeedsSignIn(_))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_logins_share_one_failed_refresh_and_its_outcome() {
+    // Expired tokens, an endpoint that cannot be reached: the first login
+    // starts the one flight, the others wait for it and hear its failure.
+    let (_dir, store) = expired();
+    let tokens = Arc::new(manager(&store, TEST_PARAMS));
+    tokens.login(USER, &pw("pw")).await.unwrap_err();
+    tokio::time::advance(tokens.retry_in(USER).await.expect("backing off")).await;
+    let before = tokens.refresh_count();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let tokens = tokens.clone();
+        tasks.spawn(async move { tokens.login(USER, &pw("pw")).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let err = r.unwrap().unwrap_err();
+        assert!(matches!(err, TokenError::Transient(_)), "{err}");
+    }
+    assert_eq!(
+        tokens.refresh_count(),
+        before + 1,
+        "one request for 20 logins"
+    );
+    assert!(tokens.retry_in(USER).await.is_some(), "backing off again");
+    let rows = tokens.status().await;
+    let row = rows.iter().find(|r| r.username == USER).unwrap();
+    assert!(
+        row.retry_in.is_some() && row.last_error.is_some(),
+        "{row:?}"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::refresh::{Expect, Saved};
+use super::exchange::{Expect, Saved};
 use super::state::{AccountTokens, Opened};
 use super::{TokenError, TokenManager, blocking, not_signed_in, replaced, store_error};
 use crate::auth::password::{KdfParams, SealKey, random_salt, verify_phc};
