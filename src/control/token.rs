@@ -24,6 +24,10 @@
 //! the socket's local user as the source. Neither the password nor the
 //! token is logged; the token goes only to the socket that asked.
 
+// The proxy's side serves only the Unix socket until the Windows named
+// pipe exists (`xoauth2-proxy token` says so there).
+#![cfg_attr(not(unix), allow(dead_code))]
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
