@@ -472,6 +472,53 @@ pub async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Answers a token request of the control socket (`xoauth2-proxy token`)
+/// through the login gate, as a client login of the socket's local user:
+/// the same throttle, failure counting, password checks and single refresh
+/// as a mail client's login. The token goes back only to the asking socket.
+pub async fn answer_token(context: Arc<session::Context>, request: control::token::TokenRequest) {
+    use auth::gate::LoginError;
+    use auth::throttle::Source;
+    use control::token::{Refusal, TokenAnswer};
+    let control::token::TokenRequest {
+        account,
+        password,
+        uid,
+        reply,
+    } = request;
+    let source = match uid {
+        Some(uid) => Source::LocalUser(net::peer_user::PeerUser::Uid(uid)),
+        // Not known (no peer credentials): all such requests share one record.
+        None => Source::Address(std::net::Ipv4Addr::LOCALHOST.into()),
+    };
+    let credentials = sasl::Credentials {
+        username: account,
+        password,
+    };
+    let answer = match context.gate.login_from(&credentials, source).await {
+        Ok(grant) => {
+            tracing::info!(account = %grant.address(), "access token handed out on the control socket");
+            TokenAnswer::Granted {
+                user: grant.upstream_user().to_owned(),
+                token: grant.token,
+            }
+        }
+        Err(e) => {
+            let refusal = match &e {
+                LoginError::Refused(_) => Refusal::Refused,
+                LoginError::Throttled(_) => Refusal::Throttled,
+                LoginError::SignInNeeded(_) => Refusal::SignInNeeded,
+                LoginError::Unavailable(_) => Refusal::Unavailable,
+            };
+            // The words a mail client would get: no paths or endpoint texts
+            // (those are in the proxy's log).
+            let failure = context.failure(&credentials, e);
+            TokenAnswer::Refused(refusal, failure.text().to_owned())
+        }
+    };
+    let _ = reply.send(answer);
+}
+
 /// Runs the proxy until `shutdown` completes, reloading the configuration
 /// on each request of `reloads` (and, on Unix, at SIGHUP and through the
 /// control socket in `state_dir`).
@@ -485,12 +532,23 @@ pub async fn run(
     }
     raise_open_file_limit();
     #[cfg(unix)]
-    let _control = control::listen(&config.state_dir(), reloads.sender());
+    let _control = control::listen(
+        &config.state_dir(),
+        reloads.sender(),
+        reloads.token_sender(),
+    );
     let mut running = start(config).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(request) = reloads.token_requests.recv() => {
+                // Answered by the configuration in use now, beside the loop:
+                // a refresh must not hold up a reload or the shutdown (which
+                // waits for refreshes in flight itself).
+                let context = running.context.clone();
+                tokio::spawn(answer_token(context, request));
+            }
             Some(request) = reloads.requests.recv() => {
                 let outcome = match (reloads.load)() {
                     Ok(config) => {

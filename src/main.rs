@@ -45,6 +45,22 @@ enum Command {
     /// Make the running proxy (the one with this configuration's state_dir, or
     /// the Windows service) apply its configuration file again, without a restart.
     Reload,
+    /// Print a valid access token for ACCOUNT from the running proxy (refreshed
+    /// by it first if needed), for msmtp's passwordeval, mutt, mbsync's PassCmd
+    /// or git send-email. Asks for the account's local password (the one mail
+    /// clients log in with); only the token goes to standard output.
+    Token {
+        /// The account's address, as mail clients log in with it.
+        account: String,
+        /// Read the local password as one line of standard input instead of
+        /// prompting for it.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Print the base64 SASL XOAUTH2 string
+        /// (`user=…\x01auth=Bearer …\x01\x01`) instead of the bare token.
+        #[arg(long)]
+        xoauth2: bool,
+    },
     /// Check the configuration file and exit.
     CheckConfig,
     /// Write a first configuration (to --config, default proxy.toml): asks for
@@ -262,6 +278,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("Reloaded: the proxy applies {} now.", cli.config.display());
             Ok(())
         }
+        Command::Token {
+            account,
+            password_stdin,
+            xoauth2,
+        } => token(&config, &account, password_stdin, xoauth2).await,
         Command::Service { .. } | Command::ServiceRun | Command::Init(_) => {
             unreachable!("handled before loading the configuration")
         }
@@ -452,6 +473,82 @@ fn forget(config: &Config, name: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `token`: asks the running proxy for a token and prints it alone on
+/// standard output (everything else goes to standard error).
+#[cfg(unix)]
+async fn token(
+    config: &Config,
+    account: &str,
+    password_stdin: bool,
+    xoauth2: bool,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+    use xoauth2_proxy::control::token::{Refusal, TokenFailure, request_token};
+    let password = read_password(password_stdin, &format!("Local password for {account}: "))?;
+    let token = match request_token(&config.state_dir(), account, &password).await {
+        Ok(token) => token,
+        Err(TokenFailure::Refused(refusal, message)) => {
+            let hint = match refusal {
+                Refusal::Refused => "no token: ",
+                Refusal::Throttled => "no token (too many failed logins): ",
+                Refusal::SignInNeeded => "no token: ",
+                Refusal::Unavailable => "no token for now: ",
+                Refusal::BadRequest => "the proxy did not understand the request: ",
+                Refusal::Stopping => "no token: ",
+            };
+            anyhow::bail!("{hint}{message}")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let line = if xoauth2 {
+        xoauth2_proxy::sasl::xoauth2_response(&token.user, &token.token)
+    } else {
+        zeroize::Zeroizing::new(token.token.expose_secret().to_owned())
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", line.as_str())
+        .and_then(|()| out.flush())
+        .context("cannot write the token to standard output")
+}
+
+#[cfg(not(unix))]
+async fn token(
+    _config: &Config,
+    _account: &str,
+    _password_stdin: bool,
+    _xoauth2: bool,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "`xoauth2-proxy token` is not available on this system yet (it needs the control \
+         socket of Unix; a named pipe for Windows is planned)"
+    )
+}
+
+/// A password to check (not to choose): one line of standard input, or
+/// typed once without echo at a prompt on the terminal (`/dev/tty`, so it
+/// works inside mutt or msmtp too, whose standard input is not one).
+#[cfg(unix)]
+fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<SecretString> {
+    if from_stdin {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let trimmed = line.trim_end_matches(['\r', '\n']).len();
+        line.truncate(trimmed);
+        return Ok(SecretString::from(line.as_str()));
+    }
+    rpassword::prompt_password(prompt)
+        .map(SecretString::from)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot ask for the local password on a terminal ({e}): pass it as one line \
+                 of standard input with --password-stdin"
+            )
+        })
 }
 
 /// Prints a PHC string for `password_hash`. From a terminal the password is

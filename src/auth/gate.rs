@@ -11,7 +11,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::accounts::Accounts;
-use super::throttle::Subject;
+use super::throttle::{Source, Subject};
 use super::tokens::{Standing, TokenError, TokenManager};
 use crate::config::AccountConfig;
 use crate::escape::log_text;
@@ -118,8 +118,29 @@ impl Gate {
         origin: impl Into<Origin>,
     ) -> Result<Grant, LoginError> {
         let Origin { peer, local } = origin.into();
+        let source = self.accounts.throttle.source(peer, local).await;
+        self.login_counted(credentials, source, Some(peer)).await
+    }
+
+    /// A login from a known `source` that is not a mail client's connection
+    /// (`xoauth2-proxy token` over the control socket, by its local user):
+    /// the same throttle, failure counting and checks as [`Gate::login`].
+    pub async fn login_from(
+        &self,
+        credentials: &Credentials,
+        source: Source,
+    ) -> Result<Grant, LoginError> {
+        self.login_counted(credentials, source, None).await
+    }
+
+    async fn login_counted(
+        &self,
+        credentials: &Credentials,
+        source: Source,
+        peer: Option<SocketAddr>,
+    ) -> Result<Grant, LoginError> {
         let throttle = &self.accounts.throttle;
-        let source = throttle.source(peer, local).await;
+        let peer = peer.map(tracing::field::display);
         let user = log_text(&credentials.username);
         let (subject, no_account) = match self.tokens.standing(&credentials.username).await {
             Standing::Account(name) => (Subject::Account(name), None),
@@ -128,7 +149,7 @@ impl Gate {
         let attempt = match throttle.admit(source.clone(), subject).await {
             Ok(attempt) => attempt,
             Err(wait) => {
-                tracing::warn!(%peer, %source, %user,
+                tracing::warn!(peer, %source, %user,
                     "login refused: too many failures from this source for this name");
                 return Err(LoginError::Throttled(wait));
             }
@@ -136,7 +157,7 @@ impl Gate {
         if let Some(e) = no_account {
             // Counted against the source, never against an account.
             attempt.failed();
-            tracing::warn!(%peer, %source, %user, reason = %log_text(&e.to_string()), "login refused locally");
+            tracing::warn!(peer, %source, %user, reason = %log_text(&e.to_string()), "login refused locally");
             return Err(match e {
                 TokenError::UnknownAccount(name) => LoginError::Refused(
                     super::accounts::LoginError::UnknownAccount(name).to_string(),
