@@ -16,14 +16,15 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
 
-use super::driver::{Protocol, Session, Step, TLS_REQUIRED, read_client, step_from, write_client};
+use super::driver::{Protocol, Session, Step, read_client, step_from, write_client};
+use super::smtp::{first_sender, fixed_policy, ignore_auth};
 use super::upstream_auth::{Outcome, UpstreamLogin};
 use crate::auth::tokens::TokenError;
 use crate::config::UpstreamTls;
 use crate::escape::log_text;
 use crate::protocol::Failure;
 use crate::protocol::smtp::bcc::add_missing_bcc;
-use crate::protocol::smtp::filter::{Policy, sender_refused};
+use crate::protocol::smtp::filter::Policy;
 use crate::protocol::smtp::submit::{Envelope, Rules, Submission};
 use crate::protocol::smtp::{
     Action, EhloOffer, Frontend, ehlo_reply, failure_reply, leading_mail_from, starttls_ok,
@@ -46,9 +47,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Longest Graph error code quoted to the client (codes are short words
 /// such as `ErrorAccessDenied`).
 const MAX_ERROR_CODE: usize = 64;
-
-/// The answer to a client's AUTH on a fixed-account listener.
-const AUTH_IGNORED: &[u8] = b"235 2.7.0 Authentication not needed here; accepted\r\n";
 
 /// The "upstream" of a Graph listener: there is no connection to hold; the
 /// login ends at the gate, and messages go out one request each.
@@ -108,29 +106,22 @@ impl Protocol for GraphSmtp {
         if let Some(account) = &self.fixed_account
             && let Some(mail) = leading_mail_from(&session.buf)
         {
-            let policy = Policy {
-                allowed_senders: (session.listener.allowed_senders.iter())
-                    .map(|a| a.to_string())
-                    .collect(),
-                max_recipients: session.listener.recipient_cap(),
-            };
-            let refused = if !self.greeted {
-                Some(b"503 5.5.1 Send EHLO first\r\n".to_vec())
-            } else {
-                match mail.sender.as_deref() {
-                    None => Some(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n".to_vec()),
-                    Some(sender) if !policy.allows(sender) => {
-                        tracing::warn!(peer = %session.peer, sender = %log_text(sender), %account,
-                            "MAIL FROM refused: not in allowed_senders");
-                        Some(sender_refused(sender))
-                    }
-                    // The gate logged why; the client hears only that it failed.
-                    Some(_) => session.ctx.gate.unattended(account).await.err().map(|_| {
-                        failure_reply(&Failure::Unavailable(format!(
-                            "the proxy cannot send as {account} now; its log says why"
-                        )))
-                    }),
-                }
+            let policy = fixed_policy(&session.listener);
+            let checked = first_sender(
+                session.peer,
+                account,
+                &policy,
+                self.greeted,
+                mail.sender.as_deref(),
+            );
+            let refused = match checked {
+                Err(reply) => Some(reply),
+                // The gate logged why; the client hears only that it failed.
+                Ok(_) => session.ctx.gate.unattended(account).await.err().map(|_| {
+                    failure_reply(&Failure::Unavailable(format!(
+                        "the proxy cannot send as {account} now; its log says why"
+                    )))
+                }),
             };
             return match refused {
                 // The MAIL FROM stays in the buffer for the transaction.
@@ -154,17 +145,14 @@ impl Protocol for GraphSmtp {
                 Step::Reply(ehlo(extended, self.frontend.offers_starttls(), auth))
             }
             Action::Login { credentials } if self.fixed_account.is_some() => {
-                tracing::info!(peer = %session.peer, user = %log_text(&credentials.username),
-                    "client AUTH on a fixed-account listener: accepted and ignored");
-                drop(credentials);
-                Step::Reply(AUTH_IGNORED.to_vec())
+                Step::Reply(ignore_auth(session.peer, credentials))
             }
             Action::Login { credentials } => Step::untagged_login(credentials),
         }
     }
 
     fn tls_required(_tag: &str) -> Vec<u8> {
-        format!("538 5.7.11 {TLS_REQUIRED}: use STARTTLS first\r\n").into_bytes()
+        super::smtp::tls_required()
     }
 
     fn after_tls(&mut self) {

@@ -52,12 +52,7 @@ impl Protocol for Smtp {
         if let Some(account) = &self.fixed_account
             && let Some(mail) = leading_mail_from(&session.buf)
         {
-            let policy = Policy {
-                allowed_senders: (session.listener.allowed_senders.iter())
-                    .map(|a| a.to_string())
-                    .collect(),
-                max_recipients: session.listener.recipient_cap(),
-            };
+            let policy = fixed_policy(&session.listener);
             return match self
                 .start_relay(session, account, &policy, mail.sender.as_deref())
                 .await
@@ -81,19 +76,14 @@ impl Protocol for Smtp {
                 Step::Reply(self.ehlo(session, domain, extended).await)
             }
             Action::Login { credentials } if self.fixed_account.is_some() => {
-                // Devices configured with a login keep working; the relay
-                // signs in upstream as the fixed account whatever they send.
-                tracing::info!(peer = %session.peer, user = %log_text(&credentials.username),
-                    "client AUTH on a fixed-account listener: accepted and ignored");
-                drop(credentials);
-                Step::Reply(AUTH_IGNORED.to_vec())
+                Step::Reply(ignore_auth(session.peer, credentials))
             }
             Action::Login { credentials } => Step::untagged_login(credentials),
         }
     }
 
     fn tls_required(_tag: &str) -> Vec<u8> {
-        format!("538 5.7.11 {TLS_REQUIRED}: use STARTTLS first\r\n").into_bytes()
+        tls_required()
     }
 
     fn after_tls(&mut self) {
@@ -152,18 +142,14 @@ impl Smtp {
         policy: &Policy,
         sender: Option<&str>,
     ) -> Result<(), Vec<u8>> {
-        let peer = session.peer;
-        let Some(ehlo_name) = self.client_name.as_deref() else {
-            return Err(b"503 5.5.1 Send EHLO first\r\n".to_vec());
-        };
-        let Some(sender) = sender else {
-            return Err(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n".to_vec());
-        };
-        if !policy.allows(sender) {
-            tracing::warn!(%peer, sender = %log_text(sender), %account,
-                "MAIL FROM refused: not in allowed_senders");
-            return Err(sender_refused(sender));
-        }
+        first_sender(
+            session.peer,
+            account,
+            policy,
+            self.client_name.is_some(),
+            sender,
+        )?;
+        let ehlo_name = self.client_name.as_deref().unwrap_or(DEFAULT_EHLO_NAME);
         // The gate logged why; the client hears only that it failed.
         let grant = session.ctx.gate.unattended(account).await.map_err(|_| {
             failure_reply(&Failure::Unavailable(format!(
@@ -180,4 +166,57 @@ impl Smtp {
             )))),
         }
     }
+}
+
+/// A fixed-account listener's rules for every transaction: its
+/// `allowed_senders` and recipient cap (for the relay and Graph alike).
+pub(super) fn fixed_policy(listener: &crate::config::ListenerConfig) -> Policy {
+    Policy {
+        allowed_senders: (listener.allowed_senders.iter())
+            .map(|a| a.to_string())
+            .collect(),
+        max_recipients: listener.recipient_cap(),
+    }
+}
+
+/// The checks of a fixed-account listener's first `MAIL FROM` before
+/// anything is done as `account`: EHLO first, a sender, an allowed one.
+/// `Err`: the reply to the MAIL FROM.
+pub(super) fn first_sender<'a>(
+    peer: std::net::SocketAddr,
+    account: &str,
+    policy: &Policy,
+    greeted: bool,
+    sender: Option<&'a str>,
+) -> Result<&'a str, Vec<u8>> {
+    if !greeted {
+        return Err(b"503 5.5.1 Send EHLO first\r\n".to_vec());
+    }
+    let Some(sender) = sender else {
+        return Err(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n".to_vec());
+    };
+    if !policy.allows(sender) {
+        tracing::warn!(%peer, sender = %log_text(sender), %account,
+            "MAIL FROM refused: not in allowed_senders");
+        return Err(sender_refused(sender));
+    }
+    Ok(sender)
+}
+
+/// A client's AUTH on a fixed-account listener: accepted and ignored.
+/// Devices configured with a login keep working; the proxy sends as the
+/// fixed account whatever they send.
+pub(super) fn ignore_auth(
+    peer: std::net::SocketAddr,
+    credentials: crate::sasl::Credentials,
+) -> Vec<u8> {
+    tracing::info!(%peer, user = %log_text(&credentials.username),
+        "client AUTH on a fixed-account listener: accepted and ignored");
+    drop(credentials);
+    AUTH_IGNORED.to_vec()
+}
+
+/// The reply to AUTH before STARTTLS where TLS is required.
+pub(super) fn tls_required() -> Vec<u8> {
+    format!("538 5.7.11 {TLS_REQUIRED}: use STARTTLS first\r\n").into_bytes()
 }
