@@ -230,16 +230,18 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
     if let (AdminListen::At(addr), Ok(local)) = (config.proxy.admin_listen, &local) {
         note(page_port(addr, local).await);
     }
-    let policy = crate::net::proxy::ProxyPolicy::from_config(&config.proxy);
-    let http = crate::auth::http::proxied(reqwest::Client::builder(), policy.clone())
-        .use_preconfigured_tls((*tls).clone())
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build();
     let store = TokenStore::new(&config.state_dir());
     for (i, a) in config.accounts.iter().enumerate() {
         let user = &a.username;
         let token_url = endpoints(a).token_url;
+        // The account's way out: its own upstream_proxy, else [proxy]'s.
+        let policy = crate::net::proxy::ProxyPolicy::from_config(&config.proxy)
+            .with_setting(a.upstream_proxy.as_ref());
+        let http = crate::auth::http::proxied(reqwest::Client::builder(), policy.clone())
+            .use_preconfigured_tls((*tls).clone())
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build();
         match &http {
             Ok(http) => match http.get(&token_url).send().await {
                 Ok(r) => note(Finding::Ok(format!(

@@ -301,3 +301,29 @@ fn proxy_settings_are_checked_when_the_file_is_read() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_accounts_own_proxy_takes_its_token_requests() {
+    let f = fakes().await;
+    let proxy = FakeHttpProxy::start(HttpProxyMode::Forward, None).await;
+    // [proxy] goes direct; the account's HTTP requests take its own proxy,
+    // its mail connection its listener's way (direct).
+    let text = f.config("upstream_proxy = \"none\"\n", "")
+        + &format!("upstream_proxy = \"http://{}\"\n", proxy.addr);
+    let running = start(&text).await;
+    assert!(login(running.addrs[0]).await.starts_with("a1 OK"));
+    running.shutdown().await;
+    let asked = proxy.asked();
+    let token = format!("POST {}/token HTTP/1.1", f.tokens.url());
+    assert!(asked.iter().any(|a| a.line == token), "{asked:?}");
+    assert!(
+        asked.iter().all(|a| !a.line.starts_with("CONNECT")),
+        "{asked:?}"
+    );
+    let report = said(&f.doctor(&text).await);
+    assert!(
+        report.contains(&format!("through the proxy http://{}", proxy.addr))
+            && report.contains(&format!("→ {}: direct", f.server.addr)),
+        "{report}"
+    );
+}

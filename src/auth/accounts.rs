@@ -99,6 +99,7 @@ mod tests {
             client_key: None,
             verify_identity: None,
             graph_url: None,
+            upstream_proxy: None,
             catch_all: None,
         }]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
@@ -138,6 +139,7 @@ mod tests {
             client_key: None,
             verify_identity: None,
             graph_url: None,
+            upstream_proxy: None,
             catch_all: None,
         }
     }

@@ -143,6 +143,7 @@ pub async fn finish_sign_in(
     state: &str,
     code: &str,
 ) -> Result<StoredTokens, FlowError> {
+    let http = &http.for_account(account);
     if !constant_time_eq(pending.state.as_bytes(), state.as_bytes()) {
         return Err(FlowError::StateMismatch);
     }

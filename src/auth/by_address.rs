@@ -168,6 +168,7 @@ mod tests {
             client_key: None,
             verify_identity: None,
             graph_url: None,
+            upstream_proxy: None,
             catch_all: None,
         }
     }

@@ -220,6 +220,7 @@ pub async fn device_code(
     http: &HttpClient,
     show: impl FnOnce(&DevicePrompt),
 ) -> Result<StoredTokens, FlowError> {
+    let http = &http.for_account(account);
     let ep = endpoints(account);
     let device_url = ep.device_code_url.clone().ok_or_else(|| {
         FlowError::Config(format!(
@@ -277,6 +278,7 @@ pub async fn client_credentials(
     account: &AccountConfig,
     http: &HttpClient,
 ) -> Result<BasicTokenResponse, RequestTokenError<HttpError, BasicErrorResponse>> {
+    let http = &http.for_account(account);
     let client = token_client(account).map_err(|e| RequestTokenError::Other(e.to_string()))?;
     let auth = client_auth_params(account).map_err(|e| RequestTokenError::Other(e.to_string()))?;
     let mut request = client

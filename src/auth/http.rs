@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use secrecy::ExposeSecret as _;
 
-use crate::config::ProxyServer;
+use crate::config::{AccountConfig, ProxyServer, ProxySetting};
 use crate::net::proxy::{ProxyPolicy, Route};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,9 @@ pub enum HttpError {
 #[derive(Clone)]
 pub struct HttpClient {
     inner: reqwest::Client,
+    /// The clients of accounts with an `upstream_proxy` of their own, by
+    /// that setting (see [`HttpClient::for_account`]).
+    own: Arc<Vec<(ProxySetting, reqwest::Client)>>,
 }
 
 impl HttpClient {
@@ -42,15 +45,27 @@ impl HttpClient {
         timeout: Duration,
         policy: ProxyPolicy,
     ) -> anyhow::Result<HttpClient> {
-        let inner = proxied(reqwest::Client::builder(), policy)
-            .use_preconfigured_tls((*tls).clone())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            // Token endpoints answer directly; a redirect would carry the form elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("xoauth2-proxy/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(HttpClient { inner })
+        Ok(HttpClient {
+            inner: build(&tls, timeout, policy)?,
+            own: Arc::new(Vec::new()),
+        })
+    }
+
+    /// The client for `account`'s requests: its own `upstream_proxy`'s, or
+    /// this one.
+    pub fn for_account(&self, account: &AccountConfig) -> HttpClient {
+        let Some(setting) = &account.upstream_proxy else {
+            return self.clone();
+        };
+        match self.own.iter().find(|(s, _)| s == setting) {
+            Some((_, inner)) => HttpClient {
+                inner: inner.clone(),
+                own: self.own.clone(),
+            },
+            // Every account's setting is built by `http_client`; one made
+            // elsewhere (tests) has none.
+            None => self.clone(),
+        }
     }
 
     /// Sends one request built by the oauth2 crate.
@@ -163,11 +178,39 @@ fn describe(e: &reqwest::Error) -> String {
 /// The HTTP client for token endpoints, trusting what upstreams are trusted with.
 pub fn http_client(config: &crate::config::Config) -> anyhow::Result<HttpClient> {
     let tls = crate::tls::client_config(config.proxy.ca_file.as_deref())?;
-    HttpClient::with_proxy(
-        tls,
-        std::time::Duration::from_secs(config.proxy.connect_timeout_secs),
-        ProxyPolicy::from_config(&config.proxy),
-    )
+    let timeout = std::time::Duration::from_secs(config.proxy.connect_timeout_secs);
+    let policy = ProxyPolicy::from_config(&config.proxy);
+    let mut own: Vec<(ProxySetting, reqwest::Client)> = Vec::new();
+    for setting in config
+        .accounts
+        .iter()
+        .filter_map(|a| a.upstream_proxy.as_ref())
+    {
+        if !own.iter().any(|(s, _)| s == setting) {
+            let client = build(&tls, timeout, policy.with_setting(Some(setting)))?;
+            own.push((setting.clone(), client));
+        }
+    }
+    Ok(HttpClient {
+        inner: build(&tls, timeout, policy)?,
+        own: Arc::new(own),
+    })
+}
+
+/// One reqwest client: its TLS, timeouts and proxy routing.
+fn build(
+    tls: &Arc<ClientConfig>,
+    timeout: Duration,
+    policy: ProxyPolicy,
+) -> anyhow::Result<reqwest::Client> {
+    Ok(proxied(reqwest::Client::builder(), policy)
+        .use_preconfigured_tls((**tls).clone())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        // Token endpoints answer directly; a redirect would carry the form elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("xoauth2-proxy/", env!("CARGO_PKG_VERSION")))
+        .build()?)
 }
 
 /// Sends each request the way `policy` routes its host: reqwest's own

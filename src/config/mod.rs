@@ -504,6 +504,11 @@ pub struct AccountConfig {
     /// this machine.
     #[serde(default, deserialize_with = "values::optional_web_url")]
     pub graph_url: Option<String>,
+    /// This account's own `upstream_proxy` for its HTTP requests (token
+    /// endpoint, device code, Graph); default `[proxy]`'s. Its mail
+    /// connections take their listener's way.
+    #[serde(default)]
+    pub upstream_proxy: Option<ProxySetting>,
     /// For an address under a catch-all: the catch-all's `@domain`.
     #[serde(skip)]
     pub(crate) catch_all: Option<String>,
@@ -554,6 +559,7 @@ impl AccountConfig {
             client_key,
             verify_identity,
             graph_url,
+            upstream_proxy,
             catch_all,
         } = self;
         let secret_eq = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
@@ -578,6 +584,7 @@ impl AccountConfig {
             && *client_key == other.client_key
             && *verify_identity == other.verify_identity
             && *graph_url == other.graph_url
+            && *upstream_proxy == other.upstream_proxy
             && *catch_all == other.catch_all
     }
 

@@ -283,7 +283,8 @@ async fn deliver(session: &Session<GraphBackend>, account: &str, envelope: Envel
     };
     let recipients = envelope.recipients.len();
     let octets = mime.len();
-    match tokens.http().send_api(request, GRAPH_SEND_TIMEOUT).await {
+    let http = tokens.http().for_account(&config);
+    match http.send_api(request, GRAPH_SEND_TIMEOUT).await {
         Ok(response) => {
             let status = response.status().as_u16();
             let code = error_code(response.body());

@@ -170,6 +170,7 @@ pub(super) async fn exchange_refresh(
     refresh_token: &SecretString,
     scopes: &[String],
 ) -> Result<oauth2::basic::BasicTokenResponse, Failure> {
+    let http = &http.for_account(&account.config);
     let config_failure =
         |e: crate::auth::flows::FlowError| Failure::new(TokenError::Configuration(e.to_string()));
     let client = crate::auth::flows::token_client(&account.config).map_err(config_failure)?;

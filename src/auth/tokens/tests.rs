@@ -29,6 +29,7 @@ fn account(password_hash: Option<&str>) -> AccountConfig {
         client_key: None,
         verify_identity: None,
         graph_url: None,
+        upstream_proxy: None,
         catch_all: None,
     }
 }
