@@ -1,7 +1,8 @@
 //! The hermetic tests' fake token endpoint (`tests/support/token_server.rs`)
 //! as a stand-alone HTTPS server, for the interop suite (`tests/interop/run.sh`):
 //! the proxy signs in and refreshes against it, and Dovecot validates the
-//! access tokens through its `/introspect` route.
+//! access tokens through its `/introspect` route. With `--graph-dir` it is
+//! also Microsoft Graph's `sendMail` for a `backend = "graph"` listener.
 //!
 //! ```sh
 //! cargo run --example fake_token_server -- --listen 127.0.0.1:0 \
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use support::graph_server::{GraphState, router as graph_router};
 use support::token_server::{TokenState, router};
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -52,6 +54,11 @@ struct Args {
     /// Refresh tokens to accept as if a sign-in had issued them (repeatable).
     #[arg(long = "refresh-token")]
     refresh_tokens: Vec<String>,
+    /// Also serve Microsoft Graph's `sendMail` (bearer tokens checked
+    /// against this server's), writing each accepted message to this
+    /// folder as `N.eml`.
+    #[arg(long)]
+    graph_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -74,7 +81,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = TlsListener::start(tcp, TlsAcceptor::from(tls), addr);
     println!("listening on https://{addr}");
     std::io::stdout().flush()?;
-    axum::serve(listener, router(state)).await?;
+    let mut app = router(state.clone());
+    if let Some(dir) = &args.graph_dir {
+        let graph = Arc::new(GraphState::default());
+        *graph.save_dir.lock().expect("not poisoned") = Some(dir.clone());
+        app = app.merge(graph_router(graph, state));
+    }
+    axum::serve(listener, app).await?;
     Ok(())
 }
 

@@ -129,6 +129,53 @@ fn own_uid() -> u32 {
     0
 }
 
+/// For a `backend = "graph"` listener: Microsoft Graph answers on the
+/// account's way out, and an app-only account gets a Graph token (nothing
+/// is sent). A delegated account's Graph token comes from its sign-in,
+/// whose tokens are sealed: its first message asks for it.
+async fn graph_check(
+    a: &crate::config::AccountConfig,
+    i: usize,
+    http: &reqwest::Client,
+    policy: &crate::net::proxy::ProxyPolicy,
+    config: &Config,
+) -> Finding {
+    let user = &a.username;
+    let graph = a.graph_url();
+    let route = endpoint_route(policy, &graph);
+    if let Err(e) = http.get(format!("{graph}/v1.0/")).send().await {
+        return Finding::Problem(format!(
+            "{user}: Microsoft Graph {graph} cannot be reached {route} ({}): the Graph \
+             listener cannot send; check the network, upstream_proxy and account[{i}].graph_url",
+            crate::logging::error_chain(&e)
+        ));
+    }
+    if a.flow != crate::config::Flow::ClientCredentials {
+        return Finding::Ok(format!(
+            "{user}: Microsoft Graph {graph} answers, {route}; the Graph token comes from the \
+             account's sign-in (permission Mail.Send{})",
+            if a.mailbox.is_some() { ".Shared" } else { "" }
+        ));
+    }
+    let mut graph_account = a.clone();
+    graph_account.scopes = Some(crate::auth::tokens::graph_scopes(a));
+    let tokens = match crate::auth::http::http_client(config) {
+        Ok(tokens) => tokens,
+        Err(e) => return Finding::Problem(format!("cannot make an HTTP client: {e}")),
+    };
+    match crate::auth::flows::client_credentials(&graph_account, &tokens).await {
+        Ok(_) => Finding::Ok(format!(
+            "{user}: app-only; Microsoft Graph {graph} answers, {route}, and the token endpoint \
+             issued a Graph token (no message sent)"
+        )),
+        Err(e) => Finding::Problem(format!(
+            "{user}: app-only Graph token refused ({}): grant the app the Mail.Send \
+             application permission (admin consent) for the Graph listener",
+            crate::auth::flows::describe(e)
+        )),
+    }
+}
+
 /// "direct" or "through the proxy …" for an endpoint URL.
 fn endpoint_route(policy: &crate::net::proxy::ProxyPolicy, url: &str) -> Route {
     let host = reqwest::Url::parse(url)
@@ -231,6 +278,10 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
         note(page_port(addr, local).await);
     }
     let store = TokenStore::new(&config.state_dir());
+    let sends_by_graph = config
+        .listeners
+        .iter()
+        .any(|l| l.backend == crate::config::Backend::Graph);
     for (i, a) in config.accounts.iter().enumerate() {
         let user = &a.username;
         let token_url = endpoints(a).token_url;
@@ -257,6 +308,9 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
                 ))),
             },
             Err(e) => note(Finding::Problem(format!("cannot make an HTTP client: {e}"))),
+        }
+        if sends_by_graph && let Ok(http) = &http {
+            note(graph_check(a, i, http, &policy, config).await);
         }
         if a.is_catch_all() {
             note(Finding::Ok(format!(

@@ -346,3 +346,40 @@ async fn an_unreachable_graph_is_a_451_that_says_nothing_was_sent() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn doctor_says_whether_graph_answers_for_each_account() {
+    use xoauth2_proxy::doctor::{Finding, check};
+    let s = setup().await;
+    let graph = FakeGraphServer::start(s.tokens.state.clone()).await;
+    let dead = harness::dead_addr().await;
+    for (url, expected) in [
+        (
+            graph.url(),
+            format!(
+                "Microsoft Graph {} answers, direct; the Graph token comes from the \
+                 account's sign-in (permission Mail.Send)",
+                graph.url()
+            ),
+        ),
+        (
+            format!("http://{dead}"),
+            format!("Microsoft Graph http://{dead} cannot be reached direct"),
+        ),
+    ] {
+        let mut text = s.config(&[], "");
+        text.push_str(&format!(
+            "graph_url = \"{url}\"\n\n[[listener]]\nprotocol = \"smtp\"\n\
+             listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n"
+        ));
+        let config =
+            xoauth2_proxy::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let findings = check(&config, |_| {}).await;
+        let said: Vec<String> = findings.iter().map(Finding::to_string).collect();
+        assert!(
+            said.iter().any(|f| f.contains(&expected)),
+            "{expected}\n{said:#?}"
+        );
+    }
+    assert!(graph.state.requests().is_empty(), "doctor sends nothing");
+}

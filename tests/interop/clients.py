@@ -21,6 +21,8 @@ Checks:
   imap-wrong-password                 LOGIN with another password is refused
   pop3-retr EXPECTED...               USER/PASS, RETR each expected message (found by size)
   smtp-send MECH FILE TAG SINK_DIR    AUTH MECH (plain | login), send FILE; the sink got it
+  graph-send MECH FILE TAG GRAPH_DIR  the same to the Graph listener, with a Bcc-only
+                                      recipient: Graph's copy is FILE with a Bcc field on top
 """
 
 import base64
@@ -305,6 +307,44 @@ def check_smtp_send(mech, path, tag, sink_dir):
     expect(not diff, f"the sink's copy differs from what was sent: {diff}")
 
 
+BCC_ONLY = "bcc-only@example.test"
+
+
+def check_graph_send(mech, path, tag, graph_dir):
+    """Through the Graph listener: the envelope has the To: address and one
+    that no header names; Graph takes recipients from the headers, so the
+    proxy adds that one as a Bcc field, and nothing else changes."""
+    data = read(path)
+    host, port = hostport("INTEROP_GRAPH")
+    if LOCAL_TLS == "implicit":
+        conn = smtplib.SMTP_SSL(host, port, context=ca_context(), timeout=TIMEOUT)
+    else:
+        conn = smtplib.SMTP(host, port, timeout=TIMEOUT)
+    try:
+        conn.ehlo("interop-client.example.test")
+        if LOCAL_TLS == "starttls":
+            conn.starttls(context=ca_context())
+            conn.ehlo("interop-client.example.test")
+        expect(conn.has_extn("size"), "no SIZE in the Graph listener's EHLO")
+        if mech == "login":
+            conn.user, conn.password = USER, PASSWORD
+            code, resp = conn.auth("LOGIN", conn.auth_login, initial_response_ok=False)
+            expect(code == 235, f"AUTH LOGIN: {code} {resp}")
+        else:
+            conn.login(USER, PASSWORD)
+        refused = conn.sendmail(USER, [USER, BCC_ONLY], data)
+        expect(not refused, f"recipients refused: {refused}")
+        conn.quit()
+    finally:
+        conn.close()
+    got = common.sink_message(graph_dir, tag)
+    first, _, rest = got.partition(b"\r\n")
+    expect(first.lower().startswith(b"bcc:") and BCC_ONLY.encode() in first,
+           f"Graph's copy does not start with a Bcc field for {BCC_ONLY}: {first[:100]!r}")
+    diff = common.first_difference(rest, data)
+    expect(not diff, f"Graph's copy, less its Bcc field, differs from what was sent: {diff}")
+
+
 # --- Dovecot directly -------------------------------------------------------
 
 
@@ -373,6 +413,7 @@ CHECKS = {
     "imap-wrong-password": check_imap_wrong_password,
     "pop3-retr": check_pop3_retr,
     "smtp-send": check_smtp_send,
+    "graph-send": check_graph_send,
 }
 
 

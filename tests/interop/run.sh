@@ -228,12 +228,20 @@ upstream = "127.0.0.1:$DOVECOT_SUBMISSION"
 upstream_tls = "starttls"
 local_tls = "$tls"
 
+# Sending through Microsoft Graph: the fake token server's sendMail.
+[[listener]]
+protocol = "smtp"
+backend = "graph"
+listen = "127.0.0.1:$PROXY_GRAPH"
+local_tls = "$tls"
+
 [[account]]
 username = "$ACCOUNT"
 provider = "custom"
 client_id = "interop-client"
 token_url = "https://127.0.0.1:$TOKEN_PORT/token"
 device_code_url = "https://127.0.0.1:$TOKEN_PORT/devicecode"
+graph_url = "https://127.0.0.1:$TOKEN_PORT"
 scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/POP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send", "offline_access"]
 EOF
 }
@@ -338,6 +346,19 @@ curl_smtp_send() {
   PY "$HERE/tool.py" sink-same "$RUN/sink" "$tag" "$file"
 }
 
+# curl_graph_send FILE TAG: AUTH PLAIN to the Graph listener, send FILE to
+# its own To: address; the fake Graph's copy must be FILE byte for byte.
+curl_graph_send() {
+  local file=$1 tag=$2 trace="$RUN/curl-graph.trace"
+  curl_proxy -v --login-options "AUTH=PLAIN" \
+    --mail-from "$ACCOUNT" --mail-rcpt "$ACCOUNT" --upload-file "$file" \
+    "$(scheme smtp)://127.0.0.1:$PROXY_GRAPH" 2>"$trace" ||
+    { tail -n 20 "$trace"; return 1; }
+  curl_login_used "$trace"
+  grep -aq '^< 250 2.0.0' "$trace" || { echo "no 250 2.0.0 after DATA"; tail -n 20 "$trace"; return 1; }
+  PY "$HERE/tool.py" graph-same "$RUN/graph" "$tag" "$file"
+}
+
 # Whether this curl has `--login-options AUTH=+LOGIN` (the IMAP LOGIN command
 # even when SASL PLAIN is offered; newer than Debian 12's curl 7.88). An older
 # one rejects the option once connected (exit 3); a newer one logs in.
@@ -383,6 +404,7 @@ clients_env() {
   export INTEROP_USER="$ACCOUNT" INTEROP_PASSWORD="$PASSWORD"
   export INTEROP_IMAP="127.0.0.1:$PROXY_IMAP" INTEROP_POP3="127.0.0.1:$PROXY_POP3"
   export INTEROP_SMTP="127.0.0.1:$PROXY_SMTP" INTEROP_LOCAL_TLS="$LOCAL_TLS"
+  export INTEROP_GRAPH="127.0.0.1:$PROXY_GRAPH"
   export INTEROP_CA="$RUN/pki/ca.pem" INTEROP_DOVECOT_IMAPS="127.0.0.1:$DOVECOT_IMAPS"
   export INTEROP_TOKEN_URL="https://127.0.0.1:$TOKEN_PORT/token" INTEROP_TIMEOUT="$OP_TIMEOUT"
 }
@@ -456,6 +478,13 @@ client_suite() {
     PY "$HERE/clients.py" smtp-send login "$m/smtplib-big-$n.eml" \
     "smtplib-big-$n" "$RUN/sink"
 
+  message 6000 "graph-curl-$n" "$m/graph-curl-$n.eml"
+  check "curl: AUTH PLAIN + send through Microsoft Graph (fake sendMail), its copy byte-exact ($t)" \
+    curl_graph_send "$m/graph-curl-$n.eml" "graph-curl-$n"
+  message 7000 "graph-smtplib-$n" "$m/graph-smtplib-$n.eml"
+  check "smtplib: AUTH LOGIN + send through Graph with a Bcc-only recipient: only a Bcc field added ($t)" \
+    PY "$HERE/clients.py" graph-send login "$m/graph-smtplib-$n.eml" "graph-smtplib-$n" "$RUN/graph"
+
   local idle_rc=0
   wait "$idle_pid" || idle_rc=$?
   check "imaplib: IDLE held ${IDLE_SECS}s through the proxy gets EXISTS for a delivery ($t)" \
@@ -485,6 +514,7 @@ start_proxy() {
   wait_port "$PROXY_IMAP" "the proxy" "$PROXY_PID"
   wait_port "$PROXY_POP3" "the proxy" "$PROXY_PID"
   wait_port "$PROXY_SMTP" "the proxy" "$PROXY_PID"
+  wait_port "$PROXY_GRAPH" "the proxy" "$PROXY_PID"
 }
 
 # Whether this build of the proxy accepts local_tls = MODE.
@@ -598,21 +628,23 @@ main() {
 
   make_pki
   local ports
-  mapfile -t ports < <(python3 "$HERE/tool.py" free-ports 10)
+  mapfile -t ports < <(python3 "$HERE/tool.py" free-ports 11)
   DOVECOT_IMAPS=${ports[0]} DOVECOT_POP3S=${ports[1]} DOVECOT_SUBMISSION=${ports[2]}
   SINK_PORT=${ports[3]} TOKEN_PORT=${ports[4]}
   PROXY_IMAP=${ports[5]} PROXY_POP3=${ports[6]} PROXY_SMTP=${ports[7]}
-  HTTP_PROXY_PORT=${ports[8]} SOCKS_PORT=${ports[9]}
+  HTTP_PROXY_PORT=${ports[8]} SOCKS_PORT=${ports[9]} PROXY_GRAPH=${ports[10]}
 
   # The SMTP sink Dovecot's submission service relays to.
   mkdir -p "$RUN/sink"
   start "SMTP sink" sink.log python3 -u "$HERE/smtp_sink.py" --port "$SINK_PORT" --dir "$RUN/sink"
   wait_port "$SINK_PORT" "the SMTP sink" "$!"
 
-  # The fake token endpoint, over HTTPS with the test CA's certificate.
+  # The fake token endpoint, over HTTPS with the test CA's certificate; also
+  # Graph's sendMail, which writes what it accepts to $RUN/graph.
+  mkdir -p "$RUN/graph"
   start "fake token server" token-server.log "$token_server" \
     --listen "127.0.0.1:$TOKEN_PORT" --cert "$RUN/pki/server.pem" --key "$RUN/pki/server.key" \
-    --username "$ACCOUNT" --refresh-token rt-interop-direct
+    --username "$ACCOUNT" --refresh-token rt-interop-direct --graph-dir "$RUN/graph"
   wait_port "$TOKEN_PORT" "the fake token server" "$!"
 
   # Dovecot, in the foreground of its own process so its PID is ours.

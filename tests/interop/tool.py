@@ -8,6 +8,7 @@
   tool.py same FILE EXPECTED               exit 1 (and say where) unless byte-equal
   tool.py sink-same SINK_DIR TAG EXPECTED  the sink's copy of message TAG, less the
                                            Received: field Dovecot prepends, equals EXPECTED
+  tool.py graph-same DIR TAG EXPECTED      the fake Graph's copy of message TAG equals EXPECTED
 """
 
 import sys
@@ -42,6 +43,12 @@ def main(argv):
         diff = common.first_difference(got, read(args[2]))
         if diff:
             print(f"the sink's copy of {args[1]} differs from what was sent: {diff}", file=sys.stderr)
+            return 1
+    elif cmd == "graph-same":
+        got = common.sink_message(args[0], args[1])
+        diff = common.first_difference(got, read(args[2]))
+        if diff:
+            print(f"Graph's copy of {args[1]} differs from what was sent: {diff}", file=sys.stderr)
             return 1
     else:
         print(__doc__, file=sys.stderr)

@@ -40,6 +40,9 @@ pub struct GraphAnswer {
 pub struct GraphState {
     pub requests: Mutex<Vec<GraphRequest>>,
     pub script: Mutex<VecDeque<GraphAnswer>>,
+    /// Where each accepted message is also written (`N.eml`), for the
+    /// interop suite's stand-alone fake (`examples/fake_token_server.rs`).
+    pub save_dir: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl GraphState {
@@ -69,10 +72,7 @@ impl FakeGraphServer {
             .expect("bind the fake Graph");
         let addr = listener.local_addr().expect("local_addr");
         let state = Arc::new(GraphState::default());
-        let app = Router::new()
-            .route("/v1.0/users/{mailbox}/sendMail", post(send_mail))
-            .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
-            .with_state((state.clone(), tokens));
+        let app = router(state.clone(), tokens);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -86,6 +86,14 @@ impl FakeGraphServer {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// The `sendMail` route, checking bearer tokens against `tokens`.
+pub fn router(state: Arc<GraphState>, tokens: Arc<TokenState>) -> Router {
+    Router::new()
+        .route("/v1.0/users/{mailbox}/sendMail", post(send_mail))
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .with_state((state, tokens))
 }
 
 async fn send_mail(
@@ -132,6 +140,16 @@ async fn send_mail(
     };
     let status = StatusCode::from_u16(answer.status).expect("a status");
     if answer.status == 202 {
+        let dir = state.save_dir.lock().unwrap().clone();
+        if let Some(dir) = dir {
+            let requests = state.requests.lock().unwrap();
+            let last = requests.last().expect("this request");
+            let file = dir.join(format!("{}.eml", requests.len()));
+            if let Err(e) = std::fs::write(&file, &last.mime) {
+                eprintln!("fake Graph: cannot write {}: {e}", file.display());
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        }
         return status.into_response();
     }
     let body = format!(
