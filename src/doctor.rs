@@ -220,8 +220,7 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
             l.upstream_name()
         );
         let route = crate::net::proxy::ProxyPolicy::from_config(&config.proxy)
-            .with_setting(l.upstream_proxy.as_ref())
-            .route(host);
+            .route_with(l.upstream_proxy.as_ref(), host);
         // Through an HTTP or socks5h proxy, the proxy resolves the name.
         let resolves_here = match &route {
             Route::Direct => true,

@@ -76,10 +76,18 @@ impl ProxyPolicy {
     }
 
     pub fn route(&self, host: &str) -> Route {
+        self.route_with(None, host)
+    }
+
+    /// The route to `host` under `own` (a listener's setting) if given,
+    /// else this policy's: what [`ProxyPolicy::with_setting`] then
+    /// [`ProxyPolicy::route`] give, without copying the policy (this runs
+    /// for every client connection).
+    pub fn route_with(&self, own: Option<&ProxySetting>, host: &str) -> Route {
         if self.no_proxy.iter().any(|rule| rule.matches(host)) {
             return Route::Direct;
         }
-        match &self.setting {
+        match own.unwrap_or(&self.setting) {
             ProxySetting::Direct => Route::Direct,
             ProxySetting::Server(proxy) => Route::Via(proxy.clone()),
             ProxySetting::System => system().route(host),

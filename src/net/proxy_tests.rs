@@ -166,6 +166,15 @@ fn the_policy_routes_by_setting_and_exceptions() {
     );
     let listener_own = policy.with_setting(Some(&ProxySetting::Direct));
     assert_eq!(listener_own.route("outlook.office365.com"), Route::Direct);
+    assert_eq!(
+        policy.route_with(Some(&ProxySetting::Direct), "outlook.office365.com"),
+        Route::Direct
+    );
+    assert_eq!(
+        policy.route_with(None, "mail.corp.example"),
+        Route::Direct,
+        "no_proxy holds for a listener's own setting too"
+    );
     assert_eq!(policy.with_setting(None), policy);
 }
 

@@ -91,8 +91,7 @@ impl Context {
             timeout: self.connect_timeout,
             route: self
                 .proxy
-                .with_setting(listener.upstream_proxy.as_ref())
-                .route(host),
+                .route_with(listener.upstream_proxy.as_ref(), host),
         }
     }
 
