@@ -629,4 +629,35 @@ fn graph_listeners_need_no_upstream_and_take_none() {
         let e = with(listener, account).expect_err(listener).to_string();
         assert!(e.contains(key), "{listener}{account}: {e}");
     }
+    // Graph serves Microsoft 365 accounts only: a file with no such account
+    // is refused, and so is a fixed account of another provider.
+    let gmail = |text: String| {
+        text.replace("provider = \"office365\"", "provider = \"gmail\"")
+            .replace("tenant = \"contoso.onmicrosoft.com\"\n", "")
+    };
+    let only_gmail = gmail(GOOD.replace(
+        &format!("protocol = \"imap\"\nlisten = \"127.0.0.1:1143\"\n{upstream}"),
+        graph,
+    ));
+    let e = parse(&only_gmail).unwrap_err().to_string();
+    assert!(
+        e.contains("listener[0].backend") && e.contains("office365"),
+        "{e}"
+    );
+    let fixed = format!(
+        "{graph}fixed_account = \"scanner@gmail.com\"\nallow_from = [\"192.168.1.0/24\"]\n\
+         allowed_senders = [\"scanner@gmail.com\"]\n"
+    );
+    let text = GOOD.replace(
+        &format!("protocol = \"imap\"\nlisten = \"127.0.0.1:1143\"\n{upstream}"),
+        &fixed,
+    ) + "\n[[account]]\nusername = \"scanner@gmail.com\"\nprovider = \"gmail\"\n\
+         client_id = \"c\"\npassword_hash = \"PHC\"\n";
+    let phc = crate::auth::password::hash_password(b"pw").unwrap();
+    let text = text.replace("PHC", &phc);
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(
+        e.contains("listener[0].fixed_account") && e.contains("not an office365 account"),
+        "{e}"
+    );
 }

@@ -156,6 +156,18 @@ impl Config {
             }
             _ => {}
         }
+        if l.backend == Backend::Graph
+            && !self
+                .accounts
+                .iter()
+                .any(|a| a.provider == ProviderKind::Office365)
+        {
+            return Err(self.invalid(
+                key("backend"),
+                "\"graph\" sends through Microsoft Graph, and no [[account]] of this file is an \
+                 office365 account",
+            ));
+        }
         if let Some(account) = &l.fixed_account {
             self.validate_fixed_account(l, account, &key)?;
         } else if !l.allowed_senders.is_empty() {
@@ -257,6 +269,15 @@ impl Config {
                         "`{account}` needs password_hash (an unattended account): no client \
                          logs in on this listener, so its tokens cannot be sealed with a client's \
                          password; make one with `xoauth2-proxy hash-password`"
+                    ),
+                ));
+            }
+            Some(a) if l.backend == Backend::Graph && a.provider != ProviderKind::Office365 => {
+                return Err(self.invalid(
+                    key("fixed_account"),
+                    format!(
+                        "`{account}` is not an office365 account, and backend = \"graph\" sends \
+                         through Microsoft Graph, which only Microsoft 365 accounts can use"
                     ),
                 ));
             }
