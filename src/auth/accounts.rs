@@ -68,7 +68,6 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Flow, ProviderKind};
     use secrecy::SecretString;
 
     fn creds(user: &str, pass: &str) -> Credentials {
@@ -80,28 +79,7 @@ mod tests {
 
     #[test]
     fn lookup_is_case_insensitive_and_refuses_empty_passwords() {
-        let accounts = Accounts::new(&[AccountConfig {
-            username: "Alice@Contoso.com".into(),
-            provider: ProviderKind::Office365,
-            tenant: None,
-            client_id: "id".into(),
-            client_secret: None,
-            flow: Flow::DeviceCode,
-            authorize_url: None,
-            token_url: None,
-            device_code_url: None,
-            redirect_uri: None,
-            scopes: None,
-            password_hash: None,
-            mailbox: None,
-            cloud: None,
-            client_certificate: None,
-            client_key: None,
-            verify_identity: None,
-            graph_url: None,
-            upstream_proxy: None,
-            catch_all: None,
-        }]);
+        let accounts = Accounts::new(&[AccountConfig::for_tests("Alice@Contoso.com")]);
         let table: &[(&str, &str, Result<(), LoginError>)] = &[
             ("alice@contoso.com", "pw", Ok(())),
             ("ALICE@CONTOSO.COM", "pw", Ok(())),
@@ -120,28 +98,7 @@ mod tests {
     }
 
     fn account(username: &str) -> AccountConfig {
-        AccountConfig {
-            username: username.into(),
-            provider: ProviderKind::Office365,
-            tenant: None,
-            client_id: "id".into(),
-            client_secret: None,
-            flow: Flow::DeviceCode,
-            authorize_url: None,
-            token_url: None,
-            device_code_url: None,
-            redirect_uri: None,
-            scopes: None,
-            password_hash: None,
-            mailbox: None,
-            cloud: None,
-            client_certificate: None,
-            client_key: None,
-            verify_identity: None,
-            graph_url: None,
-            upstream_proxy: None,
-            catch_all: None,
-        }
+        AccountConfig::for_tests(username)
     }
 
     #[test]

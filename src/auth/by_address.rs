@@ -146,30 +146,11 @@ impl<T> ByAddress<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Flow, ProviderKind};
 
     fn account(username: &str, client_id: &str) -> AccountConfig {
         AccountConfig {
-            username: username.into(),
-            provider: ProviderKind::Office365,
-            tenant: None,
             client_id: client_id.into(),
-            client_secret: None,
-            flow: Flow::DeviceCode,
-            authorize_url: None,
-            token_url: None,
-            device_code_url: None,
-            redirect_uri: None,
-            scopes: None,
-            password_hash: None,
-            mailbox: None,
-            cloud: None,
-            client_certificate: None,
-            client_key: None,
-            verify_identity: None,
-            graph_url: None,
-            upstream_proxy: None,
-            catch_all: None,
+            ..AccountConfig::for_tests(username)
         }
     }
 

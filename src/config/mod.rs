@@ -515,6 +515,34 @@ pub struct AccountConfig {
 }
 
 impl AccountConfig {
+    /// An office365 account with nothing but its address and client id set,
+    /// for unit tests to fill in what they need.
+    #[cfg(test)]
+    pub(crate) fn for_tests(username: &str) -> AccountConfig {
+        AccountConfig {
+            username: username.into(),
+            provider: ProviderKind::Office365,
+            tenant: None,
+            client_id: "id".into(),
+            client_secret: None,
+            flow: Flow::DeviceCode,
+            authorize_url: None,
+            token_url: None,
+            device_code_url: None,
+            redirect_uri: None,
+            scopes: None,
+            password_hash: None,
+            mailbox: None,
+            cloud: None,
+            client_certificate: None,
+            client_key: None,
+            verify_identity: None,
+            graph_url: None,
+            upstream_proxy: None,
+            catch_all: None,
+        }
+    }
+
     /// The `user=` sent upstream: `mailbox` if set, else `username`.
     pub fn upstream_user(&self) -> &str {
         self.mailbox.as_deref().unwrap_or(&self.username)
