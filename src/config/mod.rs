@@ -515,6 +515,17 @@ pub struct AccountConfig {
 }
 
 impl AccountConfig {
+    /// Whether a Graph listener can send for this account: a Microsoft 365
+    /// account, or a custom provider given its own `graph_url` (a
+    /// Microsoft-compatible endpoint). Google's tokens mean nothing to Graph.
+    pub fn can_use_graph(&self) -> bool {
+        match self.provider {
+            ProviderKind::Office365 => true,
+            ProviderKind::Custom => self.graph_url.is_some(),
+            ProviderKind::Gmail => false,
+        }
+    }
+
     /// An office365 account with nothing but its address and client id set,
     /// for unit tests to fill in what they need.
     #[cfg(test)]

@@ -644,6 +644,21 @@ fn graph_listeners_need_no_upstream_and_take_none() {
         e.contains("listener[0].backend") && e.contains("office365"),
         "{e}"
     );
+    // A custom provider serves Graph only when given its graph_url.
+    let custom = |extra: &str| {
+        GOOD.replace(
+            &format!("protocol = \"imap\"\nlisten = \"127.0.0.1:1143\"\n{upstream}"),
+            graph,
+        )
+        .replace("provider = \"office365\"", "provider = \"custom\"")
+        .replace("tenant = \"contoso.onmicrosoft.com\"\n", "")
+            + "token_url = \"https://idp.example/token\"\nscopes = [\"mail\"]\n"
+            + extra
+    };
+    let e = parse(&custom("")).unwrap_err().to_string();
+    assert!(e.contains("listener[0].backend"), "{e}");
+    parse(&custom("graph_url = \"https://graph.example\"\n"))
+        .expect("a custom account with its own graph_url");
     let fixed = format!(
         "{graph}fixed_account = \"scanner@gmail.com\"\nallow_from = [\"192.168.1.0/24\"]\n\
          allowed_senders = [\"scanner@gmail.com\"]\n"

@@ -156,16 +156,11 @@ impl Config {
             }
             _ => {}
         }
-        if l.backend == Backend::Graph
-            && !self
-                .accounts
-                .iter()
-                .any(|a| a.provider == ProviderKind::Office365)
-        {
+        if l.backend == Backend::Graph && !self.accounts.iter().any(AccountConfig::can_use_graph) {
             return Err(self.invalid(
                 key("backend"),
                 "\"graph\" sends through Microsoft Graph, and no [[account]] of this file is an \
-                 office365 account",
+                 office365 account (or a custom one with graph_url)",
             ));
         }
         if let Some(account) = &l.fixed_account {
@@ -272,12 +267,13 @@ impl Config {
                     ),
                 ));
             }
-            Some(a) if l.backend == Backend::Graph && a.provider != ProviderKind::Office365 => {
+            Some(a) if l.backend == Backend::Graph && !a.can_use_graph() => {
                 return Err(self.invalid(
                     key("fixed_account"),
                     format!(
-                        "`{account}` is not an office365 account, and backend = \"graph\" sends \
-                         through Microsoft Graph, which only Microsoft 365 accounts can use"
+                        "`{account}` is not an office365 account (nor a custom one with graph_url), \
+                         and backend = \"graph\" sends through Microsoft Graph, which only \
+                         Microsoft 365 accounts can use"
                     ),
                 ));
             }

@@ -20,7 +20,7 @@ use super::driver::{Protocol, Session, Step, read_client, step_from, write_clien
 use super::smtp::{first_sender, fixed_policy, ignore_auth};
 use super::upstream_auth::{Outcome, UpstreamLogin};
 use crate::auth::tokens::TokenError;
-use crate::config::{ProviderKind, UpstreamTls};
+use crate::config::UpstreamTls;
 use crate::escape::log_text;
 use crate::protocol::Failure;
 use crate::protocol::smtp::bcc::add_missing_bcc;
@@ -245,7 +245,7 @@ async fn deliver(session: &Session<GraphBackend>, account: &str, envelope: Envel
     let Some(config) = tokens.account_config(account) else {
         return b"451 4.3.0 The account is no longer configured\r\n".to_vec();
     };
-    if config.provider != ProviderKind::Office365 {
+    if !config.can_use_graph() {
         tracing::warn!(%peer, %account, "not a Microsoft 365 account: message not sent through Graph");
         return format!(
             "554 5.7.8 {account} is not a Microsoft 365 account: this listener sends through Microsoft Graph (message not sent)\r\n"

@@ -135,7 +135,7 @@ wait_port() {
 
 install_packages() {
   local need=() pkg
-  for pkg in dovecot-imapd dovecot-pop3d dovecot-submissiond curl openssl tinyproxy microsocks; do
+  for pkg in dovecot-imapd dovecot-pop3d dovecot-submissiond curl openssl tinyproxy microsocks msmtp; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
       need+=("$pkg")
     fi
@@ -605,6 +605,62 @@ nothing_secret() {
   echo "$(wc -l <"$1") log lines, none with it"
 }
 
+# --- tokens for other programs -------------------------------------------------
+
+# token_script: a script printing `xoauth2-proxy token` for the account, the
+# local password read from an owner-only file: what msmtp's passwordeval,
+# mutt's oauthbearer_refresh_command or mbsync's PassCmd would run.
+token_script() {
+  local script="$RUN/token.sh"
+  (umask 077 && printf '%s\n' "$PASSWORD" >"$RUN/local-password")
+  printf '#!/bin/sh\nexec %q token %q --password-stdin --config %q <%q\n' \
+    "$PROXY" "$ACCOUNT" "$RUN/proxy-none.toml" "$RUN/local-password" >"$script"
+  chmod 700 "$script"
+  echo "$script"
+}
+
+# token_curl_dovecot EXPECTED: curl logs in to Dovecot itself (no proxy in
+# the path) with the token `xoauth2-proxy token` printed, over XOAUTH2, and
+# fetches the message byte for byte. The token is never printed here.
+token_curl_dovecot() {
+  local token out="$RUN/token-imap.out"
+  token=$(timeout 60 sh "$(token_script)") || { echo "xoauth2-proxy token failed"; return 1; }
+  [[ -n "$token" ]] || { echo "xoauth2-proxy token printed nothing"; return 1; }
+  rm -f "$out"
+  curl --silent --show-error --max-time "$OP_TIMEOUT" --cacert "$RUN/pki/ca.pem" \
+    --user "$ACCOUNT" --oauth2-bearer "$token" --login-options "AUTH=XOAUTH2" \
+    -o "$out" "imaps://127.0.0.1:$DOVECOT_IMAPS/small/;UID=1"
+  PY "$HERE/tool.py" same "$out" "$1"
+}
+
+# msmtp_token_send FILE TAG: msmtp with `auth xoauth2` and passwordeval
+# running `xoauth2-proxy token` submits FILE to Dovecot's submission service
+# itself; the sink's copy must be FILE.
+msmtp_token_send() {
+  local file=$1 tag=$2 rc="$RUN/msmtprc"
+  cat >"$rc" <<EOF
+defaults
+tls on
+tls_starttls on
+tls_trust_file $RUN/pki/ca.pem
+logfile $RUN/msmtp.log
+
+account interop
+host 127.0.0.1
+port $DOVECOT_SUBMISSION
+auth xoauth2
+user $ACCOUNT
+from $ACCOUNT
+passwordeval sh $(token_script)
+
+account default : interop
+EOF
+  chmod 600 "$rc"
+  timeout "$OP_TIMEOUT" msmtp -C "$rc" rcpt@example.test <"$file"
+  tail -n 1 "$RUN/msmtp.log" | sed -E 's/^[^ ]+ [^ ]+ //'
+  PY "$HERE/tool.py" sink-same "$RUN/sink" "$tag" "$file"
+}
+
 # --- main -------------------------------------------------------------------
 
 main() {
@@ -689,6 +745,11 @@ main() {
 
   start_proxy none
   client_suite none
+  check "xoauth2-proxy token: curl logs in to Dovecot itself with the printed token (XOAUTH2), byte-exact fetch" \
+    token_curl_dovecot "$m/small.eml"
+  message 4000 msmtp-token "$m/msmtp-token.eml"
+  check "msmtp (auth xoauth2, passwordeval running xoauth2-proxy token) sends through Dovecot's submission" \
+    msmtp_token_send "$m/msmtp-token.eml" msmtp-token
 
   local mode
   for mode in starttls implicit; do
