@@ -200,9 +200,17 @@ impl Running {
         earlier.retain(|(sessions, _)| sessions.open() > 0);
         let mut running = launch(&config, context, local_tls, bound, self.counters.clone());
         running.earlier = earlier;
-        if let Some(metrics) = self.metrics.take() {
-            metrics.update(&config, running.context.clone());
-            running.metrics = Some(metrics);
+        match self.metrics.take() {
+            Some(metrics) => {
+                metrics.update(&config, running.context.clone());
+                running.metrics = Some(metrics);
+            }
+            None if config.proxy.metrics_listen.is_some() => {
+                tracing::warn!(
+                    "proxy.metrics_listen was set by the reload: metrics are served from the next start"
+                )
+            }
+            None => {}
         }
         if let Some(page) = self.admin.take() {
             page.update(running.admin_view(&config));

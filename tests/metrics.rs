@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use harness::{PASSWORD, Proxy, config_text, imap, seed_tokens, start};
+use harness::{PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens, start};
 use support::token_server::GRANT_REFRESH;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +19,11 @@ const SETTLE: Duration = Duration::from_secs(10);
 const MESSAGE_BYTES: usize = 300 * 1024;
 
 async fn proxy(extra: &str) -> (Proxy, FakeImapServer) {
+    proxy_to(extra, None).await
+}
+
+/// The proxy in front of the fake IMAP server, or of `upstream` instead.
+async fn proxy_to(extra: &str, upstream: Option<SocketAddr>) -> (Proxy, FakeImapServer) {
     let pki = TestPki::new();
     let tokens = FakeTokenServer::start().await;
     let message: Vec<u8> = (0..MESSAGE_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
@@ -38,7 +43,7 @@ async fn proxy(extra: &str) -> (Proxy, FakeImapServer) {
         &pki,
         state_dir.path(),
         &tokens.url(),
-        &[imap(server.addr)],
+        &[imap(upstream.unwrap_or(server.addr))],
         &extra,
     );
     let running = start(&text).await;
@@ -276,6 +281,7 @@ async fn addresses_are_labels_only_when_asked_for() {
     assert!(reply.starts_with("a OK "), "{reply}");
     c.send(b"l LOGOUT\r\n").await;
     c.read_until_tagged("l").await;
+    drop(c);
     let (_, body) = scrape(proxy.running.metrics_addr().unwrap()).await;
     let ok = [("account", USER), ("outcome", "ok")];
     assert_eq!(
@@ -284,6 +290,52 @@ async fn addresses_are_labels_only_when_asked_for() {
         "{body}"
     );
     assert!(!body.contains(&hashed_label(USER)), "{body}");
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_and_upstream_failures_are_counted() {
+    let (proxy, _server) = proxy_to("max_connections = 1\n", Some(dead_addr().await)).await;
+    let metrics = proxy.running.metrics_addr().unwrap();
+    let listener = proxy.addr(0).to_string();
+    // The upstream is down: the greeting is the proxy's own, the login's
+    // second try to connect fails too.
+    let (mut held, reply) = login(&proxy, PASSWORD).await;
+    assert!(reply.starts_with("a NO [UNAVAILABLE]"), "{reply}");
+    let mut refused = TestClient::connect(proxy.addr(0)).await;
+    refused
+        .expect_prefix(b"* BYE [UNAVAILABLE] Too many connections")
+        .await;
+    let (_, body) = scrape(metrics).await;
+    let at = |key, value| [("listener", listener.as_str()), (key, value)];
+    let busy = at("reason", "max_connections");
+    assert_eq!(
+        sample(&body, "xoauth2_proxy_connections_refused_total", &busy),
+        Some(1.0),
+        "{body}"
+    );
+    let connect = at("stage", "connect");
+    assert_eq!(
+        sample(&body, "xoauth2_proxy_upstream_failures_total", &connect),
+        Some(2.0),
+        "{body}"
+    );
+    let unavailable = at("outcome", "unavailable");
+    assert_eq!(
+        sample(&body, "xoauth2_proxy_logins_total", &unavailable),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "xoauth2_proxy_connections_accepted_total",
+            &[("listener", listener.as_str())]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    held.send(b"l LOGOUT\r\n").await;
     proxy.running.shutdown().await;
 }
 
