@@ -1,38 +1,18 @@
-//! What the sign-in page says about each listener: the client connections
-//! it has open, and how its upstream answered the last time a session
-//! reached for it.
+//! What the proxy knows of its own health: per listener its counters
+//! (`counters`: connections, logins, bytes, upstream failures; the page
+//! shows the open connections, `metrics` serves them all), and how each
+//! upstream answered the last time a session reached for it.
+
+mod counters;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
-/// Open client connections of one listener (kept across reloads with its socket).
-#[derive(Debug, Default)]
-pub(crate) struct ListenerStats {
-    open: AtomicUsize,
-}
 
-impl ListenerStats {
-    /// Counts a connection as open until the guard is dropped.
-    pub(crate) fn opened(self: &Arc<Self>) -> OpenConnection {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(self.clone())
-    }
-
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-}
-
-pub(crate) struct OpenConnection(Arc<ListenerStats>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub(crate) use counters::{
+    Bytes, Counters, ListenerStats, LoginOutcome, RefusedBecause, UpstreamStage,
+};
 
 /// The last outcome of reaching one upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,18 +47,6 @@ impl UpstreamHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn open_connections_are_counted_until_dropped() {
-        let stats = Arc::new(ListenerStats::default());
-        let a = stats.opened();
-        let b = stats.opened();
-        assert_eq!(stats.open(), 2);
-        drop(a);
-        assert_eq!(stats.open(), 1);
-        drop(b);
-        assert_eq!(stats.open(), 0);
-    }
 
     #[test]
     fn the_last_outcome_per_upstream_wins() {

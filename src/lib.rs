@@ -7,6 +7,7 @@
 //! - [`control`]: reload requests (SIGHUP, `xoauth2-proxy reload`, the Windows service).
 //! - [`drain`]: client connections as tracked tasks; the bounded drain at shutdown.
 //! - [`listener`]: accept loops, `allow_from`, connection limits.
+//! - `metrics`: `metrics_listen`, Prometheus text of the counters `health` keeps.
 //! - [`session`]: one client connection, from greeting to relay: one driver, a small part per protocol.
 //! - [`protocol`]: sans-IO pre-authentication parsers and state machines.
 //! - [`sasl`]: PLAIN/LOGIN decoding, XOAUTH2 encoding, error challenges.
@@ -30,6 +31,7 @@ pub(crate) mod health;
 pub mod init;
 pub(crate) mod listener;
 pub mod logging;
+pub(crate) mod metrics;
 pub mod net;
 pub mod protocol;
 pub(crate) mod relay;
@@ -57,8 +59,12 @@ use config::Config;
 /// reload or stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
-    /// Open connections per listener, in the same order.
+    /// Counters per listener, in the same order.
     listener_stats: Vec<Arc<health::ListenerStats>>,
+    /// The counters' families, for every listener of every configuration.
+    counters: health::Counters,
+    /// `metrics_listen`, when set; it outlives reloads.
+    metrics: Option<metrics::Metrics>,
     pub context: Arc<session::Context>,
     pub sessions: Arc<drain::Sessions>,
     /// Where the local page listens (`None`: `admin_listen = "off"`, or it could not bind).
@@ -84,6 +90,9 @@ impl Running {
     pub async fn shutdown(mut self) {
         if let Some(page) = self.admin.take() {
             page.stop().await;
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop().await;
         }
         let _ = self.shutdown.send(true);
         while self.listeners.join_next().await.is_some() {}
@@ -150,7 +159,7 @@ impl Running {
                 fresh.push(None);
                 continue;
             }
-            match listener::bind(l).await {
+            match listener::bind(l, &self.counters).await {
                 Ok(b) => fresh.push(Some(b)),
                 Err(e) => return (self, Err(e)),
             }
@@ -189,8 +198,20 @@ impl Running {
         let mut earlier = std::mem::take(&mut self.earlier);
         earlier.push((self.sessions.clone(), self.context.clone()));
         earlier.retain(|(sessions, _)| sessions.open() > 0);
-        let mut running = launch(&config, context, local_tls, bound);
+        let mut running = launch(&config, context, local_tls, bound, self.counters.clone());
         running.earlier = earlier;
+        match self.metrics.take() {
+            Some(metrics) => {
+                metrics.update(&config, running.context.clone());
+                running.metrics = Some(metrics);
+            }
+            None if config.proxy.metrics_listen.is_some() => {
+                tracing::warn!(
+                    "proxy.metrics_listen was set by the reload: metrics are served from the next start"
+                )
+            }
+            None => {}
+        }
         if let Some(page) = self.admin.take() {
             page.update(running.admin_view(&config));
             running.admin_addr = Some(page.addr());
@@ -217,15 +238,26 @@ pub use auth::http::http_client;
 /// a listener cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (context, local_tls) = build_context(&config, None)?;
+    let counters = health::Counters::default();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        bound.push(listener::bind(l).await?);
+        bound.push(listener::bind(l, &counters).await?);
     }
+    let scrape = metrics::bind(&config).await?;
     let page = admin::bind(&config).await;
     if let Some(addr) = page.as_ref().and_then(|l| l.local_addr().ok()) {
         let _ = context.sign_in_page.set(admin::page_url(addr));
     }
-    let mut running = launch(&config, context, local_tls, bound);
+    let mut running = launch(&config, context, local_tls, bound, counters);
+    if let Some(listener) = scrape {
+        let context = running.context.clone();
+        running.metrics = Some(metrics::Metrics::start(
+            listener,
+            &config,
+            context,
+            &running.counters,
+        )?);
+    }
     if let Some(listener) = page {
         match admin::Admin::start(listener, &config, running.admin_view(&config)) {
             Ok(page) => {
@@ -239,6 +271,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Where the metrics are served (`None`: no `metrics_listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
+    }
+
     /// What the local page shows of this configuration.
     fn admin_view(&self, config: &Config) -> admin::View {
         admin::View::new(
@@ -303,6 +340,7 @@ fn launch(
     context: Arc<session::Context>,
     local_tls: Option<LocalTlsSetup>,
     bound: Vec<listener::Bound>,
+    counters: health::Counters,
 ) -> Running {
     let addrs = bound.iter().map(|b| b.local_addr()).collect();
     let listener_stats = bound.iter().map(|b| b.stats.clone()).collect();
@@ -333,6 +371,8 @@ fn launch(
     Running {
         addrs,
         listener_stats,
+        counters,
+        metrics: None,
         context,
         sessions,
         admin_addr: None,

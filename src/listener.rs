@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{ListenerConfig, LocalTls, Protocol, is_allowed};
 use crate::drain::Sessions;
-use crate::health::ListenerStats;
+use crate::health::{Counters, ListenerStats, RefusedBecause};
 use crate::session::Context;
 use crate::session::client::ClientStream;
 
@@ -28,7 +28,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Bound {
     pub listener: TcpListener,
     pub config: Arc<ListenerConfig>,
-    /// Its open connections (for the sign-in page); kept with the socket.
+    /// Its counters (open connections for the sign-in page, the rest for
+    /// `metrics`); kept with the socket.
     pub stats: Arc<ListenerStats>,
 }
 
@@ -38,7 +39,7 @@ impl Bound {
     }
 }
 
-pub(crate) async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
+pub(crate) async fn bind(config: &ListenerConfig, counters: &Counters) -> anyhow::Result<Bound> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} for {}: {e}",
@@ -46,10 +47,12 @@ pub(crate) async fn bind(config: &ListenerConfig) -> anyhow::Result<Bound> {
             config.protocol
         )
     })?;
+    // Labelled with the bound address (the port chosen for port 0).
+    let listen = listener.local_addr().unwrap_or(config.listen);
     Ok(Bound {
         listener,
         config: Arc::new(config.clone()),
-        stats: Arc::default(),
+        stats: Arc::new(counters.listener(&config.protocol.to_string(), &listen.to_string())),
     })
 }
 
@@ -66,6 +69,16 @@ enum Refusal {
     Busy,
     NotAllowed,
     TooManyFromSource,
+}
+
+impl Refusal {
+    fn counted_as(self) -> RefusedBecause {
+        match self {
+            Refusal::Busy => RefusedBecause::max_connections,
+            Refusal::NotAllowed => RefusedBecause::not_allowed,
+            Refusal::TooManyFromSource => RefusedBecause::max_connections_per_source,
+        }
+    }
 }
 
 fn refusal_reply(protocol: Protocol, why: Refusal) -> &'static [u8] {
@@ -177,6 +190,7 @@ pub(crate) async fn serve(
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, listen = %addr, max_connections = limits.max_connections,
                 "connection limit reached; refusing");
+            bound.stats.refused(Refusal::Busy.counted_as());
             // No TLS handshake for a refusal when the listener is already full.
             if config.local_tls != LocalTls::Implicit {
                 sessions.spawn(refuse(stream, config, ctx.clone(), Refusal::Busy));
@@ -186,6 +200,7 @@ pub(crate) async fn serve(
         let ctx = ctx.clone();
         if !allowed.is_empty() && !is_allowed(&allowed, peer.ip()) {
             tracing::warn!(%peer, listen = %addr, "connection from outside allow_from; refusing");
+            bound.stats.refused(Refusal::NotAllowed.counted_as());
             sessions.spawn(async move {
                 refuse(stream, config, ctx, Refusal::NotAllowed).await;
                 drop(permit);
@@ -202,6 +217,7 @@ pub(crate) async fn serve(
         if config.is_exposed() && slot.is_none() {
             tracing::warn!(%peer, listen = %addr, max_connections_per_source = limits.max_per_source,
                 "too many connections from this address; refusing");
+            bound.stats.refused(Refusal::TooManyFromSource.counted_as());
             sessions.spawn(async move {
                 refuse(stream, config, ctx, Refusal::TooManyFromSource).await;
                 drop(permit);
@@ -209,9 +225,10 @@ pub(crate) async fn serve(
             continue;
         }
         let open = bound.stats.opened();
+        let stats = bound.stats.clone();
         sessions.spawn(async move {
             tracing::debug!(%peer, protocol = %config.protocol, "connection accepted");
-            crate::session::serve(ClientStream::Plain(stream), peer, config, ctx).await;
+            crate::session::serve(ClientStream::Plain(stream), peer, config, ctx, stats).await;
             drop(open);
             drop(slot);
             drop(permit);

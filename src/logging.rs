@@ -1,12 +1,15 @@
 //! Where log lines go: stderr on a terminal; under a service manager
 //! (`--log-dir` or `log_dir`, which the service definitions set) daily
 //! files `xoauth2-proxy.YYYY-MM-DD.log`, the oldest removed beyond a count.
+//! Either as text or (`log_format = "json"`) one JSON object per line.
 
 use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::rolling::{Builder, RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
+
+pub use crate::config::LogFormat;
 
 /// The name of the daily log files: `<prefix>.<date>.<suffix>`.
 pub(crate) const FILE_PREFIX: &str = "xoauth2-proxy";
@@ -23,11 +26,18 @@ pub fn filter(default: &str) -> EnvFilter {
 /// a pipe or a service manager's journal, escape codes are noise in every
 /// line (and break `grep` on the level).
 pub fn to_stderr(default: &str) {
-    let _ = tracing_subscriber::fmt()
+    to_stderr_as(default, LogFormat::Text)
+}
+
+/// [`to_stderr`] in `format`: `Json` is one JSON object per line (never coloured).
+pub fn to_stderr_as(default: &str, format: LogFormat) {
+    let lines = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => lines.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Daily-rotated files in `dir` (created if missing, and made owner-only:
@@ -50,12 +60,25 @@ pub(crate) fn daily_files(dir: &Path, keep: usize) -> anyhow::Result<RollingFile
 
 /// Log lines to daily files in `dir` (see [`daily_files`]).
 pub fn to_files(default: &str, dir: &Path, keep: usize) -> anyhow::Result<()> {
+    to_files_as(default, dir, keep, LogFormat::Text)
+}
+
+/// [`to_files`] in `format`.
+pub fn to_files_as(
+    default: &str,
+    dir: &Path,
+    keep: usize,
+    format: LogFormat,
+) -> anyhow::Result<()> {
     let files = daily_files(dir, keep)?;
-    let _ = tracing_subscriber::fmt()
+    let lines = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
         .with_ansi(false)
-        .with_writer(files)
-        .try_init();
+        .with_writer(files);
+    let _ = match format {
+        LogFormat::Text => lines.try_init(),
+        LogFormat::Json => lines.json().flatten_event(true).try_init(),
+    };
     Ok(())
 }
 

@@ -25,6 +25,10 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins when set.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log lines as text, or as one JSON object per line for log shippers;
+    /// overrides `log_format` of the configuration.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<xoauth2_proxy::logging::LogFormat>,
     /// `run`: log to daily files in this directory instead of stderr (the
     /// service definitions set it); overrides `log_dir` of the configuration.
     /// `doctor`: the log folder to check.
@@ -221,15 +225,15 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Command::HashPassword = cli.command {
-        xoauth2_proxy::logging::to_stderr(&cli.log);
+        xoauth2_proxy::logging::to_stderr_as(&cli.log, cli.log_format.unwrap_or_default());
         return hash_password();
     }
     if let Command::Init(flags) = &cli.command {
-        xoauth2_proxy::logging::to_stderr(&cli.log);
+        xoauth2_proxy::logging::to_stderr_as(&cli.log, cli.log_format.unwrap_or_default());
         return init(flags, &cli).await;
     }
     if let Command::Service { action } = &cli.command {
-        xoauth2_proxy::logging::to_stderr(&cli.log);
+        xoauth2_proxy::logging::to_stderr_as(&cli.log, cli.log_format.unwrap_or_default());
         return service(action, &cli);
     }
     let mut config = Config::load(&cli.config)?;
@@ -240,9 +244,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run => cli.log_dir.clone().or_else(|| config.proxy.log_dir.clone()),
         _ => None,
     };
+    let log_format = cli.log_format.unwrap_or(config.proxy.log_format);
     match &log_dir {
-        Some(dir) => xoauth2_proxy::logging::to_files(&cli.log, dir, config.proxy.log_keep)?,
-        None => xoauth2_proxy::logging::to_stderr(&cli.log),
+        Some(dir) => {
+            xoauth2_proxy::logging::to_files_as(&cli.log, dir, config.proxy.log_keep, log_format)?
+        }
+        None => xoauth2_proxy::logging::to_stderr_as(&cli.log, log_format),
     }
     match cli.command {
         Command::Run => {

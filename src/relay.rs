@@ -19,7 +19,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::health::Bytes;
 
 mod filtered;
 pub(crate) use filtered::relay_filtered;
@@ -67,6 +70,7 @@ pub(crate) async fn relay<C, U>(
     upstream: &mut U,
     upstream_pending: &[u8],
     account: &str,
+    counted: &Bytes,
 ) -> io::Result<Totals>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -76,11 +80,18 @@ where
     watched.inspect(upstream_pending);
     if !upstream_pending.is_empty() {
         client.write_all(upstream_pending).await?;
+        counted.to_client.inc_by(upstream_pending.len() as u64);
     }
     if !client_pending.is_empty() {
         watched.write_all(client_pending).await?;
+        counted.to_server.inc_by(client_pending.len() as u64);
     }
-    let (up, down) = copy_both(client, &mut watched).await?;
+    let (up, down) = copy_both(
+        client,
+        &mut watched,
+        (&counted.to_server, &counted.to_client),
+    )
+    .await?;
     Ok(Totals {
         to_upstream: up + client_pending.len() as u64,
         to_client: down + upstream_pending.len() as u64,
@@ -89,8 +100,14 @@ where
 
 /// Copies `a → b` and `b → a` until both directions have seen EOF; an EOF
 /// on one side shuts down the write half of the other. Returns the bytes
-/// copied each way.
-pub(crate) async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// copied each way, and adds them to `counted` (`a → b`, `b → a`) as each
+/// write completes: one relaxed atomic add per write of up to a buffer,
+/// so a scrape sees a long transfer grow.
+pub(crate) async fn copy_both<A, B>(
+    a: &mut A,
+    b: &mut B,
+    counted: (&Counter, &Counter),
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -98,8 +115,8 @@ where
     let mut a_to_b = Half::default();
     let mut b_to_a = Half::default();
     poll_fn(|cx| {
-        let ab = a_to_b.poll(cx, &mut *a, &mut *b)?;
-        let ba = b_to_a.poll(cx, &mut *b, &mut *a)?;
+        let ab = a_to_b.poll(cx, &mut *a, &mut *b, counted.0)?;
+        let ba = b_to_a.poll(cx, &mut *b, &mut *a, counted.1)?;
         match (ab, ba) {
             (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
             _ => Poll::Pending,
@@ -127,6 +144,7 @@ impl Half {
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
+        counted: &Counter,
     ) -> Poll<io::Result<u64>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -177,6 +195,7 @@ impl Half {
                 }
                 self.pos += n;
                 self.copied += n as u64;
+                counted.inc_by(n as u64);
                 self.need_flush = true;
             }
             if let Some(buf) = self.buf.take() {
@@ -287,8 +306,11 @@ mod tests {
         // Small duplex pipes force many partial reads and writes.
         let (client, mut proxy_client_side) = duplex(1000);
         let (mut proxy_upstream_side, server) = duplex(777);
+        let counted = Bytes::default();
+        let counters = counted.clone();
         let relay = tokio::spawn(async move {
-            copy_both(&mut proxy_client_side, &mut proxy_upstream_side).await
+            let counted = (&counters.to_server, &counters.to_client);
+            copy_both(&mut proxy_client_side, &mut proxy_upstream_side, counted).await
         });
         let up = pattern(3 * RELAY_BUFFER + 17, 1);
         let down = pattern(5 * RELAY_BUFFER + 3, 2);
@@ -311,6 +333,11 @@ mod tests {
         assert!(got_up == up, "upstream bytes differ");
         assert!(got_down == down, "client bytes differ");
         assert_eq!((a, b), (up.len() as u64, down.len() as u64));
+        assert_eq!(
+            (counted.to_server.get(), counted.to_client.get()),
+            (a, b),
+            "the counters saw every byte"
+        );
     }
 
     #[tokio::test]
@@ -319,7 +346,10 @@ mod tests {
         let (mut b, _server) = duplex(64);
         let mut half = Half::default();
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(half.poll(&mut cx, &mut a, &mut b).is_pending());
+        assert!(
+            half.poll(&mut cx, &mut a, &mut b, &Counter::default())
+                .is_pending()
+        );
         assert!(
             half.buf.is_none(),
             "a pending read must give its buffer back"

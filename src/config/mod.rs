@@ -152,6 +152,41 @@ pub struct ProxySection {
     /// `upstream_proxy` (with `"system"`, `NO_PROXY` counts as well).
     #[serde(default)]
     pub no_proxy: Vec<NoProxyRule>,
+    // --- metrics and log format (issue 18) ---
+    /// Prometheus metrics at `/metrics` on this address; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Networks that may scrape `metrics_listen`; without any, loopback
+    /// clients only (and `metrics_listen` must be a loopback address).
+    #[serde(default)]
+    pub metrics_allow_from: Vec<Network>,
+    /// Account addresses as metric labels; by default a hash of each
+    /// (whoever scrapes learns no addresses).
+    #[serde(default)]
+    pub metrics_account_labels: bool,
+    /// `"text"` (default) or `"json"`: one JSON object per line, for log shippers.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and the fields.
+    Json,
+}
+
+/// Whether a client at `peer` may scrape the metrics: one of `allow_from`
+/// (`metrics_allow_from`), or without any, this machine (loopback).
+pub(crate) fn may_scrape(allow_from: &[Network], peer: IpAddr) -> bool {
+    if allow_from.is_empty() {
+        return peer.to_canonical().is_loopback();
+    }
+    let networks: Vec<IpNet> = allow_from.iter().map(Network::net).collect();
+    is_allowed(&networks, peer)
 }
 
 fn default_upstream_proxy() -> ProxySetting {
@@ -227,6 +262,10 @@ impl Default for ProxySection {
             admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
             upstream_proxy: ProxySetting::System,
             no_proxy: Vec::new(),
+            metrics_listen: None,
+            metrics_allow_from: Vec::new(),
+            metrics_account_labels: false,
+            log_format: LogFormat::Text,
         }
     }
 }

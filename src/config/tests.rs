@@ -676,3 +676,53 @@ fn graph_listeners_need_no_upstream_and_take_none() {
         "{e}"
     );
 }
+
+#[test]
+fn metrics_are_off_by_default_and_loopback_only_without_allow_from() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.proxy.metrics_listen, None);
+    assert!(!c.proxy.metrics_account_labels);
+    assert_eq!(c.proxy.log_format, LogFormat::Text);
+    let with = |keys: &str| parse(&GOOD.replace("state_dir", &format!("{keys}\nstate_dir")));
+    let err = with("metrics_listen = \"0.0.0.0:9187\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("proxy.metrics_allow_from"), "{err}");
+    let err = with("log_format = \"xml\"").unwrap_err().to_string();
+    assert!(err.contains("log_format"), "{err}");
+
+    // Loopback listen, no allow_from: only this machine may scrape.
+    let local = with("metrics_listen = \"127.0.0.1:9187\"\nlog_format = \"json\"").unwrap();
+    assert_eq!(local.proxy.log_format, LogFormat::Json);
+    let lan_peer: IpAddr = "192.168.1.20".parse().unwrap();
+    assert!(may_scrape(
+        &local.proxy.metrics_allow_from,
+        "127.0.0.1".parse().unwrap()
+    ));
+    assert!(may_scrape(
+        &local.proxy.metrics_allow_from,
+        "::ffff:127.0.0.1".parse().unwrap()
+    ));
+    assert!(!may_scrape(&local.proxy.metrics_allow_from, lan_peer));
+
+    // allow_from opens it to those networks, and only those.
+    let open = with(
+        "metrics_listen = \"0.0.0.0:9187\"\nmetrics_allow_from = [\"192.168.1.0/24\"]\n\
+         metrics_account_labels = true",
+    )
+    .unwrap();
+    assert!(open.proxy.metrics_account_labels);
+    assert!(may_scrape(&open.proxy.metrics_allow_from, lan_peer));
+    assert!(may_scrape(
+        &open.proxy.metrics_allow_from,
+        "::ffff:192.168.1.20".parse().unwrap()
+    ));
+    assert!(!may_scrape(
+        &open.proxy.metrics_allow_from,
+        "10.0.0.1".parse().unwrap()
+    ));
+    assert!(!may_scrape(
+        &open.proxy.metrics_allow_from,
+        "127.0.0.1".parse().unwrap()
+    ));
+}

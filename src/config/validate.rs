@@ -73,6 +73,18 @@ impl Config {
                 ),
             ));
         }
+        if let Some(addr) = p.metrics_listen
+            && !addr.ip().is_loopback()
+            && p.metrics_allow_from.is_empty()
+        {
+            return Err(self.invalid(
+                "proxy.metrics_allow_from".into(),
+                format!(
+                    "metrics_listen {addr} is not a loopback address: list the networks that                      may scrape it, e.g. metrics_allow_from = [\"192.168.1.0/24\"] (or listen \
+                     on 127.0.0.1)"
+                ),
+            ));
+        }
         if let Some(ca) = &p.ca_file
             && !ca.is_file()
         {

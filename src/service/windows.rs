@@ -137,7 +137,11 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|c| c.proxy.log_keep)
         .unwrap_or(DEFAULT_LOG_KEEP);
-    let logging = crate::logging::to_files("info", &args.log_dir, keep);
+    let format = config
+        .as_ref()
+        .map(|c| c.proxy.log_format)
+        .unwrap_or_default();
+    let logging = crate::logging::to_files_as("info", &args.log_dir, keep, format);
     let result = (|| -> anyhow::Result<()> {
         logging?;
         let mut config = config?;

@@ -17,6 +17,7 @@ use super::client::ClientStream;
 use super::upstream_auth::UpstreamLogin;
 use crate::config::{ListenerConfig, LocalTls};
 use crate::escape::log_text;
+use crate::health::ListenerStats;
 use crate::protocol::smtp::filter::{Filter, Policy};
 use crate::sasl::Credentials;
 use crate::upstream::Target;
@@ -129,15 +130,28 @@ pub(super) struct Session<U> {
     /// `None` while the upstream is unreachable or was given up; the login
     /// connects again.
     pub(super) upstream: Option<U>,
+    /// The listener's counters.
+    pub(super) stats: Arc<ListenerStats>,
+}
+
+/// An accepted client connection and what it was accepted with.
+pub(super) struct Connection {
+    pub(super) client: ClientStream,
+    pub(super) peer: SocketAddr,
+    pub(super) listener: Arc<ListenerConfig>,
+    pub(super) ctx: Arc<Context>,
+    pub(super) stats: Arc<ListenerStats>,
 }
 
 /// Serves one client connection with protocol `P`, from accept to close.
-pub(super) async fn serve<P: Protocol>(
-    mut client: ClientStream,
-    peer: SocketAddr,
-    listener: Arc<ListenerConfig>,
-    ctx: Arc<Context>,
-) {
+pub(super) async fn serve<P: Protocol>(connection: Connection) {
+    let Connection {
+        mut client,
+        peer,
+        listener,
+        ctx,
+        stats,
+    } = connection;
     let deadline = Instant::now() + ctx.preauth_timeout;
     let target = ctx.target(&listener);
     // The client's TLS handshake and the upstream connection overlap.
@@ -147,6 +161,9 @@ pub(super) async fn serve<P: Protocol>(
     );
     if P::Upstream::REMOTE {
         ctx.note_upstream(&target, &connected);
+        if let Err(e) = &connected {
+            stats.upstream_failed(super::failed_at(e));
+        }
     }
     if !handshake {
         return;
@@ -167,6 +184,7 @@ pub(super) async fn serve<P: Protocol>(
         client,
         buf: Vec::with_capacity(P::BUFFER),
         upstream,
+        stats,
     };
     let (mut protocol, greeting) = P::start(&session);
     if session.write(&greeting).await.is_err() {
@@ -262,7 +280,10 @@ impl<U: UpstreamLogin> Session<U> {
         let peer = self.peer;
         let (mut upstream, upstream_pending) = up.into_parts();
         let started = std::time::Instant::now();
+        let _open = self.stats.session();
+        let bytes = &self.stats.bytes;
         let relayed = match policy {
+            // Counted by the relay as each batch is written.
             None => {
                 crate::relay::relay(
                     &mut self.client,
@@ -270,20 +291,24 @@ impl<U: UpstreamLogin> Session<U> {
                     &mut upstream,
                     &upstream_pending,
                     account,
+                    bytes,
                 )
                 .await
             }
-            Some(policy) => {
-                crate::relay::relay_filtered(
-                    &mut self.client,
-                    &self.buf,
-                    &mut upstream,
-                    &upstream_pending,
-                    Filter::new(policy),
-                    peer,
-                )
-                .await
-            }
+            // Counted at the end (a fixed-account relay: short SMTP sessions).
+            Some(policy) => crate::relay::relay_filtered(
+                &mut self.client,
+                &self.buf,
+                &mut upstream,
+                &upstream_pending,
+                Filter::new(policy),
+                peer,
+            )
+            .await
+            .inspect(|t| {
+                bytes.to_client.inc_by(t.to_client);
+                bytes.to_server.inc_by(t.to_upstream);
+            }),
         };
         let secs = started.elapsed().as_secs();
         match relayed {

@@ -19,6 +19,7 @@ use secrecy::ExposeSecret as _;
 
 use crate::auth::gate::{Gate, Grant, LoginError, Origin};
 use crate::config::{Backend, ListenerConfig, Protocol};
+use crate::health::{ListenerStats, LoginOutcome, UpstreamStage};
 use crate::protocol::Failure;
 use crate::sasl::Credentials;
 use crate::upstream::{Target, UpstreamError};
@@ -43,19 +44,52 @@ pub(crate) const UPSTREAM_FAILED: &str =
 
 /// Serves one client connection with its listener's protocol, from accept
 /// to close.
-pub async fn serve(
+/// `stats`: the listener's counters (logins, sessions, bytes, upstream failures).
+pub(crate) async fn serve(
     client: ClientStream,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
     ctx: Arc<Context>,
+    stats: Arc<ListenerStats>,
 ) {
-    match listener.protocol {
-        Protocol::Imap => driver::serve::<imap::Imap>(client, peer, listener, ctx).await,
-        Protocol::Pop3 => driver::serve::<pop3::Pop3>(client, peer, listener, ctx).await,
-        Protocol::Smtp if listener.backend == Backend::Graph => {
-            driver::serve::<graph::GraphSmtp>(client, peer, listener, ctx).await
+    let connection = driver::Connection {
+        client,
+        peer,
+        listener,
+        ctx,
+        stats,
+    };
+    match connection.listener.protocol {
+        Protocol::Imap => driver::serve::<imap::Imap>(connection).await,
+        Protocol::Pop3 => driver::serve::<pop3::Pop3>(connection).await,
+        Protocol::Smtp if connection.listener.backend == Backend::Graph => {
+            driver::serve::<graph::GraphSmtp>(connection).await
         }
-        Protocol::Smtp => driver::serve::<smtp::Smtp>(client, peer, listener, ctx).await,
+        Protocol::Smtp => driver::serve::<smtp::Smtp>(connection).await,
+    }
+}
+
+/// Where reaching the upstream failed, for the listener's counters.
+fn failed_at(e: &UpstreamError) -> UpstreamStage {
+    match e {
+        UpstreamError::Connect { .. } | UpstreamError::Timeout(_) | UpstreamError::Proxy(_) => {
+            UpstreamStage::connect
+        }
+        UpstreamError::Tls { .. } => UpstreamStage::tls,
+        UpstreamError::Closed
+        | UpstreamError::Io(_)
+        | UpstreamError::LineTooLong
+        | UpstreamError::Protocol(_) => UpstreamStage::greeting,
+    }
+}
+
+/// How a refusal of the gate is counted.
+fn counted_as(e: &LoginError) -> LoginOutcome {
+    match e {
+        LoginError::Refused(_) => LoginOutcome::wrong_password,
+        LoginError::Throttled(_) => LoginOutcome::throttled,
+        LoginError::SignInNeeded(_) => LoginOutcome::sign_in_needed,
+        LoginError::Unavailable(_) => LoginOutcome::unavailable,
     }
 }
 

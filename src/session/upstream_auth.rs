@@ -13,6 +13,7 @@ use super::driver::Session;
 use crate::auth::gate::{Grant, Origin};
 use crate::config::UpstreamTls;
 use crate::escape::log_text;
+use crate::health::LoginOutcome;
 use crate::protocol::Failure;
 use crate::sasl::{Credentials, ErrorChallenge};
 use crate::upstream::{self, AuthOutcome, Target, UpstreamError, imap, pop3, smtp};
@@ -83,7 +84,7 @@ pub(crate) trait UpstreamLogin: Sized + Send {
 }
 
 impl<U: UpstreamLogin> Session<U> {
-    /// A client login: the gate ([`super::Context::login`]), then
+    /// A client login: the gate (counted by outcome in the listener's stats), then
     /// [`Session::authenticate`]. `Ok` carries the account's address and the
     /// server's success reply.
     pub(super) async fn login(
@@ -96,11 +97,13 @@ impl<U: UpstreamLogin> Session<U> {
             peer: self.peer,
             local: self.client.local_addr(),
         };
-        let grant = self
-            .ctx
-            .login(credentials, origin)
-            .await
-            .map_err(|f| U::failure(tag, &f))?;
+        let grant = match self.ctx.gate.login(credentials, origin).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.stats.login(super::counted_as(&e));
+                return Err(U::failure(tag, &self.ctx.failure(credentials, e)));
+            }
+        };
         let reply = self.authenticate(hello, tag, &grant).await?;
         Ok((grant.address().to_owned(), reply))
     }
@@ -116,7 +119,7 @@ impl<U: UpstreamLogin> Session<U> {
         tag: &str,
         grant: &Grant,
     ) -> Result<Vec<u8>, Vec<u8>> {
-        let (ctx, target, peer) = (&self.ctx, &self.target, self.peer);
+        let (ctx, target, peer, stats) = (&self.ctx, &self.target, self.peer, &self.stats);
         let tls = self.listener.upstream_tls_mode();
         let upstream = &mut self.upstream;
         let user = match U::USER_IS_THE_DELEGATE {
@@ -129,11 +132,15 @@ impl<U: UpstreamLogin> Session<U> {
                 Some(up) => up,
                 None => match U::open(target, tls, hello).await.inspect_err(|e| {
                     ctx.upstream_health
-                        .record(&target.addr(), Err(e as &dyn std::fmt::Display))
+                        .record(&target.addr(), Err(e as &dyn std::fmt::Display));
+                    if U::REMOTE {
+                        stats.upstream_failed(super::failed_at(e));
+                    }
                 }) {
                     Ok(u) => upstream.insert(u),
                     Err(e) => {
                         tracing::warn!(%peer, upstream = %target.addr(), error = %e, "upstream not reachable");
+                        stats.login(LoginOutcome::unavailable);
                         return Err(U::failure(
                             tag,
                             &Failure::Unavailable(super::UPSTREAM_UNREACHABLE.to_owned()),
@@ -148,6 +155,7 @@ impl<U: UpstreamLogin> Session<U> {
             match outcome {
                 Ok(Outcome::Accepted(reply)) => {
                     tracing::info!(%peer, account = %user, "logged in upstream");
+                    stats.login(LoginOutcome::ok);
                     return Ok(reply);
                 }
                 Ok(Outcome::Refused {
@@ -157,6 +165,7 @@ impl<U: UpstreamLogin> Session<U> {
                 }) => {
                     tracing::warn!(%peer, account = %user, server = %log_text(String::from_utf8_lossy(&reply).trim_end()),
                     challenge = ?challenge, "upstream refused the token");
+                    stats.login(LoginOutcome::upstream_refused);
                     if token_refused {
                         ctx.gate.token_refused(grant);
                     }
@@ -169,6 +178,7 @@ impl<U: UpstreamLogin> Session<U> {
                     *upstream = None;
                     if fresh {
                         tracing::warn!(%peer, account = %user, error = %e, "upstream failed during authentication");
+                        stats.login(LoginOutcome::unavailable);
                         return Err(U::failure(
                             tag,
                             &Failure::Unavailable(super::UPSTREAM_FAILED.to_owned()),

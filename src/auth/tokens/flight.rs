@@ -13,6 +13,7 @@ use oauth2::TokenResponse;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
+use super::counts::RefreshOutcome;
 use super::exchange::{Failure, Outcome, classify, exchange_and_save};
 use super::machine::{Access, Event, Kind, TokenState};
 use super::refresh::{STILL_USABLE, jitter};
@@ -62,6 +63,9 @@ impl Landing {
 
     pub(super) fn land(mut self, event: Option<Event>) {
         let transient = matches!(event, Some(Event::Transient { .. }));
+        if let Some(outcome) = event.as_ref().and_then(RefreshOutcome::of) {
+            self.account.refreshes.record(outcome);
+        }
         {
             let mut state = self.account.lock();
             if let Some(event) = event {
@@ -96,6 +100,7 @@ impl Drop for Landing {
         {
             let mut state = self.account.lock();
             if state.kind() == Kind::Refreshing {
+                self.account.refreshes.record(RefreshOutcome::Transient);
                 let error = TokenError::Transient("the token refresh task ended early".into());
                 let event = Event::Transient {
                     error,

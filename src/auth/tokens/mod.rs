@@ -17,9 +17,11 @@
 //! token (cache, wait, backoff, start a flight), `flight` the flight itself
 //! (disk, exchange, outcome) in its own task, `exchange` the token endpoint
 //! request and the write of its result, `background` the renewal ahead of
-//! expiry, `status` what the page shows.
+//! expiry, `status` what the page shows, `counts` the refresh outcomes
+//! `metrics` serves.
 
 mod background;
+mod counts;
 mod exchange;
 mod flight;
 mod graph;
@@ -44,6 +46,7 @@ use crate::config::AccountConfig;
 
 pub use super::flows::LIFETIME_WITHOUT_EXPIRY;
 pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD, background_due};
+pub use counts::{RefreshFigures, RefreshOutcome};
 pub use graph::graph_scopes;
 use machine::Event;
 pub use refresh::{

@@ -43,6 +43,8 @@ pub(super) struct AccountTokens {
     /// One password check (KDF) per account at a time: the others wait and
     /// then take the fast path.
     pub(super) unlocking: tokio::sync::Mutex<()>,
+    /// Refresh outcomes, for `metrics`.
+    pub(super) refreshes: super::counts::RefreshCounts,
 }
 
 impl AccountTokens {
@@ -55,6 +57,7 @@ impl AccountTokens {
             flights: tokio::sync::watch::channel(()).0,
             unlocked: RwLock::new(None),
             unlocking: tokio::sync::Mutex::new(()),
+            refreshes: Default::default(),
         })
     }
 
