@@ -152,6 +152,11 @@ pub struct ProxySection {
     /// `upstream_proxy` (with `"system"`, `NO_PROXY` counts as well).
     #[serde(default)]
     pub no_proxy: Vec<NoProxyRule>,
+    /// A program run on each notification (`sign_in_needed`, …): its path
+    /// and arguments, never a shell line; the event is in its environment
+    /// (`XP_EVENT`, …). Empty: a desktop notification where there is a
+    /// desktop, the Event Log for the Windows service.
+    pub notify_command: Option<Vec<String>>,
 }
 
 fn default_upstream_proxy() -> ProxySetting {
@@ -227,6 +232,7 @@ impl Default for ProxySection {
             admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
             upstream_proxy: ProxySetting::System,
             no_proxy: Vec::new(),
+            notify_command: None,
         }
     }
 }

@@ -630,3 +630,35 @@ fn graph_listeners_need_no_upstream_and_take_none() {
         assert!(e.contains(key), "{listener}{account}: {e}");
     }
 }
+
+#[test]
+fn notify_command_is_an_absolute_program_and_its_arguments() {
+    let with = |line: &str| parse(&GOOD.replace("[proxy]\n", &format!("[proxy]\n{line}\n")));
+    let ok = with(r#"notify_command = ["/usr/local/bin/alert", "--to", "admin"]"#).unwrap();
+    assert_eq!(
+        ok.proxy.notify_command.as_deref(),
+        Some(
+            &[
+                "/usr/local/bin/alert".to_owned(),
+                "--to".into(),
+                "admin".into()
+            ][..]
+        )
+    );
+    assert_eq!(with("").unwrap().proxy.notify_command, None);
+    for (line, says) in [
+        ("notify_command = []", "is empty"),
+        (r#"notify_command = ["alert.sh"]"#, "absolute path"),
+        (
+            r#"notify_command = ["notify-send hello"]"#,
+            "not a shell line",
+        ),
+        (r#"notify_command = "/bin/alert""#, "notify_command"),
+    ] {
+        let e = with(line).unwrap_err().to_string();
+        assert!(
+            e.contains("notify_command") && e.contains(says),
+            "{line}: {e}"
+        );
+    }
+}
