@@ -6,6 +6,7 @@
 
 use super::derive::Notice;
 
+#[cfg(all(feature = "desktop", any(target_os = "linux", target_os = "macos")))]
 /// Whether this process can reach a desktop: on Linux a session bus
 /// (`DBUS_SESSION_BUS_ADDRESS`, or the per-user bus socket systemd makes in
 /// `XDG_RUNTIME_DIR`); on macOS the notification centre answers or fails.
@@ -22,6 +23,7 @@ pub(crate) fn session_available() -> bool {
     }
 }
 
+#[cfg(all(feature = "desktop", any(target_os = "linux", target_os = "macos")))]
 /// Title and body of the desktop notification.
 pub(crate) fn text(notice: &Notice, page_url: &str) -> (String, String) {
     let title = format!("xoauth2-proxy: {}", notice.event.name().replace('_', " "));
@@ -67,4 +69,30 @@ pub(crate) async fn show(notice: &Notice, _page_url: &str) {
         event = notice.event.name(),
         "built without desktop notifications"
     );
+}
+
+#[cfg(all(
+    test,
+    feature = "desktop",
+    any(target_os = "linux", target_os = "macos")
+))]
+mod tests {
+    use super::*;
+    use crate::notify::derive::{EventKind, Subject};
+
+    #[test]
+    fn the_title_names_the_event_and_the_body_the_page() {
+        let notice = Notice {
+            event: EventKind::SignInNeeded,
+            subject: Subject::Account("alice@contoso.com".into()),
+            message: "alice@contoso.com must sign in again".into(),
+        };
+        let (title, body) = text(&notice, "http://localhost:8089/");
+        assert_eq!(title, "xoauth2-proxy: sign in needed");
+        assert_eq!(
+            body,
+            "alice@contoso.com must sign in again\nhttp://localhost:8089/"
+        );
+        assert_eq!(text(&notice, "").1, notice.message);
+    }
 }
