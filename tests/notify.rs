@@ -337,3 +337,53 @@ async fn a_missing_program_is_refused_by_the_configuration() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_sends_through_the_new_command_and_keeps_what_was_said() {
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let program = script(first.path(), "exit 0");
+    let (proxy, server) = proxy(&[program.to_str().unwrap()], None).await;
+    let ctx = proxy.running.context.clone();
+    proxy.tokens.state.set_mode(Mode::InvalidGrant);
+    let _ = ctx.token_for(&creds()).await;
+    wait_for_calls(first.path(), 1).await;
+
+    // The same configuration with another program.
+    let next = script(second.path(), "exit 0");
+    let text = config_text(
+        &proxy.pki,
+        proxy.state_dir.path(),
+        &proxy.tokens.url(),
+        &[imap(server.addr)],
+        &format!(
+            "admin_listen = \"127.0.0.1:0\"\nnotify_command = {:?}\n",
+            [next.to_str().unwrap()]
+        ),
+    );
+    let config = xoauth2_proxy::config::Config::parse(&text, Path::new("t.toml")).unwrap();
+    let Proxy {
+        pki: _pki,
+        tokens,
+        state_dir: _state_dir,
+        running,
+    } = proxy;
+    let (running, outcome) = running.reload(config).await;
+    outcome.expect("reloaded");
+    // Still refused under the new configuration: already said, not again.
+    let ctx = running.context.clone();
+    let _ = ctx.token_for(&creds()).await;
+    tokio::time::sleep(POLL * 10).await;
+    assert!(
+        calls(second.path()).is_empty(),
+        "{:?}",
+        calls(second.path())
+    );
+    // Recovered: through the new program.
+    tokens.state.set_mode(Mode::Normal);
+    ctx.token_for(&creds()).await.expect("a token");
+    let seen = wait_for_calls(second.path(), 1).await;
+    assert_eq!(seen[0].event, "recovered");
+    assert_eq!(calls(first.path()).len(), 1);
+    running.shutdown().await;
+}
