@@ -124,6 +124,11 @@ main() {
   status=$(wx 60 service status --config "$CONF_WIN" 2>&1) || die "service status: $status"
   grep -q "^$SERVICE: Running" <<<"$status" || die "service status: $status"
   ok "service status: $(head -n 1 <<<"$status")"
+  # notify: the Event Log source of the service's events (src/notify/event_log.rs).
+  wine_cmd 60 reg query 'HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\xoauth2-proxy' \
+    >"$RUN/eventlog.log" 2>&1 || die "no Event Log source after install: $(tail -n 3 "$RUN/eventlog.log")"
+  grep -aq EventMessageFile "$RUN/eventlog.log" || die "Event Log source without its message file"
+  ok "Event Log source registered: $(grep -a TypesSupported "$RUN/eventlog.log" | tr -s ' ')"
 
   imap_check fetch >"$RUN/imap.out" 2>&1 || die "IMAP through the service: $(cat "$RUN/imap.out")"
   ok "imaplib through the service: $(tail -n 1 "$RUN/imap.out")"
@@ -158,6 +163,12 @@ main() {
     die "sc query still finds $SERVICE: $(tail -n 3 "$RUN/sc.log")"
   fi
   ok "gone: service status says \"$status\"; sc query does not find it"
+  # notify: uninstall removes the Event Log source.
+  if wine_cmd 60 reg query 'HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\xoauth2-proxy' \
+    >"$RUN/eventlog.log" 2>&1; then
+    die "the Event Log source is still registered after uninstall"
+  fi
+  ok "Event Log source removed by uninstall"
 
   grep -aq 'running as the Windows service' "$data"/logs/* ||
     die "the service's log does not say it ran as a service"

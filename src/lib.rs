@@ -18,6 +18,7 @@
 //! - `escape`: the one HTML/XML escape.
 //! - `fs_secure`: owner-only folders and files (Unix modes, Windows protected DACLs), read back for `doctor`.
 //! - [`tls`]: rustls configurations (ring provider) and the local certificate.
+//! - [`notify`]: notifications (sign-in needed, failures, expiring certificates, recovery).
 
 pub(crate) mod admin;
 pub mod auth;
@@ -33,6 +34,7 @@ pub(crate) mod listener;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod net;
+pub mod notify;
 pub mod protocol;
 pub(crate) mod relay;
 pub mod sasl;
@@ -71,6 +73,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The local page; it outlives reloads.
     admin: Option<admin::Admin>,
+    /// Notifications; outlive reloads (with what they remember).
+    notifier: Option<notify::Notifier>,
     grace: Duration,
     /// The configured listeners, in order.
     configured: Vec<Arc<config::ListenerConfig>>,
@@ -93,6 +97,9 @@ impl Running {
         }
         if let Some(metrics) = self.metrics.take() {
             metrics.stop().await;
+        }
+        if let Some(notifier) = self.notifier.take() {
+            notifier.stop().await;
         }
         let _ = self.shutdown.send(true);
         while self.listeners.join_next().await.is_some() {}
@@ -217,6 +224,10 @@ impl Running {
             running.admin_addr = Some(page.addr());
             running.admin = Some(page);
         }
+        if let Some(notifier) = self.notifier.take() {
+            notifier.update(running.notify_setup(&config));
+            running.notifier = Some(notifier);
+        }
         tracing::info!(
             listeners = running.addrs.len(),
             accounts = config.accounts.len(),
@@ -267,6 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Err(e) => tracing::warn!(error = %e, "cannot serve the sign-in page"),
         }
     }
+    running.notifier = Some(notify::Notifier::start(running.notify_setup(&config)));
     Ok(running)
 }
 
@@ -274,6 +286,19 @@ impl Running {
     /// Where the metrics are served (`None`: no `metrics_listen`).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|m| m.addr())
+    }
+
+    /// What the notifier watches of this configuration.
+    fn notify_setup(&self, config: &Config) -> notify::Setup {
+        notify::Setup::new(config, self.context.clone(), &self.addrs)
+    }
+
+    /// Shortens the notifier's thresholds and timeout (tests).
+    #[doc(hidden)]
+    pub fn set_notify_timing(&self, timing: notify::Timing) {
+        if let Some(notifier) = &self.notifier {
+            notifier.set_timing(timing);
+        }
     }
 
     /// What the local page shows of this configuration.
@@ -330,6 +355,7 @@ fn build_context(
         upstream_health: previous
             .map(|p| p.upstream_health.clone())
             .unwrap_or_default(),
+        notices: previous.map(|p| p.notices.clone()).unwrap_or_default(),
     });
     Ok((context, local_tls))
 }
@@ -377,6 +403,7 @@ fn launch(
         sessions,
         admin_addr: None,
         admin: None,
+        notifier: None,
         grace: Duration::from_secs(config.proxy.shutdown_grace_secs),
         configured: config
             .listeners

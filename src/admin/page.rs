@@ -30,6 +30,8 @@ pub struct Page {
     pub open_sessions: usize,
     /// Outcomes of recent sign-ins, newest first.
     pub notices: Vec<Notice>,
+    /// The notifier's recent events, newest first (`health::Notices`).
+    pub events: Vec<crate::health::Notice>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,9 +213,32 @@ pub(crate) fn render(page: &Page) -> String {
     accounts(&mut html, page);
     device(&mut html, page);
     listeners(&mut html, page);
+    events(&mut html, page);
     client_settings(&mut html, page);
     html.push_str("</body></html>\n");
     html
+}
+
+/// What the notifier said lately (the same events `notify_command`, the
+/// desktop or the Event Log got).
+fn events(html: &mut String, page: &Page) {
+    if page.events.is_empty() {
+        return;
+    }
+    html.push_str("<h2>Recent notifications</h2><table><tr><th>when</th><th>event</th><th>about</th><th>message</th></tr>");
+    let now = std::time::SystemTime::now();
+    for e in &page.events {
+        let ago = now.duration_since(e.at).unwrap_or_default();
+        let _ = write!(
+            html,
+            "<tr class=\"event\" data-event=\"{event}\"><td>{ago} ago</td><td>{event}</td><td>{about}</td><td>{message}</td></tr>",
+            ago = human(ago),
+            event = escape(e.event),
+            about = escape(&e.subject),
+            message = escape(&e.message),
+        );
+    }
+    html.push_str("</table>");
 }
 
 /// When no account is signed in yet: what to do first.
@@ -506,6 +531,7 @@ mod tests {
                 security: "STARTTLS",
                 open: 1,
                 upstream_seen: Some(Seen {
+                    failing_since: None,
                     at: SystemTime::now(),
                     error: Some(v.into()),
                 }),
@@ -515,6 +541,12 @@ mod tests {
                 account: v.into(),
                 ok: false,
                 text: v.into(),
+            }],
+            events: vec![crate::health::Notice {
+                at: SystemTime::now(),
+                event: "sign_in_needed",
+                subject: v.into(),
+                message: v.into(),
             }],
         }
     }
@@ -679,6 +711,7 @@ mod tests {
             security: "none",
             open,
             upstream_seen: seen.map(|(ago, e)| Seen {
+                failing_since: None,
                 at: now - Duration::from_secs(ago),
                 error: e.map(str::to_owned),
             }),
@@ -706,6 +739,7 @@ mod tests {
         // A clock that went back shows "0 s", not a panic.
         let future = ListenerRow {
             upstream_seen: Some(Seen {
+                failing_since: None,
                 at: now + Duration::from_secs(60),
                 error: None,
             }),

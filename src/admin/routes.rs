@@ -153,6 +153,7 @@ async fn show(State(state): State<Arc<AppState>>) -> Response {
             .collect(),
         open_sessions: view.sessions.open(),
         notices: state.notices.lock().iter().cloned().collect(),
+        events: view.context.notices.recent(),
     };
     Html(page::render(&page)).into_response()
 }

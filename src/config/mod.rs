@@ -166,6 +166,11 @@ pub struct ProxySection {
     /// `"text"` (default) or `"json"`: one JSON object per line, for log shippers.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// A program run on each notification (`sign_in_needed`, …): its path
+    /// and arguments, never a shell line; the event is in its environment
+    /// (`XP_EVENT`, …). Empty: a desktop notification where there is a
+    /// desktop, the Event Log for the Windows service.
+    pub notify_command: Option<Vec<String>>,
 }
 
 /// How log lines are written.
@@ -266,6 +271,7 @@ impl Default for ProxySection {
             metrics_allow_from: Vec::new(),
             metrics_account_labels: false,
             log_format: LogFormat::Text,
+            notify_command: None,
         }
     }
 }

@@ -726,3 +726,35 @@ fn metrics_are_off_by_default_and_loopback_only_without_allow_from() {
         "127.0.0.1".parse().unwrap()
     ));
 }
+
+#[test]
+fn notify_command_is_an_absolute_program_and_its_arguments() {
+    let with = |line: &str| parse(&GOOD.replace("[proxy]\n", &format!("[proxy]\n{line}\n")));
+    let ok = with(r#"notify_command = ["/usr/local/bin/alert", "--to", "admin"]"#).unwrap();
+    assert_eq!(
+        ok.proxy.notify_command.as_deref(),
+        Some(
+            &[
+                "/usr/local/bin/alert".to_owned(),
+                "--to".into(),
+                "admin".into()
+            ][..]
+        )
+    );
+    assert_eq!(with("").unwrap().proxy.notify_command, None);
+    for (line, says) in [
+        ("notify_command = []", "is empty"),
+        (r#"notify_command = ["alert.sh"]"#, "absolute path"),
+        (
+            r#"notify_command = ["notify-send hello"]"#,
+            "not a shell line",
+        ),
+        (r#"notify_command = "/bin/alert""#, "notify_command"),
+    ] {
+        let e = with(line).unwrap_err().to_string();
+        assert!(
+            e.contains("notify_command") && e.contains(says),
+            "{line}: {e}"
+        );
+    }
+}

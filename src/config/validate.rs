@@ -85,6 +85,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_notify_command()?;
         if let Some(ca) = &p.ca_file
             && !ca.is_file()
         {
@@ -92,6 +93,36 @@ impl Config {
                 "proxy.ca_file".into(),
                 format!("{} does not exist or is not a file", ca.display()),
             ));
+        }
+        Ok(())
+    }
+
+    /// `[proxy] notify_command`: a program given by its absolute path (it
+    /// runs from a service, whose `PATH` is not the user's), no empty words.
+    fn validate_notify_command(&self) -> Result<(), ConfigError> {
+        let key = || "proxy.notify_command".to_owned();
+        let Some(command) = &self.proxy.notify_command else {
+            return Ok(());
+        };
+        let Some(program) = command.first() else {
+            return Err(self.invalid(
+                key(),
+                "is empty: give the program's absolute path (and its arguments), or remove the \
+                 key for desktop notifications",
+            ));
+        };
+        if !std::path::Path::new(program).is_absolute() {
+            return Err(self.invalid(
+                key(),
+                format!(
+                    "the program `{program}` must be an absolute path (the proxy may run as a \
+                     service, without your PATH); the list is the program and its arguments, \
+                     not a shell line"
+                ),
+            ));
+        }
+        if command.iter().any(|w| w.contains('\0')) {
+            return Err(self.invalid(key(), "a word contains a NUL character"));
         }
         Ok(())
     }

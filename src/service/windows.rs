@@ -20,6 +20,7 @@ use windows_service::{define_windows_service, service_dispatcher};
 
 use super::{Action, DESCRIPTION, Definition, NAME, STOP_MARGIN_SECS};
 use crate::config::{Config, DEFAULT_LOG_KEEP};
+use crate::notify::event_log;
 
 const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
 const ERROR_SERVICE_EXISTS: i32 = 1073;
@@ -81,8 +82,17 @@ fn service_main(_arguments: Vec<OsString>) {
     let Some(args) = ARGS.get() else {
         return;
     };
+    // Notifications, start, stop and errors go to the Event Log too (src/notify/event_log.rs).
+    crate::notify::use_event_log();
     if let Err(e) = serve(args) {
-        tracing::error!(error = %crate::logging::error_chain(e.as_ref()), "the service stopped with an error");
+        let error = crate::logging::error_chain(e.as_ref());
+        tracing::error!(error = %error, "the service stopped with an error");
+        event_log::report(
+            event_log::Level::Error,
+            &format!("the service stopped with an error: {error}"),
+        );
+    } else {
+        event_log::report(event_log::Level::Information, "the service stopped");
     }
 }
 
@@ -158,6 +168,7 @@ fn serve(args: &Args) -> anyhow::Result<()> {
             Duration::ZERO,
         ))?;
         tracing::info!("running as the Windows service {NAME}");
+        event_log::report(event_log::Level::Information, "the service started");
         runtime.block_on(crate::run(
             config,
             async {
@@ -312,6 +323,11 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
                 ),
                 Err(e) => return Err(e.into()),
             }
+            // The Event Log source of the service's notifications, start and stop.
+            if let Err(e) = event_log::register() {
+                tracing::warn!(error = %e, key = %event_log::source_key(),
+                    "cannot register the Event Log source; entries will lack their description");
+            }
             service.start::<&str>(&[])?;
             if !wait_for_state(&service, ServiceState::Running, START_WAIT)? {
                 anyhow::bail!(
@@ -331,6 +347,7 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
             let Some(service) =
                 open(ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE)?
             else {
+                let _ = event_log::unregister();
                 println!("The service {NAME} is not installed");
                 return Ok(());
             };
@@ -339,6 +356,9 @@ pub fn perform(action: Action, d: &Definition) -> anyhow::Result<()> {
                 wait_for_state(&service, ServiceState::Stopped, stop_limit)?;
             }
             service.delete()?;
+            if let Err(e) = event_log::unregister() {
+                tracing::warn!(error = %e, "cannot remove the Event Log source");
+            }
             println!("Stopped and removed the service {NAME}");
             Ok(())
         }

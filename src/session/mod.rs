@@ -111,6 +111,8 @@ pub struct Context {
     /// How each upstream answered last (for the sign-in page); shared
     /// across reloads.
     pub upstream_health: Arc<crate::health::UpstreamHealth>,
+    /// What the notifier said lately (for the page); shared across reloads.
+    pub notices: Arc<crate::health::Notices>,
 }
 
 impl Context {

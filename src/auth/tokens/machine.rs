@@ -205,7 +205,44 @@ pub(super) enum Kind {
     SignInNeeded,
 }
 
+/// What the state says of an account's health, for notifications: the
+/// classification is the state machine's (a refusal of the grant is
+/// `SignInNeeded` here because [`transition`] put it there), read, not
+/// redone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHealth {
+    /// A refresh worked (tokens in hand, no failure since).
+    Good,
+    /// Transient failures in a row (backing off, or retrying after them):
+    /// the last one's reason.
+    Failing(String),
+    /// The grant was refused (`invalid_grant`, `interaction_required`): a
+    /// person must sign in again. The endpoint's reason.
+    SignInNeeded(String),
+    /// Nothing to judge: never used in this process, signed out, locked, or
+    /// stopped for a configuration error (said at each login).
+    Unknown,
+}
+
 impl TokenState {
+    /// See [`TokenHealth`].
+    pub(super) fn health(&self) -> TokenHealth {
+        match self {
+            TokenState::Ready {
+                access: Some(_), ..
+            } => TokenHealth::Good,
+            TokenState::BackingOff { error, .. } => TokenHealth::Failing(error.to_string()),
+            TokenState::Refreshing { failures, .. } if *failures > 0 => {
+                TokenHealth::Failing("retrying after transient failures".into())
+            }
+            TokenState::SignInNeeded { error, .. }
+            | TokenState::Locked {
+                error: Some(error @ TokenError::NeedsSignIn(_)),
+            } => TokenHealth::SignInNeeded(error.to_string()),
+            _ => TokenHealth::Unknown,
+        }
+    }
+
     pub(super) fn kind(&self) -> Kind {
         match self {
             TokenState::SignedOut => Kind::SignedOut,

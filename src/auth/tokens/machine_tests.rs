@@ -316,3 +316,69 @@ fn a_short_lived_token_is_fresh_for_half_its_life() {
     };
     assert!(from_disk.fresh(Duration::from_secs(300)).is_none());
 }
+
+#[test]
+fn health_reads_the_states_classification() {
+    let now = Instant::now();
+    let refused = || TokenError::NeedsSignIn("invalid_grant".into());
+    let cases: Vec<(TokenState, TokenHealth)> = vec![
+        (make(Kind::SignedOut, now), TokenHealth::Unknown),
+        (make(Kind::Locked, now), TokenHealth::Unknown),
+        (make(Kind::Ready, now), TokenHealth::Good),
+        (
+            TokenState::Ready {
+                access: None,
+                refresh_token: rt(),
+            },
+            TokenHealth::Unknown,
+        ),
+        (make(Kind::Refreshing, now), TokenHealth::Unknown),
+        (
+            TokenState::Refreshing {
+                access: None,
+                refresh_token: rt(),
+                failures: 2,
+            },
+            TokenHealth::Failing("retrying after transient failures".into()),
+        ),
+        (
+            make(Kind::BackingOff, now),
+            TokenHealth::Failing("down".into()),
+        ),
+        (
+            make(Kind::SignInNeeded, now),
+            TokenHealth::SignInNeeded("refused".into()),
+        ),
+        (
+            TokenState::Locked {
+                error: Some(refused()),
+            },
+            TokenHealth::SignInNeeded("invalid_grant".into()),
+        ),
+        (
+            TokenState::Locked {
+                error: Some(TokenError::Configuration("invalid_client".into())),
+            },
+            TokenHealth::Unknown,
+        ),
+    ];
+    for (state, want) in cases {
+        assert_eq!(state.health(), want, "{:?}", state.kind());
+    }
+    // Through the transition itself: a refused grant becomes SignInNeeded.
+    let mut state = make(Kind::Ready, now);
+    state.step(Event::Start { login: true }, now).unwrap();
+    state
+        .step(
+            Event::Refused {
+                error: refused(),
+                usable: false,
+            },
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        state.health(),
+        TokenHealth::SignInNeeded("invalid_grant".into())
+    );
+}

@@ -49,6 +49,7 @@ pub use background::{BACKGROUND_CHECK_EVERY, BACKGROUND_JITTER, BACKGROUND_LEAD,
 pub use counts::{RefreshFigures, RefreshOutcome};
 pub use graph::graph_scopes;
 use machine::Event;
+pub use machine::TokenHealth;
 pub use refresh::{
     BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
     backoff_delay,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::machine::TokenState;
+use super::machine::{TokenHealth, TokenState};
 use super::state::AccountTokens;
 use super::{TokenManager, blocking};
 use crate::auth::vault::Entry;
@@ -62,6 +62,18 @@ impl TokenManager {
             rows.push(self.status_of(&account).await);
         }
         rows.sort_by(|a, b| a.username.cmp(&b.username));
+        rows
+    }
+
+    /// Each account's token health as its state says it (one short lock
+    /// per account, no disk): what `notify` turns into events.
+    pub fn health(&self) -> Vec<(String, TokenHealth)> {
+        let mut rows: Vec<_> = self
+            .all()
+            .iter()
+            .map(|a| (a.config.username.clone(), a.lock().health()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }
 
