@@ -44,6 +44,11 @@ imap.logout()
 PY
     die "the token from the pipe: $(cat "$RUN/xoauth2.out")"
   ok "token over the control pipe: $(tail -n 1 "$RUN/xoauth2.out")"
+  grep -aq 'control pipe ready' "$WINEPREFIX"/drive_c/ProgramData/xoauth2-proxy/logs/* ||
+    die "the service's log does not say its control pipe is ready"
+  grep -aq 'access token handed out' "$WINEPREFIX"/drive_c/ProgramData/xoauth2-proxy/logs/* ||
+    die "the service's log does not show the token handed out"
+  ok "the service's log: $(grep -ah 'control pipe ready' "$WINEPREFIX"/drive_c/ProgramData/xoauth2-proxy/logs/* | tail -n 1 | cut -c1-160)"
 
   rc=0
   printf '%s\n' "$PASSWORD-wrong" |
