@@ -8,6 +8,8 @@
 #   SELECT, FETCH byte-exact → net stop → net start → the same login again
 #   (a new process opens the sealed tokens) and a wrong password refused →
 #   net stop → service uninstall → gone (service status, sc query).
+#   While it runs: `token` and `reload` over its control pipe; at the end the
+#   registry's proxy settings as doctor sees them (.ci/wine/pipe_and_proxy.sh).
 #
 #   bash .ci/wine.sh          (root for apt-get when wine or mingw is missing)
 #
@@ -17,6 +19,8 @@ set -euo pipefail
 
 # shellcheck source=.ci/wine/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/wine/lib.sh"
+# shellcheck source=.ci/wine/pipe_and_proxy.sh
+. "$(dirname "${BASH_SOURCE[0]}")/wine/pipe_and_proxy.sh"
 
 # permissions_check: the data folder, token folder and token files are
 # protected (src/fs_secure.rs), as far as wine can show it. Their writers
@@ -133,6 +137,8 @@ main() {
   imap_check fetch >"$RUN/imap.out" 2>&1 || die "IMAP through the service: $(cat "$RUN/imap.out")"
   ok "imaplib through the service: $(tail -n 1 "$RUN/imap.out")"
 
+  token_pipe_check
+
   permissions_check
 
   wine_cmd 90 net stop "$SERVICE" >"$RUN/net.log" 2>&1 ||
@@ -173,6 +179,8 @@ main() {
   grep -aq 'running as the Windows service' "$data"/logs/* ||
     die "the service's log does not say it ran as a service"
   ok "the service's log: $(grep -ac 'running as the Windows service' "$data"/logs/*) start(s) as a Windows service"
+
+  registry_proxy_check
 
   timeout 30 wineserver -k || true
   WINE_UP=""

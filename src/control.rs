@@ -1,21 +1,27 @@
 //! Requests to a running proxy. Reloading the configuration: SIGHUP on
-//! Unix; `xoauth2-proxy reload`, which asks through a Unix socket in
-//! `state_dir` (`control.sock`, owner-only, so only the proxy's user can
-//! ask) and prints the outcome; on Windows a user-defined control of the
-//! service (`service::windows`). An access token for another program
-//! (`xoauth2-proxy token`) through the same socket: see [`token`] for its
+//! Unix; `xoauth2-proxy reload`, which asks through the control channel and
+//! prints the outcome; on Windows also a user-defined control of the service
+//! (`service::windows`). An access token for another program
+//! (`xoauth2-proxy token`) through the same channel: see [`token`] for its
 //! framing.
 //!
-//! The socket's first line says what is asked: `reload` (the original
+//! The control channel of the proxy that uses a `state_dir`: on Unix the
+//! socket `state_dir/control.sock` (owner-only, so only the proxy's user can
+//! ask); on Windows the named pipe [`pipe_name`]`(state_dir)`, created first
+//! (a process that made the name before is refused, not joined), local
+//! clients only, and with the DACL of a private file (SYSTEM,
+//! Administrators and the proxy's user: for the service, only
+//! administrators). Both are served by [`serve_connection`].
+//!
+//! The channel's first line says what is asked: `reload` (the original
 //! request, answered `ok` or `error: …` and closed), or one JSON object
 //! (a [`token`] request, answered with one JSON line and closed).
 
 pub mod token;
 
-#[cfg(unix)]
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
@@ -62,8 +68,8 @@ impl Reloads {
     }
 }
 
-/// The control socket of the proxy that uses `state_dir` (Unix only: a
-/// Windows service is reloaded through the Service Control Manager).
+/// The control socket of the proxy that uses `state_dir` (Unix; Windows
+/// has [`pipe_name`]).
 #[cfg(unix)]
 pub(crate) fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
@@ -106,48 +112,58 @@ pub fn listen(
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e,
                 "no control socket: `xoauth2-proxy reload` will not reach this proxy (SIGHUP still reloads)");
-            return ControlSocket { path: None };
+            return ControlSocket::default();
         }
     };
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             // Past the cap a connection waits here, unread, for a free place.
             let Ok(place) = connections.clone().acquire_owned().await else {
                 return;
             };
+            // The local user at the other end, for the login throttle.
+            let client = stream.peer_cred().ok().map(|c| Client::Uid(c.uid()));
             let (sender, tokens) = (sender.clone(), tokens.clone());
             tokio::spawn(async move {
                 let _place = place;
-                serve_connection(stream, sender, tokens).await;
+                serve_connection(stream, client, sender, tokens).await;
             });
         }
     });
-    ControlSocket { path: Some(path) }
+    ControlSocket {
+        path: Some(path),
+        task: Some(task.abort_handle()),
+    }
 }
 
 /// Control connections served at once; more wait to be read. Only the
 /// proxy's user can connect, so this only bounds a runaway script.
-#[cfg(unix)]
 const MAX_CONNECTIONS: usize = 16;
 
 /// Time a control client has to send its request line, so a connection
 /// that sends nothing does not hold one of [`MAX_CONNECTIONS`].
-#[cfg(unix)]
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One control connection: reads the first line (at most
-/// [`token::MAX_REQUEST_BYTES`]) and answers it.
-#[cfg(unix)]
-async fn serve_connection(
-    stream: tokio::net::UnixStream,
+/// Who is at the other end of a control connection, as the OS tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// The socket peer's user id (Unix).
+    Uid(u32),
+    /// The pipe client's process id (Windows): the proxy looks its user up.
+    Pid(u32),
+}
+
+/// One control connection, on the Unix socket or a Windows pipe: reads the
+/// first line (at most [`token::MAX_REQUEST_BYTES`]) and answers it.
+pub(crate) async fn serve_connection<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    client: Option<Client>,
     sender: mpsc::UnboundedSender<Request>,
     tokens: mpsc::Sender<token::TokenRequest>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    // The local user at the other end, for the login throttle.
-    let uid = stream.peer_cred().ok().map(|c| c.uid());
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     // Zeroized when dropped: a token request carries a password.
     let mut line = zeroize::Zeroizing::new(Vec::new());
     let mut read = BufReader::new(read.take(token::MAX_REQUEST_BYTES + 1));
@@ -167,47 +183,110 @@ async fn serve_connection(
             Err(_) => "error: the proxy is stopping\n".to_owned(),
         };
         let _ = write.write_all(answer.as_bytes()).await;
+        let _ = write.flush().await;
         return;
     }
     if line.first() == Some(&b'{') {
-        let answer = token::answer(&line, uid, &tokens).await;
+        let answer = token::answer(&line, client, &tokens).await;
         let _ = write.write_all(&answer).await;
+        let _ = write.flush().await;
         return;
     }
     let _ = write.write_all(b"error: unknown request\n").await;
+    let _ = write.flush().await;
 }
 
-/// Removes the control socket when the proxy stops.
+/// Stops serving the control channel, and removes the Unix socket, when
+/// the proxy stops.
+#[derive(Default)]
 pub struct ControlSocket {
     path: Option<PathBuf>,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
+/// The Windows named pipe of the proxy that uses `state_dir`: a hash of the
+/// folder (pipe names are flat), so two proxies with their own folders have
+/// their own pipes, and `token`/`reload` find the one of their
+/// configuration. Windows paths ignore case and either slash, so the hash
+/// does too.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn pipe_name(state_dir: &Path) -> String {
+    use sha2::Digest;
+    let text = state_dir
+        .to_string_lossy()
+        .to_lowercase()
+        .replace('/', "\\");
+    let digest = sha2::Sha256::digest(text.trim_end_matches('\\').as_bytes());
+    let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!(r"\\.\pipe\xoauth2-proxy-{hash}")
+}
+
+#[cfg(windows)]
+mod pipe;
+#[cfg(windows)]
+pub use pipe::listen;
+
+/// The control channel of the proxy using `state_dir`, for a client.
+#[cfg(unix)]
+pub(crate) async fn connect(state_dir: &Path) -> Result<tokio::net::UnixStream, String> {
+    let path = socket_path(state_dir);
+    tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(|e| format!("no proxy answers at {} ({e})", path.display()))
+}
+
+#[cfg(windows)]
+pub(crate) use pipe::connect;
+
 /// `xoauth2-proxy reload`: asks the proxy using `state_dir` to reload and
 /// returns its answer.
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub async fn request_reload(state_dir: &Path) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let path = socket_path(state_dir);
-    let mut stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "no proxy answers at {} ({e}): is it running with this configuration?",
-            path.display()
-        )
-    })?;
+    let mut stream = connect(state_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: is it running with this configuration?"))?;
     stream.write_all(b"reload\n").await?;
+    stream.flush().await?;
     let mut answer = String::new();
     stream.take(4096).read_to_string(&mut answer).await?;
     match answer.trim_end().strip_prefix("error: ") {
         None if answer.trim_end() == "ok" => Ok(()),
         None => anyhow::bail!("unexpected answer from the proxy: {answer:?}"),
         Some(e) => anyhow::bail!("the proxy kept its configuration: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_name_is_one_per_state_folder_whatever_its_spelling() {
+        let a = pipe_name(Path::new(r"C:\ProgramData\xoauth2-proxy"));
+        assert!(a.starts_with(r"\\.\pipe\xoauth2-proxy-"), "{a}");
+        assert_eq!(a.len(), r"\\.\pipe\xoauth2-proxy-".len() + 24);
+        for same in [
+            r"c:\programdata\XOAUTH2-PROXY",
+            r"C:\ProgramData\xoauth2-proxy\",
+            "C:/ProgramData/xoauth2-proxy",
+        ] {
+            assert_eq!(pipe_name(Path::new(same)), a, "{same}");
+        }
+        assert_ne!(
+            pipe_name(Path::new(r"C:\Users\a\AppData\Local\xoauth2-proxy")),
+            a
+        );
     }
 }

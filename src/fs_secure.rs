@@ -32,6 +32,14 @@ pub(crate) fn exposure(path: &Path) -> io::Result<Vec<String>> {
     imp::exposure(path)
 }
 
+/// A security descriptor with the DACL of a private file (SYSTEM,
+/// Administrators and, unless this process runs as SYSTEM, its user), for a
+/// Windows object that is created with one: the control pipe.
+#[cfg(windows)]
+pub(crate) fn private_descriptor() -> io::Result<imp::PrivateDescriptor> {
+    imp::private_descriptor()
+}
+
 /// How `doctor` words a folder or file that nobody else can read.
 pub(crate) const PRIVATE: &str = imp::PRIVATE;
 
@@ -251,8 +259,9 @@ mod imp {
         text
     }
 
-    /// Replaces the DACL of `path` with the protected one of [`sddl`].
-    fn protect(path: &Path, is_dir: bool) -> io::Result<()> {
+    /// A security descriptor holding the protected DACL of [`sddl`] for this
+    /// process's user.
+    fn descriptor(is_dir: bool) -> io::Result<Local> {
         let text = wide(OsStr::new(&sddl(&current_user_sid()?, is_dir)));
         let mut sd: PSECURITY_DESCRIPTOR = null_mut();
         // SAFETY: `text` is NUL-terminated; `sd` receives a LocalAlloc'd descriptor.
@@ -267,7 +276,26 @@ mod imp {
         {
             return Err(io::Error::last_os_error());
         }
-        let sd = Local(sd);
+        Ok(Local(sd))
+    }
+
+    /// The descriptor of a private file, for an object created with one.
+    pub struct PrivateDescriptor(Local);
+
+    impl PrivateDescriptor {
+        /// The `SECURITY_DESCRIPTOR`, valid while `self` lives.
+        pub fn as_ptr(&self) -> *mut core::ffi::c_void {
+            self.0.0
+        }
+    }
+
+    pub(super) fn private_descriptor() -> io::Result<PrivateDescriptor> {
+        descriptor(false).map(PrivateDescriptor)
+    }
+
+    /// Replaces the DACL of `path` with the protected one of [`sddl`].
+    fn protect(path: &Path, is_dir: bool) -> io::Result<()> {
+        let sd = descriptor(is_dir)?;
         let (mut present, mut defaulted) = (0, 0);
         let mut dacl: *mut ACL = null_mut();
         // SAFETY: `sd.0` is the descriptor just made; `dacl` points into it.

@@ -547,14 +547,20 @@ pub async fn answer_token(context: Arc<session::Context>, request: control::toke
     use auth::gate::LoginError;
     use auth::throttle::Source;
     use control::token::{Refusal, TokenAnswer};
+    use net::peer_user::PeerUser;
     let control::token::TokenRequest {
         account,
         password,
-        uid,
+        client,
         reply,
     } = request;
-    let source = match uid {
-        Some(uid) => Source::LocalUser(net::peer_user::PeerUser::Uid(uid)),
+    let source = match client {
+        Some(control::Client::Uid(uid)) => Source::LocalUser(PeerUser::Uid(uid)),
+        // The pipe client's user; a process whose user this proxy may not
+        // read shares one record with all such.
+        Some(control::Client::Pid(pid)) => {
+            Source::LocalUser(net::peer_user::process_user(pid).unwrap_or(PeerUser::Unreadable))
+        }
         // Not known (no peer credentials): all such requests share one record.
         None => Source::Address(std::net::Ipv4Addr::LOCALHOST.into()),
     };
@@ -598,7 +604,7 @@ pub async fn run(
         anyhow::bail!("{}: no [[listener]] is configured", config.source.display());
     }
     raise_open_file_limit();
-    #[cfg(unix)]
+    #[cfg(any(unix, windows))]
     let _control = control::listen(
         &config.state_dir(),
         reloads.sender(),

@@ -448,9 +448,18 @@ async fn reload(config: &Config) -> anyhow::Result<()> {
     xoauth2_proxy::control::request_reload(&config.state_dir()).await
 }
 
+/// Windows: the control pipe of the proxy (a per-user run, or the service
+/// for an administrator), which answers with the outcome; without one, the
+/// service's reload control (which does not wait for the outcome).
 #[cfg(windows)]
-async fn reload(_config: &Config) -> anyhow::Result<()> {
-    xoauth2_proxy::service::windows::request_reload()
+async fn reload(config: &Config) -> anyhow::Result<()> {
+    match xoauth2_proxy::control::request_reload(&config.state_dir()).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().starts_with("no proxy answers") => {
+            xoauth2_proxy::service::windows::request_reload()
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(not(any(unix, windows)))]
@@ -484,7 +493,7 @@ fn forget(config: &Config, name: &str) -> anyhow::Result<()> {
 
 /// `token`: asks the running proxy for a token and prints it alone on
 /// standard output (everything else goes to standard error).
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 async fn token(
     config: &Config,
     account: &str,
@@ -521,7 +530,7 @@ async fn token(
         .context("cannot write the token to standard output")
 }
 
-#[cfg(not(unix))]
+#[cfg(not(any(unix, windows)))]
 async fn token(
     _config: &Config,
     _account: &str,
@@ -529,15 +538,16 @@ async fn token(
     _xoauth2: bool,
 ) -> anyhow::Result<()> {
     anyhow::bail!(
-        "`xoauth2-proxy token` is not available on this system yet (it needs the control \
-         socket of Unix; a named pipe for Windows is planned)"
+        "`xoauth2-proxy token` is not available on this system (it needs the control \
+         socket of Unix or the named pipe of Windows)"
     )
 }
 
 /// A password to check (not to choose): one line of standard input, or
 /// typed once without echo at a prompt on the terminal (`/dev/tty`, so it
-/// works inside mutt or msmtp too, whose standard input is not one).
-#[cfg(unix)]
+/// works inside mutt or msmtp too, whose standard input is not one; the
+/// console on Windows).
+#[cfg(any(unix, windows))]
 fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<SecretString> {
     if from_stdin {
         let mut line = zeroize::Zeroizing::new(String::new());

@@ -21,12 +21,9 @@
 //! `user` is the `user=` of XOAUTH2 (the account's `mailbox` when set);
 //! `error` is one of [`Refusal`]. The password is checked by the proxy's
 //! login gate exactly as a mail client's (throttle, failure counting), with
-//! the socket's local user as the source. Neither the password nor the
+//! the local user at the other end (the socket's, or the pipe client
+//! process's on Windows) as the source. Neither the password nor the
 //! token is logged; the token goes only to the socket that asked.
-
-// The proxy's side serves only the Unix socket until the Windows named
-// pipe exists (`xoauth2-proxy token` says so there).
-#![cfg_attr(not(unix), allow(dead_code))]
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -55,8 +52,8 @@ pub struct TokenRequest {
     /// The account's address, as a mail client would log in with it.
     pub account: String,
     pub password: SecretString,
-    /// The local user at the other end of the socket (the throttle's source).
-    pub uid: Option<u32>,
+    /// Who is at the other end of the channel (the throttle's source).
+    pub client: Option<super::Client>,
     pub reply: oneshot::Sender<TokenAnswer>,
 }
 
@@ -65,7 +62,7 @@ impl std::fmt::Debug for TokenRequest {
         f.debug_struct("TokenRequest")
             .field("account", &self.account)
             .field("password", &"<redacted>")
-            .field("uid", &self.uid)
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -165,7 +162,7 @@ fn refused(refusal: Refusal, message: &str) -> Zeroizing<Vec<u8>> {
 /// proxy through `tokens` and returns the answer line.
 pub(crate) async fn answer(
     line: &[u8],
-    uid: Option<u32>,
+    client: Option<super::Client>,
     tokens: &tokio::sync::mpsc::Sender<TokenRequest>,
 ) -> Zeroizing<Vec<u8>> {
     if line.len() as u64 > MAX_REQUEST_BYTES {
@@ -194,7 +191,7 @@ pub(crate) async fn answer(
     let request = TokenRequest {
         account: request.account,
         password: request.password,
-        uid,
+        client,
         reply,
     };
     if tokens.send(request).await.is_err() {
@@ -282,26 +279,25 @@ pub fn parse_answer(answer: &[u8]) -> Result<Token, TokenFailure> {
 }
 
 /// Asks the proxy that uses `state_dir` for a token of `account`.
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub async fn request_token(
     state_dir: &std::path::Path,
     account: &str,
     password: &SecretString,
 ) -> Result<Token, TokenFailure> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let path = super::socket_path(state_dir);
-    let mut stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+    let mut stream = super::connect(state_dir).await.map_err(|e| {
         TokenFailure::NotRunning(format!(
-            "no proxy answers at {} ({e}): is `xoauth2-proxy run` running with this \
-             configuration (or --state-dir)?",
-            path.display()
+            "{e}: is `xoauth2-proxy run` running with this configuration (or --state-dir), \
+             or the service?"
         ))
     })?;
-    let io = |e: std::io::Error| TokenFailure::Protocol(format!("the control socket failed: {e}"));
+    let io = |e: std::io::Error| TokenFailure::Protocol(format!("the control channel failed: {e}"));
     stream
         .write_all(&request_line(account, password))
         .await
         .map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut answer = Zeroizing::new(Vec::new());
     (&mut stream)
         .take(MAX_ANSWER_BYTES)
@@ -354,12 +350,13 @@ mod tests {
             }
         });
         let line = request_line("a@b.test", &SecretString::from("right"));
-        let got = parse_answer(&answer(&line, Some(1), &tx).await).expect("granted");
+        let got = parse_answer(&answer(&line, Some(super::super::Client::Uid(1)), &tx).await)
+            .expect("granted");
         assert_eq!(got.user, "a@b.test");
         assert_eq!(got.token.expose_secret(), "tok");
 
         let line = request_line("a@b.test", &SecretString::from("wrong"));
-        let got = parse_answer(&answer(&line, Some(1), &tx).await);
+        let got = parse_answer(&answer(&line, Some(super::super::Client::Uid(1)), &tx).await);
         assert!(
             matches!(got, Err(TokenFailure::Refused(Refusal::Refused, ref m)) if m == "wrong password")
         );

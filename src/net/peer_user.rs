@@ -50,6 +50,12 @@ pub fn owner(local: SocketAddr, peer: SocketAddr) -> Option<PeerUser> {
     os::owner(local, peer)
 }
 
+/// The user the local process `pid` runs as (the control pipe's client on
+/// Windows), `None` when this process may not read it; elsewhere `None`.
+pub fn process_user(pid: u32) -> Option<PeerUser> {
+    os::user_of(pid)
+}
+
 /// Whether the client at `peer` runs on this machine: a loopback address,
 /// or the proxy's own address (a local client that dialled the machine's
 /// network address).
@@ -172,6 +178,11 @@ mod os {
             find_in_proc_tcp(lines, local, peer).map(PeerUser::Uid)
         })
     }
+
+    /// Unix control clients are known by their socket's uid instead.
+    pub(super) fn user_of(_pid: u32) -> Option<PeerUser> {
+        None
+    }
 }
 
 #[cfg(windows)]
@@ -187,6 +198,10 @@ mod os {
     /// macOS and the BSDs offer no per-socket owner to an unprivileged
     /// process (`lsof` needs root for other users' sockets): no answer.
     pub(super) fn owner(_local: SocketAddr, _peer: SocketAddr) -> Option<PeerUser> {
+        None
+    }
+
+    pub(super) fn user_of(_pid: u32) -> Option<PeerUser> {
         None
     }
 }

@@ -132,7 +132,7 @@ impl Drop for Handle {
 
 /// The string SID of the user `pid` runs as; `None` when this process may
 /// not read it.
-fn user_of(pid: u32) -> Option<PeerUser> {
+pub(super) fn user_of(pid: u32) -> Option<PeerUser> {
     // SAFETY: plain calls with owned out-parameters; handles are closed by
     // `Handle`, the SID string freed with `LocalFree`.
     unsafe {

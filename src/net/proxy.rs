@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 
 use crate::config::{NoProxyRule, ProxyKind, ProxyServer, ProxySetting};
 
+#[cfg(target_os = "macos")]
+mod macos;
 #[cfg(windows)]
 mod windows;
 
@@ -172,8 +174,8 @@ fn is_loopback(host: &str) -> bool {
 
 /// The system's proxy: the environment first (on every OS), then on
 /// Windows the current user's Internet settings and WinHTTP's (what a
-/// service sees). macOS' own proxy settings are not read: set
-/// `upstream_proxy` or the environment there.
+/// service sees), on macOS the system configuration's (System Settings →
+/// Network → Proxies, as `SCDynamicStoreCopyProxies` gives them).
 pub(crate) fn system() -> &'static SystemProxy {
     static SYSTEM: OnceLock<SystemProxy> = OnceLock::new();
     SYSTEM.get_or_init(|| {
@@ -184,8 +186,102 @@ pub(crate) fn system() -> &'static SystemProxy {
         {
             return found;
         }
+        #[cfg(target_os = "macos")]
+        if from_env.proxy.is_none()
+            && let Some(found) = mac_system_proxy(&macos::proxies())
+        {
+            return found;
+        }
         from_env
     })
+}
+
+/// The keys of macOS' proxy settings (`SCDynamicStoreCopyProxies`) used
+/// here, as plain values: `HTTPSEnable`/`HTTPSProxy`/`HTTPSPort`,
+/// `SOCKSEnable`/`SOCKSProxy`/`SOCKSPort` and `ExceptionsList`.
+#[cfg(any(target_os = "macos", test))]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct MacProxies {
+    pub(crate) https_enable: bool,
+    pub(crate) https_proxy: Option<String>,
+    pub(crate) https_port: Option<i64>,
+    pub(crate) socks_enable: bool,
+    pub(crate) socks_proxy: Option<String>,
+    pub(crate) socks_port: Option<i64>,
+    pub(crate) exceptions: Vec<String>,
+}
+
+/// macOS' proxy settings as a [`SystemProxy`]: the secure web (HTTPS)
+/// proxy, spoken to with CONNECT, else the SOCKS proxy (SOCKS5, names
+/// resolved by the proxy, as macOS' own clients do); `None` when neither
+/// is on. An entry that does not parse (no port, a bad host) is left out
+/// with a warning. Exceptions may abbreviate networks (`169.254/16`).
+#[cfg(any(target_os = "macos", test))]
+pub(crate) fn mac_system_proxy(settings: &MacProxies) -> Option<SystemProxy> {
+    let entry = |enabled: bool,
+                 host: &Option<String>,
+                 port: Option<i64>,
+                 scheme: &str,
+                 source: &'static str| {
+        let host = host.as_deref().map(str::trim).filter(|h| !h.is_empty());
+        let host = host.filter(|_| enabled)?;
+        let proxy = match port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) {
+            Some(port) if host.contains(':') && !host.starts_with('[') => {
+                ProxyServer::parse(&format!("{scheme}://[{host}]:{port}"))
+            }
+            Some(port) => ProxyServer::parse(&format!("{scheme}://{host}:{port}")),
+            None => Err(format!("`{host}` has no port")),
+        };
+        match proxy {
+            Ok(proxy) => Some((proxy, source)),
+            Err(e) => {
+                tracing::warn!("the {source} is not used: {e}");
+                None
+            }
+        }
+    };
+    let (proxy, source) = entry(
+        settings.https_enable,
+        &settings.https_proxy,
+        settings.https_port,
+        "http",
+        "macOS secure web proxy (HTTPS)",
+    )
+    .or_else(|| {
+        entry(
+            settings.socks_enable,
+            &settings.socks_proxy,
+            settings.socks_port,
+            "socks5h",
+            "macOS SOCKS proxy",
+        )
+    })?;
+    let exceptions: Vec<String> = settings
+        .exceptions
+        .iter()
+        .map(|e| expand_short_network(e.trim()))
+        .collect();
+    Some(SystemProxy {
+        proxy: Some(proxy),
+        no_proxy: parse_list(&exceptions.join(","), ','),
+        source,
+    })
+}
+
+/// `169.254/16` (macOS' way) as `169.254.0.0/16`; anything else as it is.
+#[cfg(any(target_os = "macos", test))]
+fn expand_short_network(entry: &str) -> String {
+    let Some((address, bits)) = entry.split_once('/') else {
+        return entry.to_owned();
+    };
+    let octets: Vec<&str> = address.split('.').collect();
+    let numeric = octets.iter().all(|o| o.parse::<u8>().is_ok());
+    if !numeric || octets.len() >= 4 || bits.parse::<u8>().is_err() {
+        return entry.to_owned();
+    }
+    let mut full = octets;
+    full.resize(4, "0");
+    format!("{}/{bits}", full.join("."))
 }
 
 /// A Windows proxy list: `host:port`, or per scheme

@@ -214,6 +214,90 @@ fn the_environment_names_the_system_proxy() {
 }
 
 #[test]
+fn macos_settings_name_the_https_then_the_socks_proxy() {
+    let https_and_socks = MacProxies {
+        https_enable: true,
+        https_proxy: Some("proxy.corp".into()),
+        https_port: Some(3128),
+        socks_enable: true,
+        socks_proxy: Some("socks.corp".into()),
+        socks_port: Some(1080),
+        exceptions: vec![
+            "*.local".into(),
+            "169.254/16".into(),
+            "10/8".into(),
+            "corp.example".into(),
+            "not a host".into(),
+        ],
+    };
+    let s = mac_system_proxy(&https_and_socks).expect("a proxy");
+    assert_eq!(s.proxy, Some(server("http://proxy.corp:3128")));
+    assert_eq!(s.source, "macOS secure web proxy (HTTPS)");
+    assert_eq!(s.no_proxy.len(), 4, "{:?}", s.no_proxy);
+    for direct in [
+        "printer.local",
+        "169.254.3.4",
+        "10.1.2.3",
+        "mail.corp.example",
+        "localhost",
+    ] {
+        assert_eq!(s.route(direct), Route::Direct, "{direct}");
+    }
+    assert_eq!(
+        s.route("outlook.office365.com"),
+        Route::Via(server("http://proxy.corp:3128"))
+    );
+
+    // HTTPS off (or unusable): the SOCKS proxy, names resolved by it.
+    for https_off in [
+        MacProxies {
+            https_enable: false,
+            ..https_and_socks.clone()
+        },
+        MacProxies {
+            https_port: None,
+            ..https_and_socks.clone()
+        },
+        MacProxies {
+            https_proxy: Some("  ".into()),
+            ..https_and_socks.clone()
+        },
+        MacProxies {
+            https_port: Some(70000),
+            ..https_and_socks.clone()
+        },
+    ] {
+        let s = mac_system_proxy(&https_off).expect("the SOCKS proxy");
+        assert_eq!(
+            s.proxy,
+            Some(server("socks5h://socks.corp:1080")),
+            "{https_off:?}"
+        );
+        assert_eq!(s.source, "macOS SOCKS proxy");
+    }
+
+    let v6 = MacProxies {
+        https_enable: true,
+        https_proxy: Some("fd00::1".into()),
+        https_port: Some(8080),
+        ..MacProxies::default()
+    };
+    assert_eq!(
+        mac_system_proxy(&v6).and_then(|s| s.proxy),
+        Some(server("http://[fd00::1]:8080"))
+    );
+
+    // Neither on (macOS' default): none, so the proxy goes direct.
+    let off = MacProxies {
+        https_enable: false,
+        socks_enable: false,
+        ..https_and_socks
+    };
+    assert_eq!(mac_system_proxy(&off), None);
+    assert_eq!(mac_system_proxy(&MacProxies::default()), None);
+}
+
+#[test]
 fn the_connect_request_carries_basic_credentials() {
     let p = server("http://me:hunter22@proxy:3128");
     let request = String::from_utf8(connect_request(&p, "outlook.office365.com:993")).unwrap();
