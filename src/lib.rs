@@ -539,10 +539,11 @@ pub async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Answers a token request of the control socket (`xoauth2-proxy token`)
-/// through the login gate, as a client login of the socket's local user:
-/// the same throttle, failure counting, password checks and single refresh
-/// as a mail client's login. The token goes back only to the asking socket.
+/// Answers a token request (`xoauth2-proxy token`) of the control channel
+/// (the Unix socket, or the Windows named pipe) through the login gate, as a
+/// client login of the channel's local user: the same throttle, failure
+/// counting, password checks and single refresh as a mail client's login.
+/// The token goes back only to the connection that asked.
 pub async fn answer_token(context: Arc<session::Context>, request: control::token::TokenRequest) {
     use auth::gate::LoginError;
     use auth::throttle::Source;
@@ -570,7 +571,7 @@ pub async fn answer_token(context: Arc<session::Context>, request: control::toke
     };
     let answer = match context.gate.login_from(&credentials, source).await {
         Ok(grant) => {
-            tracing::info!(account = %grant.address(), "access token handed out on the control socket");
+            tracing::info!(account = %grant.address(), "access token handed out on the control channel");
             TokenAnswer::Granted {
                 user: grant.upstream_user().to_owned(),
                 token: grant.token,
