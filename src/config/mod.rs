@@ -17,6 +17,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub(crate) use values::is_allowed;
+mod token_store;
+pub use token_store::{
+    DEFAULT_TOKEN_STORE_NAME, REDIS_PASSWORD_ENV, RedisUrl, TokenStoreSetting, check_store_name,
+};
 pub use values::{
     HostPort, MailAddress, Network, NoProxyRule, ProxyKind, ProxyServer, ProxySetting,
 };
@@ -152,6 +156,13 @@ pub struct ProxySection {
     /// `upstream_proxy` (with `"system"`, `NO_PROXY` counts as well).
     #[serde(default)]
     pub no_proxy: Vec<NoProxyRule>,
+    /// Where the tokens live: `"files"` (default, under `state_dir`) or a
+    /// Redis URL that several proxies share.
+    #[serde(default)]
+    pub token_store: TokenStoreSetting,
+    /// The name of this configuration in the shared store's keys, so
+    /// unrelated deployments can share one Redis. Default `"default"`.
+    pub token_store_name: Option<String>,
 }
 
 fn default_upstream_proxy() -> ProxySetting {
@@ -227,6 +238,8 @@ impl Default for ProxySection {
             admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
             upstream_proxy: ProxySetting::System,
             no_proxy: Vec::new(),
+            token_store: TokenStoreSetting::Files,
+            token_store_name: None,
         }
     }
 }
@@ -711,6 +724,14 @@ impl Config {
     }
 
     /// The directory for tokens and runtime state.
+    /// The configuration's name in the shared token store's keys.
+    pub fn token_store_name(&self) -> &str {
+        self.proxy
+            .token_store_name
+            .as_deref()
+            .unwrap_or(DEFAULT_TOKEN_STORE_NAME)
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.proxy.state_dir.clone().unwrap_or_else(|| {
             dirs::data_dir()
