@@ -478,3 +478,99 @@ async fn a_lease_left_by_a_dead_proxy_runs_out_and_the_other_refreshes() {
     );
     pair.shutdown().await;
 }
+
+/// Set to a configuration file's path in the child process of
+/// [`a_proxy_killed_mid_refresh_loses_its_lease_after_the_ttl`].
+const CHILD_ENV: &str = "XOAUTH2_PROXY_SHARED_STORE_CHILD";
+
+/// The child's part (a no-op in a normal run): a proxy on the shared store
+/// that logs in, so it takes the lease and sends a refresh, and is killed
+/// while the endpoint holds that request.
+#[test]
+fn shared_store_child() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let running = start(&text).await;
+        let _ = running.context.token_for(&creds(PASSWORD)).await;
+    });
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_killed_mid_refresh_loses_its_lease_after_the_ttl() {
+    let Some(redis) =
+        RedisServer::start("a_proxy_killed_mid_refresh_loses_its_lease_after_the_ttl")
+    else {
+        return;
+    };
+    let fakes = fakes().await;
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let text = fakes.config(dirs.0.path(), &redis.url());
+    let store = store_of(&text);
+    fakes.tokens.state.seed_refresh_token(SEED_REFRESH);
+    sign_in(&store, PASSWORD, SEED_REFRESH);
+    // The endpoint holds the child's refresh longer than this test runs.
+    fakes.tokens.state.set_delay(Duration::from_secs(120));
+    let child_config = dirs.1.path().join("proxy.toml");
+    std::fs::write(&child_config, fakes.config(dirs.1.path(), &redis.url())).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "shared_store_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &child_config)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while fakes.tokens.state.requests(GRANT_REFRESH) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the child sent no refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The child holds the lease, its request is at the endpoint: kill -9.
+    let leased = Instant::now();
+    fakes.tokens.state.set_delay(Duration::ZERO);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let running = start(&text).await;
+    let token = running
+        .context
+        .token_for(&creds(PASSWORD))
+        .await
+        .expect("refreshed once the dead proxy's lease ran out");
+    let waited = leased.elapsed();
+    let ttl = xoauth2_proxy::auth::tokens::REFRESH_LEASE_TTL;
+    assert!(
+        waited >= ttl - Duration::from_secs(1),
+        "refreshed under the dead proxy's lease ({waited:?})"
+    );
+    assert!(
+        fakes
+            .tokens
+            .state
+            .is_valid_access_token(token.1.expose_secret())
+    );
+    assert_eq!(
+        fakes.tokens.state.requests(GRANT_REFRESH),
+        2,
+        "the child's and this one's"
+    );
+    let latest = fakes.tokens.state.latest_refresh_token().unwrap();
+    assert!(fakes.tokens.state.is_valid_refresh_token(&latest));
+    assert_eq!(
+        stored_refresh(&store, PASSWORD).as_deref(),
+        Some(latest.as_str()),
+        "nothing lost"
+    );
+    running.shutdown().await;
+}

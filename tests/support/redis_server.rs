@@ -25,7 +25,6 @@ pub struct RedisServer {
 fn find_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
         .map(|d| d.join("redis-server"))
         .find(|p| p.is_file())
 }
