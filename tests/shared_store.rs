@@ -304,7 +304,7 @@ async fn a_sign_in_and_a_forget_through_one_proxy_reach_the_other() {
 
 #[test]
 fn store_migrate_copies_files_to_redis_and_back() {
-    let Some(redis) = RedisServer::start("store_migrate_copies_files_to_redis_and_back") else {
+    let Some(mut redis) = RedisServer::start("store_migrate_copies_files_to_redis_and_back") else {
         return;
     };
     let pki = TestPki::new();
@@ -317,15 +317,18 @@ fn store_migrate_copies_files_to_redis_and_back() {
     );
     let files = store_of(&files_text);
     sign_in(&files, PASSWORD, "rt-migrated");
-    let migrate = |text: &str, to: &str| {
+    let cli = |text: &str, args: &[&str]| {
         let file = dir.path().join("proxy.toml");
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xoauth2-proxy"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_xoauth2-proxy"))
             .arg("--config")
             .arg(&file)
-            .args(["store", "migrate", "--to", to])
+            .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let migrate = |text: &str, to: &str| {
+        let out = cli(text, &["store", "migrate", "--to", to]);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -358,6 +361,18 @@ fn store_migrate_copies_files_to_redis_and_back() {
     let out = migrate(&redis_text, "files");
     assert!(
         out.contains("Copied 0 account") && out.contains("kept"),
+        "{out}"
+    );
+
+    // `doctor` says whether the store answers.
+    let doctor = |text: &str| String::from_utf8_lossy(&cli(text, &["doctor"]).stdout).into_owned();
+    let out = doctor(&redis_text);
+    assert!(out.contains("ok:      the token store, Redis at"), "{out}");
+    redis.stop();
+    let out = doctor(&redis_text);
+    assert!(
+        out.contains("PROBLEM: the token store redis://127.0.0.1")
+            && out.contains("is unreachable"),
         "{out}"
     );
 }
@@ -402,6 +417,19 @@ async fn redis_down_and_back_under_load_loses_nothing() {
         refreshes,
         "a refresh without a store"
     );
+    // The page's notice (and the log) say the store is unreachable.
+    let tokens = pair.b.context.clone();
+    eventually("the store reported unreachable", || {
+        let tokens = tokens.clone();
+        async move {
+            tokens
+                .gate
+                .tokens()
+                .store_problem()
+                .is_some_and(|p| p.contains("is unreachable"))
+        }
+    })
+    .await;
 
     // Back (same data): the refresh goes through, once, and is stored.
     redis.restart();
@@ -419,6 +447,11 @@ async fn redis_down_and_back_under_load_loses_nothing() {
         results.iter().all(Result::is_ok),
         "logins after Redis returned"
     );
+    eventually("the store reported back", || {
+        let tokens = tokens.clone();
+        async move { tokens.gate.tokens().store_problem().is_none() }
+    })
+    .await;
     let latest = fakes.tokens.state.latest_refresh_token().unwrap();
     assert!(fakes.tokens.state.is_valid_refresh_token(&latest));
     assert_eq!(
