@@ -157,7 +157,7 @@ pub(super) enum Saved {
 /// Writes `tokens` sealed with `key`, or unsealed without one, under the
 /// store's cross-process lock, if the entry on disk is still as `expect`s
 /// (and, with a `fence`, still has that fingerprint).
-async fn save_fenced(
+pub(super) async fn save_fenced(
     store: Arc<TokenStore>,
     username: &str,
     tokens: StoredTokens,
@@ -228,6 +228,11 @@ pub(super) struct Failure {
 }
 
 impl Failure {
+    /// A transient failure without a wait asked by the endpoint.
+    pub(super) fn transient(error: TokenError) -> Failure {
+        Failure::new(error)
+    }
+
     fn new(error: TokenError) -> Failure {
         Failure {
             error,

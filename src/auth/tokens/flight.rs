@@ -183,7 +183,7 @@ impl Flight {
         // A shared store: the account's lease first, and the store's
         // refresh token (another proxy may have rotated the one in hand).
         let (refresh_token, lease, fence) = if self.store.is_shared() {
-            match take_turn(&self.store, account, self.key.clone(), self.margin).await {
+            match take_turn(&self.store, account, self.key.clone(), Some(self.margin)).await {
                 Ok(Turn::Mine {
                     lease,
                     refresh_token,

@@ -109,12 +109,13 @@ pub(super) enum Turn {
 
 /// Waits for `account`'s refresh lease, then decides from the entry in the
 /// store: tokens fresh beyond `margin` (another proxy just refreshed) are
-/// taken as they are; otherwise this flight redeems the stored refresh token.
+/// taken as they are; otherwise (or with no `margin`: a redemption for
+/// another resource, Graph) this flight redeems the stored refresh token.
 pub(super) async fn take_turn(
     store: &Arc<TokenStore>,
     account: &AccountTokens,
     key: Option<Arc<SealKey>>,
-    margin: Duration,
+    margin: Option<Duration>,
 ) -> Result<Turn, TokenError> {
     let username = account.config.username.clone();
     let token = crate::store::lock_token();
@@ -150,7 +151,9 @@ pub(super) async fn take_turn(
         lease.release().await;
         return Err(emptied(&username));
     };
-    if fresh(&stored, margin) {
+    if let Some(margin) = margin
+        && fresh(&stored, margin)
+    {
         lease.release().await;
         return Ok(Turn::Theirs(stored));
     }
