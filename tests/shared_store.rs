@@ -225,6 +225,30 @@ async fn two_proxies_refresh_a_rotating_token_exactly_once() {
         stored_refresh(&store, PASSWORD).as_deref(),
         Some(latest.as_str())
     );
+
+    // Graph tokens (a redemption of the same refresh token for other
+    // scopes, rotating it) on both proxies at once: one after the other.
+    let mut graph = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let ctx = pair.of(i);
+        graph.spawn(async move { ctx.gate.tokens().graph_token(USER).await.map(drop) });
+    }
+    let outcomes = graph.join_all().await;
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "a Graph token failed: {outcomes:?}"
+    );
+    assert_eq!(
+        fakes.tokens.state.requests(GRANT_REFRESH),
+        4,
+        "one Graph redemption per proxy"
+    );
+    let latest = fakes.tokens.state.latest_refresh_token().unwrap();
+    assert!(fakes.tokens.state.is_valid_refresh_token(&latest));
+    assert_eq!(
+        stored_refresh(&store, PASSWORD).as_deref(),
+        Some(latest.as_str())
+    );
     pair.shutdown().await;
 }
 
