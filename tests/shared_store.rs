@@ -233,7 +233,9 @@ async fn two_proxies_refresh_a_rotating_token_exactly_once() {
         let ctx = pair.of(i);
         graph.spawn(async move { ctx.gate.tokens().graph_token(USER).await.map(drop) });
     }
-    let outcomes = graph.join_all().await;
+    let outcomes = tokio::time::timeout(Duration::from_secs(30), graph.join_all())
+        .await
+        .expect("the Graph tokens came within 30 s");
     assert!(
         outcomes.iter().all(Result::is_ok),
         "a Graph token failed: {outcomes:?}"
