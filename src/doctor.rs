@@ -276,7 +276,26 @@ pub async fn check(config: &Config, mut report: impl FnMut(&Finding)) -> Vec<Fin
     if let (AdminListen::At(addr), Ok(local)) = (config.proxy.admin_listen, &local) {
         note(page_port(addr, local).await);
     }
-    let store = TokenStore::new(&config.state_dir());
+    let store = match TokenStore::open(config) {
+        Ok(store) => store,
+        Err(e) => {
+            note(Finding::Problem(format!(
+                "cannot use the token store: {e}: check proxy.token_store"
+            )));
+            TokenStore::new(&config.state_dir())
+        }
+    };
+    if store.is_shared() {
+        // A CLI check: the blocking ping (at most the store's timeouts) is fine here.
+        note(match store.ping() {
+            Ok(()) => Finding::Ok(format!("the token store, {}, answers", store.describe())),
+            Err(e) => Finding::Problem(format!(
+                "{e}: the proxies serve with the tokens they hold but cannot refresh them; \
+                 check that Redis runs and is reachable, proxy.token_store and \
+                 XOAUTH2_PROXY_REDIS_PASSWORD"
+            )),
+        });
+    }
     let sends_by_graph = config
         .listeners
         .iter()

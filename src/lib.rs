@@ -40,6 +40,7 @@ pub(crate) mod relay;
 pub mod sasl;
 pub mod service;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub(crate) mod upstream;
 
@@ -327,7 +328,7 @@ fn build_context(
     } else {
         None
     };
-    let store = Arc::new(TokenStore::new(&config.state_dir()));
+    let store = Arc::new(TokenStore::open(config)?);
     let swept = store.sweep_temp_files();
     if swept > 0 {
         tracing::info!(files = swept, dir = %store.dir().display(), "removed temporary token files a crash left behind");
@@ -394,6 +395,16 @@ fn launch(
     let refresher = context.clone();
     let refresher_rx = rx.clone();
     tasks.spawn(async move { refresher.gate.tokens().keep_fresh(refresher_rx).await });
+    // With a shared token store: notices other proxies' sign-ins and forgets.
+    let follower = context.clone();
+    let follower_rx = rx.clone();
+    tasks.spawn(async move {
+        follower
+            .gate
+            .tokens()
+            .follow_shared_store(follower_rx)
+            .await
+    });
     Running {
         addrs,
         listener_stats,

@@ -122,6 +122,26 @@ enum Command {
     /// Started by the Windows Service Control Manager (`service install` registers it).
     #[command(hide = true)]
     ServiceRun,
+    /// The token store (`token_store`): copy its entries elsewhere.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy every account's tokens from the configured store to another:
+    /// `--to redis://host:6379/0` (or `rediss://`), or `--to files` (the
+    /// files under state_dir). Sealed tokens stay sealed.
+    Migrate {
+        /// `files`, or a Redis URL (its password may come from XOAUTH2_PROXY_REDIS_PASSWORD).
+        #[arg(long)]
+        to: String,
+        /// Replace entries the destination already holds (kept by default).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +340,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             authorize(&config, &account, how, !no_open, password_stdin).await
         }
         Command::Forget { account } => forget(&config, &account),
+        Command::Store {
+            action: StoreAction::Migrate { to, replace },
+        } => migrate(&config, &to, replace),
         Command::HashPassword => unreachable!("handled before loading the configuration"),
         Command::Cert {
             action: CertAction::Show,
@@ -467,14 +490,43 @@ async fn reload(_config: &Config) -> anyhow::Result<()> {
     anyhow::bail!("reload is not supported on this system; restart the proxy")
 }
 
+/// `store migrate`: the configured store's entries copied to `to`.
+fn migrate(config: &Config, to: &str, replace: bool) -> anyhow::Result<()> {
+    use xoauth2_proxy::config::TokenStoreSetting;
+    let from = TokenStore::open(config)?;
+    let setting =
+        TokenStoreSetting::try_from(to.to_owned()).map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    let dest = TokenStore::open_setting(config, &setting)?;
+    if from.describe() == dest.describe() {
+        anyhow::bail!("the configured token store is already {}", dest.describe());
+    }
+    let done = xoauth2_proxy::auth::vault::copy_entries(&from, &dest, replace)?;
+    for account in &done.copied {
+        println!("copied {account}");
+    }
+    for account in &done.kept {
+        println!(
+            "kept {account}: {} already holds tokens for it (--replace to overwrite)",
+            dest.describe()
+        );
+    }
+    println!(
+        "Copied {} account(s) from {} to {}. Set token_store in [proxy] to use it.",
+        done.copied.len(),
+        from.describe(),
+        dest.describe()
+    );
+    Ok(())
+}
+
 fn forget(config: &Config, name: &str) -> anyhow::Result<()> {
-    let store = TokenStore::new(&config.state_dir());
+    let store = TokenStore::open(config)?;
     let name = config
         .account(name)
         .map(|a| a.username.clone())
         .unwrap_or_else(|| name.to_owned());
     let name = name.as_str();
-    let path = store.path_for(name);
+    let path = store.location(name);
     if store.remove(name)? {
         println!(
             "Removed the tokens of {name} ({}). Sign in again with `xoauth2-proxy authorize {name}` \
@@ -755,7 +807,7 @@ async fn authorize(
             "the sign-in gave no refresh token: add the offline_access scope to the account"
         );
     }
-    let store = TokenStore::new(&config.state_dir());
+    let store = TokenStore::open(config)?;
     xoauth2_proxy::auth::signin::save_signed_in(
         &store,
         account,
@@ -771,7 +823,7 @@ async fn authorize(
         } else {
             ""
         },
-        store.path_for(&account.username).display()
+        store.location(&account.username).display()
     );
     Ok(())
 }

@@ -155,6 +155,18 @@ async fn show(State(state): State<Arc<AppState>>) -> Response {
         notices: state.notices.lock().iter().cloned().collect(),
         events: view.context.notices.recent(),
     };
+    // A shared token store that does not answer: said first.
+    let mut page = page;
+    if let Some(problem) = view.context.gate.tokens().store_problem() {
+        page.notices.insert(
+            0,
+            page::Notice {
+                account: "token store".into(),
+                ok: false,
+                text: problem,
+            },
+        );
+    }
     Html(page::render(&page)).into_response()
 }
 

@@ -53,6 +53,13 @@ pub enum StoreError {
     TooNew { path: PathBuf, version: u32 },
     #[error("{path} is sealed with the local password; it opens only at a client login")]
     Sealed { path: PathBuf },
+    /// The shared store cannot be reached: keep the tokens in hand, retry later.
+    #[error(transparent)]
+    Unreachable(#[from] crate::store::Unreachable),
+    /// A write under the shared store's lock found the lock gone (held past
+    /// [`STORE_LOCK_TTL`], then taken by another writer): nothing written.
+    #[error("the token store's lock expired during a write; nothing was written")]
+    LockLost,
 }
 
 /// An account's tokens as kept between runs.
@@ -306,7 +313,26 @@ fn associated_data(account: &str, params: KdfParams, salt: &[u8]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Where the entries live.
+enum Backend {
+    /// One file per account under `state_dir/tokens/`.
+    Files,
+    /// A Redis server shared by several proxies (`token_store`).
+    Redis(Box<crate::store::Redis>),
+}
+
+/// How long the shared store's write lock lives if its holder dies: a
+/// read-modify-write under it takes milliseconds (a few small commands), so
+/// ten seconds is ample for a slow network and short for an outage.
+pub const STORE_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a writer waits for the shared store's lock: longer than
+/// [`STORE_LOCK_TTL`], so a dead holder's lock runs out first.
+pub const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often a writer asks for the shared store's lock while another holds it.
+const STORE_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub struct TokenStore {
+    backend: Backend,
     dir: PathBuf,
     /// Serialises writers in this process; the rename makes each write atomic
     /// for readers, the lock keeps two writers from racing on the temp name.
@@ -331,7 +357,24 @@ pub const LOCK_FILE: &str = "tokens.lock";
 /// a read-modify-write: read the entry, decide, write. Released on drop.
 pub struct StoreLock<'a> {
     store: &'a TokenStore,
-    _file: fs::File,
+    held: Held,
+}
+
+/// What a [`StoreLock`] holds.
+enum Held {
+    /// The lock file, locked (released when closed).
+    File(#[allow(dead_code)] fs::File),
+    /// The token of the shared store's lock key.
+    Redis(String),
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        if let (Held::Redis(token), Backend::Redis(redis)) = (&self.held, &self.store.backend) {
+            // If this fails the lock runs out after STORE_LOCK_TTL.
+            let _ = redis.unlock(&redis.key("lock"), token);
+        }
+    }
 }
 
 impl StoreLock<'_> {
@@ -341,7 +384,21 @@ impl StoreLock<'_> {
 
     pub fn save(&self, account: &str, tokens: &StoredTokens) -> Result<(), StoreError> {
         self.store
-            .write(account, &unsealed_envelope(account, tokens))
+            .write(&self.held, account, &unsealed_envelope(account, tokens))
+    }
+
+    /// A digest of `account`'s entry as stored (`None`: no entry): a new
+    /// digest means another writer changed the entry, even one re-sealed
+    /// under the same key (a rotated refresh token).
+    pub fn fingerprint(&self, account: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        self.store.fingerprint(account)
+    }
+
+    /// Writes an entry as another store held it (`migrate`), after checking
+    /// that it is one of `account`'s.
+    pub fn save_raw(&self, account: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let env = parse_envelope(&self.store.location(account), account, bytes)?;
+        self.store.write(&self.held, account, &env)
     }
 
     pub fn save_sealed(
@@ -351,11 +408,11 @@ impl StoreLock<'_> {
         key: &SealKey,
     ) -> Result<(), StoreError> {
         self.store
-            .write(account, &sealed_envelope(account, tokens, key))
+            .write(&self.held, account, &sealed_envelope(account, tokens, key))
     }
 
     pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
-        self.store.remove_unlocked(account)
+        self.store.remove_unlocked(&self.held, account)
     }
 }
 
@@ -366,10 +423,178 @@ pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(6
 impl TokenStore {
     pub fn new(state_dir: &Path) -> TokenStore {
         TokenStore {
+            backend: Backend::Files,
             dir: state_dir.join("tokens"),
             write_lock: Mutex::new(()),
             counter: AtomicU64::new(0),
             secured: AtomicBool::new(false),
+        }
+    }
+
+    /// The store `config` names: its `token_store` (a Redis server), or
+    /// the files under its `state_dir`. Nothing is connected yet.
+    pub fn open(config: &crate::config::Config) -> Result<TokenStore, StoreError> {
+        Self::open_setting(config, &config.proxy.token_store)
+    }
+
+    /// The store `setting` names, with `config`'s other settings (its
+    /// `state_dir`, `token_store_name`, `ca_file`): `store migrate --to`.
+    pub fn open_setting(
+        config: &crate::config::Config,
+        setting: &crate::config::TokenStoreSetting,
+    ) -> Result<TokenStore, StoreError> {
+        let mut store = TokenStore::new(&config.state_dir());
+        if let crate::config::TokenStoreSetting::Redis(url) = setting {
+            store.backend = Backend::Redis(Box::new(crate::store::Redis::open(
+                url,
+                config.token_store_name(),
+                config.proxy.ca_file.as_deref(),
+            )?));
+        }
+        Ok(store)
+    }
+
+    /// Whether other proxies share this store (Redis): a refresh then takes
+    /// the account's refresh lease first.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Where the entries live, in words (no password).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Files => format!("the files in {}", self.dir.display()),
+            Backend::Redis(r) => format!("Redis at {} (keys {}…)", r.shown(), r.prefix()),
+        }
+    }
+
+    /// Whether the store answers (files: always).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Files => Ok(()),
+            Backend::Redis(r) => Ok(r.ping()?),
+        }
+    }
+
+    /// The shared store's change counter (one more at every write or
+    /// removal by any proxy); always 0 for files.
+    pub fn changes(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Files => Ok(0),
+            Backend::Redis(r) => Ok(r.changes()?),
+        }
+    }
+
+    /// Takes `account`'s refresh lease (`token`, for `ttl`) in the shared
+    /// store: whoever holds it is the one proxy that may redeem the
+    /// account's refresh token. Files: always granted (one process).
+    pub fn try_refresh_lease(
+        &self,
+        account: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Files => Ok(true),
+            Backend::Redis(r) => Ok(r.try_lock(&refresh_key(r, account), token, ttl)?),
+        }
+    }
+
+    /// Extends a lease this process holds; false if it is no longer its.
+    pub fn renew_refresh_lease(
+        &self,
+        account: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Files => Ok(true),
+            Backend::Redis(r) => Ok(r.renew(&refresh_key(r, account), token, ttl)?),
+        }
+    }
+
+    /// Gives a lease back (only if it is still this holder's).
+    pub fn release_refresh_lease(&self, account: &str, token: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Files => Ok(()),
+            Backend::Redis(r) => r
+                .unlock(&refresh_key(r, account), token)
+                .map(drop)
+                .map_err(Into::into),
+        }
+    }
+
+    /// A digest of `account`'s stored entry; see [`StoreLock::fingerprint`].
+    pub fn fingerprint(&self, account: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        use sha2::Digest as _;
+        Ok(self
+            .read_file(account)?
+            .map(|(_, bytes)| sha2::Sha256::digest(&bytes[..]).into()))
+    }
+
+    /// `account`'s entry as stored (for `migrate`), checked for shape.
+    pub fn raw(&self, account: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let Some(entry) = self.read_file(account)? else {
+            return Ok(None);
+        };
+        drop(parse_envelope(&entry.0, account, &entry.1)?);
+        Ok(Some(entry.1))
+    }
+
+    /// Every account with an entry (for `migrate`).
+    pub fn accounts(&self) -> Result<Vec<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Owner {
+            account: String,
+        }
+        match &self.backend {
+            Backend::Redis(r) => {
+                let prefix = r.key(TOKENS_KEY);
+                Ok(r.keys(TOKENS_KEY)?
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+                    .collect())
+            }
+            Backend::Files => {
+                let entries = match fs::read_dir(&self.dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(cause) => {
+                        return Err(StoreError::Io {
+                            action: "list",
+                            path: self.dir.clone(),
+                            cause,
+                        });
+                    }
+                };
+                let mut accounts = Vec::new();
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.extension().is_none_or(|e| e != "json") {
+                        continue;
+                    }
+                    let Ok(bytes) = fs::read(&path).map(Zeroizing::new) else {
+                        continue;
+                    };
+                    if let Ok(owner) = serde_json::from_slice::<Owner>(&bytes) {
+                        accounts.push(owner.account.to_lowercase());
+                    }
+                }
+                accounts.sort();
+                accounts.dedup();
+                Ok(accounts)
+            }
+        }
+    }
+
+    /// Where `account`'s entry lives, for messages: its file, or the
+    /// server (without password) and key.
+    pub fn location(&self, account: &str) -> PathBuf {
+        match &self.backend {
+            Backend::Files => self.path_for(account),
+            Backend::Redis(r) => {
+                PathBuf::from(format!("{} key {}", r.shown(), token_key(r, account)))
+            }
         }
     }
 
@@ -432,6 +657,11 @@ impl TokenStore {
     /// `account`'s file and its bytes: the current name, else an old-style
     /// file that belongs to it. `None`: no tokens.
     fn read_file(&self, account: &str) -> Result<Option<FileBytes>, StoreError> {
+        if let Backend::Redis(r) = &self.backend {
+            return Ok(r
+                .get(&token_key(r, account))?
+                .map(|bytes| (self.location(account), Zeroizing::new(bytes))));
+        }
         let path = self.path_for(account);
         let path = match fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -469,7 +699,7 @@ impl TokenStore {
             None => Ok(None),
             Some(Entry::Unsealed(tokens)) => Ok(Some(tokens)),
             Some(Entry::Sealed(_)) => Err(StoreError::Sealed {
-                path: self.path_for(account),
+                path: self.location(account),
             }),
         }
     }
@@ -483,17 +713,7 @@ impl TokenStore {
             path: path.clone(),
             reason,
         };
-        let mut env: Envelope =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if env.version > FORMAT_VERSION {
-            return Err(StoreError::TooNew {
-                path,
-                version: env.version,
-            });
-        }
-        if !env.account.eq_ignore_ascii_case(account) {
-            return Err(corrupt(format!("it belongs to {}", env.account)));
-        }
+        let mut env = parse_envelope(&path, account, &bytes)?;
         let Some(sealed) = env.sealed.take() else {
             return Ok(Some(Entry::Unsealed(StoredTokens {
                 refresh_token: env.refresh_token.take().map(SecretString::from),
@@ -555,6 +775,27 @@ impl TokenStore {
     /// Takes the store's cross-process lock (waiting for another process
     /// that holds it) for a read-modify-write.
     pub fn lock(&self) -> Result<StoreLock<'_>, StoreError> {
+        if let Backend::Redis(r) = &self.backend {
+            let key = r.key("lock");
+            let token = crate::store::lock_token();
+            let started = std::time::Instant::now();
+            while !r.try_lock(&key, &token, STORE_LOCK_TTL)? {
+                if started.elapsed() > STORE_LOCK_WAIT {
+                    return Err(StoreError::Unreachable(crate::store::Unreachable {
+                        store: r.shown().to_owned(),
+                        reason: format!(
+                            "its write lock stayed taken for {} s",
+                            STORE_LOCK_WAIT.as_secs()
+                        ),
+                    }));
+                }
+                std::thread::sleep(STORE_LOCK_POLL);
+            }
+            return Ok(StoreLock {
+                store: self,
+                held: Held::Redis(token),
+            });
+        }
         self.ensure_dir()?;
         let path = self.dir.with_file_name(LOCK_FILE);
         let mut options = fs::OpenOptions::new();
@@ -576,12 +817,23 @@ impl TokenStore {
         file.lock().map_err(io("lock"))?;
         Ok(StoreLock {
             store: self,
-            _file: file,
+            held: Held::File(file),
         })
     }
 
-    fn write(&self, account: &str, env: &Envelope) -> Result<(), StoreError> {
+    fn write(&self, held: &Held, account: &str, env: &Envelope) -> Result<(), StoreError> {
         let bytes = Zeroizing::new(serde_json::to_vec_pretty(env).expect("envelope serialises"));
+        if let (Backend::Redis(r), Held::Redis(token)) = (&self.backend, held) {
+            return match r.fenced_write(
+                &r.key("lock"),
+                token,
+                &token_key(r, account),
+                Some(&bytes),
+            )? {
+                Some(_) => Ok(()),
+                None => Err(StoreError::LockLost),
+            };
+        }
         let _guard = self.write_lock.lock();
         self.ensure_dir()?;
         let path = self.path_for(account);
@@ -640,7 +892,12 @@ impl TokenStore {
         self.lock()?.remove(account)
     }
 
-    fn remove_unlocked(&self, account: &str) -> Result<bool, StoreError> {
+    fn remove_unlocked(&self, held: &Held, account: &str) -> Result<bool, StoreError> {
+        if let (Backend::Redis(r), Held::Redis(token)) = (&self.backend, held) {
+            return r
+                .fenced_write(&r.key("lock"), token, &token_key(r, account), None)?
+                .ok_or(StoreError::LockLost);
+        }
         let path = self.path_for(account);
         let _guard = self.write_lock.lock();
         let legacy = self.remove_legacy(account);
@@ -676,6 +933,72 @@ impl TokenStore {
         self.secured.store(true, Ordering::Release);
         Ok(())
     }
+}
+
+/// What [`copy_entries`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Accounts whose entry was written to the destination.
+    pub copied: Vec<String>,
+    /// Accounts the destination already held an entry for (left as it was).
+    pub kept: Vec<String>,
+}
+
+/// Copies every entry of `from` into `to` as it is (sealed entries stay
+/// sealed: the envelope names its account, not its place). An entry the
+/// destination already holds is kept unless `replace`.
+pub fn copy_entries(
+    from: &TokenStore,
+    to: &TokenStore,
+    replace: bool,
+) -> Result<Copied, StoreError> {
+    let mut done = Copied::default();
+    for account in from.accounts()? {
+        let Some(bytes) = from.raw(&account)? else {
+            continue;
+        };
+        let lock = to.lock()?;
+        if !replace && lock.fingerprint(&account)?.is_some() {
+            done.kept.push(account);
+            continue;
+        }
+        lock.save_raw(&account, &bytes)?;
+        done.copied.push(account);
+    }
+    Ok(done)
+}
+
+/// The key suffix of the entries in a shared store.
+const TOKENS_KEY: &str = "tokens:";
+
+/// `account`'s entry key in a shared store (the address as the proxy
+/// compares it: ASCII case folded).
+fn token_key(r: &crate::store::Redis, account: &str) -> String {
+    r.key(&format!("{TOKENS_KEY}{}", account.to_ascii_lowercase()))
+}
+
+/// `account`'s refresh lease key in a shared store.
+fn refresh_key(r: &crate::store::Redis, account: &str) -> String {
+    r.key(&format!("refresh:{}", account.to_ascii_lowercase()))
+}
+
+/// The envelope in `bytes`, checked: a version this build reads, `account`'s.
+fn parse_envelope(path: &Path, account: &str, bytes: &[u8]) -> Result<Envelope, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if env.version > FORMAT_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            version: env.version,
+        });
+    }
+    if !env.account.eq_ignore_ascii_case(account) {
+        return Err(corrupt(format!("it belongs to {}", env.account)));
+    }
+    Ok(env)
 }
 
 /// A token file's path and what it holds (wiped when dropped).

@@ -17,6 +17,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub(crate) use values::is_allowed;
+mod token_store;
+pub use token_store::{
+    DEFAULT_TOKEN_STORE_NAME, REDIS_PASSWORD_ENV, RedisUrl, TokenStoreSetting, check_store_name,
+};
 pub use values::{
     HostPort, MailAddress, Network, NoProxyRule, ProxyKind, ProxyServer, ProxySetting,
 };
@@ -171,6 +175,13 @@ pub struct ProxySection {
     /// (`XP_EVENT`, …). Empty: a desktop notification where there is a
     /// desktop, the Event Log for the Windows service.
     pub notify_command: Option<Vec<String>>,
+    /// Where the tokens live: `"files"` (default, under `state_dir`) or a
+    /// Redis URL that several proxies share.
+    #[serde(default)]
+    pub token_store: TokenStoreSetting,
+    /// The name of this configuration in the shared store's keys, so
+    /// unrelated deployments can share one Redis. Default `"default"`.
+    pub token_store_name: Option<String>,
 }
 
 /// How log lines are written.
@@ -272,6 +283,8 @@ impl Default for ProxySection {
             metrics_account_labels: false,
             log_format: LogFormat::Text,
             notify_command: None,
+            token_store: TokenStoreSetting::Files,
+            token_store_name: None,
         }
     }
 }
@@ -795,6 +808,14 @@ impl Config {
     }
 
     /// The directory for tokens and runtime state.
+    /// The configuration's name in the shared token store's keys.
+    pub fn token_store_name(&self) -> &str {
+        self.proxy
+            .token_store_name
+            .as_deref()
+            .unwrap_or(DEFAULT_TOKEN_STORE_NAME)
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.proxy.state_dir.clone().unwrap_or_else(|| {
             dirs::data_dir()

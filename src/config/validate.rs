@@ -50,6 +50,11 @@ impl Config {
                 return Err(self.invalid(format!("proxy.{name}"), "must be at least 1"));
             }
         }
+        if let Some(name) = &p.token_store_name
+            && let Err(e) = super::check_store_name(name)
+        {
+            return Err(self.invalid("proxy.token_store_name".into(), e));
+        }
         if p.admin_timeout_secs > super::MAX_ADMIN_TIMEOUT_SECS {
             return Err(self.invalid(
                 "proxy.admin_timeout_secs".into(),

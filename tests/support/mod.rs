@@ -10,6 +10,7 @@ pub mod imap_server;
 pub mod pki;
 pub mod pop3_server;
 pub mod proxies;
+pub mod redis_server;
 pub mod smtp_server;
 pub mod token_server;
 

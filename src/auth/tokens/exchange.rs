@@ -46,6 +46,23 @@ impl TokenManager {
     }
 }
 
+/// The fingerprint the entry must still have for a write to go ahead (a
+/// shared store: the entry read under the refresh lease). `None` inside:
+/// there was no entry.
+pub(super) type Fence = Option<[u8; 32]>;
+
+/// [`save_to`], and with a `fence` only if the entry is byte for byte the
+/// one read before the exchange.
+pub(super) async fn save_to(
+    store: Arc<TokenStore>,
+    username: &str,
+    tokens: StoredTokens,
+    key: Option<Arc<SealKey>>,
+    expect: Expect,
+) -> Result<Saved, String> {
+    save_fenced(store, username, tokens, key, expect, None).await
+}
+
 /// One refresh-token exchange and the write of what it returned: the new
 /// refresh token is on disk before the access token is handed out or cached.
 pub(super) async fn exchange_and_save(
@@ -54,6 +71,7 @@ pub(super) async fn exchange_and_save(
     store: Arc<TokenStore>,
     refresh_token: SecretString,
     key: Option<Arc<SealKey>>,
+    fence: Option<Fence>,
 ) -> Outcome {
     let username = account.config.username.clone();
     let response =
@@ -78,7 +96,7 @@ pub(super) async fn exchange_and_save(
         Some(key) => Expect::SealedWith(key.clone()),
         None => Expect::Unsealed(Some(refresh_token_used)),
     };
-    match save_to(store, &username, stored, key, expect).await {
+    match save_fenced(store, &username, stored, key, expect, fence).await {
         Ok(Saved::Written) => {}
         Ok(Saved::Replaced) => {
             tracing::warn!(account = %username,
@@ -137,18 +155,25 @@ pub(super) enum Saved {
 }
 
 /// Writes `tokens` sealed with `key`, or unsealed without one, under the
-/// store's cross-process lock, if the entry on disk is still as `expect`s.
-pub(super) async fn save_to(
+/// store's cross-process lock, if the entry on disk is still as `expect`s
+/// (and, with a `fence`, still has that fingerprint).
+pub(super) async fn save_fenced(
     store: Arc<TokenStore>,
     username: &str,
     tokens: StoredTokens,
     key: Option<Arc<SealKey>>,
     expect: Expect,
+    fence: Option<Fence>,
 ) -> Result<Saved, String> {
     let name = username.to_owned();
     tokio::task::spawn_blocking(move || {
         let lock = store.lock()?;
         if !expect.holds(lock.load_entry(&name)?.as_ref()) {
+            return Ok(Saved::Replaced);
+        }
+        if let Some(fence) = fence
+            && lock.fingerprint(&name)? != fence
+        {
             return Ok(Saved::Replaced);
         }
         match key {
@@ -203,6 +228,11 @@ pub(super) struct Failure {
 }
 
 impl Failure {
+    /// A transient failure without a wait asked by the endpoint.
+    pub(super) fn transient(error: TokenError) -> Failure {
+        Failure::new(error)
+    }
+
     fn new(error: TokenError) -> Failure {
         Failure {
             error,

@@ -17,6 +17,7 @@ use super::counts::RefreshOutcome;
 use super::exchange::{Failure, Outcome, classify, exchange_and_save};
 use super::machine::{Access, Event, Kind, TokenState};
 use super::refresh::{STILL_USABLE, jitter};
+use super::shared::{Turn, adopted, take_turn};
 use super::state::AccountTokens;
 use super::{
     InFlight, LIFETIME_WITHOUT_EXPIRY, TokenError, blocking, not_signed_in, replaced, store_error,
@@ -142,6 +143,7 @@ impl Flight {
             // `authorize` may have run in another process since.
             let stored = match load(&self.store, username, self.key.clone()).await {
                 Ok(stored) => stored,
+                Err(e @ TokenError::Transient(_)) => return Some(store_down(e)),
                 Err(e) => {
                     if account.sealed {
                         // Removed (`forget`) or replaced (a new sign-in)
@@ -177,9 +179,36 @@ impl Flight {
         if let Some(key) = &self.key
             && let Err(e) = still_ours(&self.store, username, key.clone()).await
         {
+            if let TokenError::Transient(_) = e {
+                return Some(store_down(e));
+            }
             account.forget_unlock();
             return Some(Event::Failed(e));
         }
+        // A shared store: the account's lease first, and the store's
+        // refresh token (another proxy may have rotated the one in hand).
+        let (refresh_token, lease, fence) = if self.store.is_shared() {
+            match take_turn(&self.store, account, self.key.clone(), Some(self.margin)).await {
+                Ok(Turn::Mine {
+                    lease,
+                    refresh_token,
+                    fingerprint,
+                }) => (refresh_token, Some(lease), Some(fingerprint)),
+                Ok(Turn::Theirs(stored)) => {
+                    tracing::debug!(account = %username, "tokens refreshed by another proxy");
+                    return Some(adopted(stored));
+                }
+                Err(error @ TokenError::Transient(_)) => return Some(store_down(error)),
+                Err(error) => {
+                    if account.sealed {
+                        account.forget_unlock();
+                    }
+                    return Some(Event::Failed(error));
+                }
+            }
+        } else {
+            (refresh_token, None, None)
+        };
         self.requests.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(account = %username, "refreshing access token");
         let outcome = exchange_and_save(
@@ -188,8 +217,12 @@ impl Flight {
             self.store.clone(),
             refresh_token,
             self.key.clone(),
+            fence,
         )
         .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         Some(match outcome {
             Outcome::Refreshed(r) => {
                 tracing::info!(account = %username, expires_in_secs = r.lifetime.as_secs(),
@@ -264,6 +297,18 @@ impl Flight {
                 Event::Failed(error)
             }
         }
+    }
+}
+
+/// The event for a store that cannot be read now (a shared store that is
+/// down): back off and keep the tokens and the unlock; no refresh token is
+/// redeemed while its successor would have no place to go.
+fn store_down(error: TokenError) -> Event {
+    Event::Transient {
+        error,
+        retry_after: None,
+        firm: false,
+        jitter: jitter(),
     }
 }
 

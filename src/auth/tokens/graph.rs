@@ -18,9 +18,10 @@ use oauth2::TokenResponse;
 use parking_lot::Mutex;
 use secrecy::SecretString;
 
-use super::exchange::{Expect, Saved, classify, exchange_refresh, save_to};
+use super::exchange::{Expect, Failure, Saved, classify, exchange_refresh, save_fenced};
 use super::flight::{Landing, failed};
 use super::machine::{Event, Kind};
+use super::shared::{Turn, take_turn};
 use super::state::AccountTokens;
 use super::{
     InFlight, LIFETIME_WITHOUT_EXPIRY, TokenError, TokenManager, not_signed_in, replaced, unix_secs,
@@ -172,9 +173,43 @@ impl TokenManager {
         let job = tokio::spawn(async move {
             let _in_flight = in_flight;
             let account = job_account;
+            // A shared store: the account's lease, and the store's refresh
+            // token (another proxy may have rotated the one in hand).
+            let (refresh_token, mut lease, fence) = if store.is_shared() {
+                // Without a margin the turn is always this proxy's.
+                let turn = match take_turn(&store, &account, key.clone(), None).await {
+                    Ok(Turn::Mine {
+                        lease,
+                        refresh_token,
+                        fingerprint,
+                    }) => Ok((refresh_token, Some(lease), Some(fingerprint))),
+                    Ok(Turn::Theirs(_)) => Err(TokenError::Transient(
+                        "the shared token store gave no turn for the Graph token".into(),
+                    )),
+                    Err(error) => Err(error),
+                };
+                match turn {
+                    Ok(turn) => turn,
+                    Err(error) => {
+                        let event = match &error {
+                            TokenError::Transient(_) => {
+                                failed(&account, Failure::transient(error.clone()))
+                            }
+                            _ => Event::Failed(error.clone()),
+                        };
+                        landing.land(Some(event));
+                        return Err(error);
+                    }
+                }
+            } else {
+                (refresh_token, None, None)
+            };
             let response = match exchange_refresh(&account, &http, &refresh_token, &scopes).await {
                 Ok(response) => response,
                 Err(failure) => {
+                    if let Some(lease) = lease.take() {
+                        lease.release().await;
+                    }
                     let error = failure.error.clone();
                     landing.land(Some(failed(&account, failure)));
                     return Err(error);
@@ -198,7 +233,12 @@ impl TokenManager {
                     Some(key) => Expect::SealedWith(key.clone()),
                     None => Expect::Unsealed(Some(refresh_token.clone())),
                 };
-                match save_to(store, &account.config.username, stored, key, expect).await {
+                let saved =
+                    save_fenced(store, &account.config.username, stored, key, expect, fence).await;
+                if let Some(lease) = lease.take() {
+                    lease.release().await;
+                }
+                match saved {
                     Ok(Saved::Written) => {}
                     Ok(Saved::Replaced) => {
                         let error = replaced(&account.config.username);
@@ -211,6 +251,9 @@ impl TokenManager {
                     Err(e) => tracing::error!(account = %account.config.username, error = %e,
                         "cannot save the rotated refresh token; it is kept in memory until the next successful write"),
                 }
+            }
+            if let Some(lease) = lease.take() {
+                lease.release().await;
             }
             landing.land(Some(Event::Rotated {
                 refresh_token: new_refresh,

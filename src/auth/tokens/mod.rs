@@ -27,6 +27,7 @@ mod flight;
 mod graph;
 mod machine;
 mod refresh;
+mod shared;
 mod state;
 mod status;
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use refresh::{
     BACKOFF_BASE, BACKOFF_JITTER, BACKOFF_MAX, LOGIN_PROBE_EVERY, RETRY_AFTER_MAX, STILL_USABLE,
     backoff_delay,
 };
+pub use shared::{LEASE_POLL, LEASE_WAIT, REFRESH_LEASE_TTL, SHARED_CHECK_EVERY};
 use state::AccountTokens;
 pub use status::{AccountState, AccountStatus};
 
@@ -103,6 +105,8 @@ pub struct TokenManager {
     in_flight: Arc<tokio::sync::watch::Sender<usize>>,
     /// Microsoft Graph tokens (`backend = "graph"` listeners).
     graph: graph::GraphTokens,
+    /// The shared token store's last failure (`shared.rs`), for the page.
+    store_problem: parking_lot::Mutex<Option<String>>,
 }
 
 /// Counts a refresh task as in flight until it is dropped.
@@ -151,6 +155,7 @@ impl TokenManager {
             digest: PasswordDigest::new(),
             in_flight: Arc::new(tokio::sync::watch::channel(0).0),
             graph: Default::default(),
+            store_problem: Default::default(),
         }
     }
 
@@ -390,6 +395,11 @@ fn store_error(username: &str, e: StoreError) -> TokenError {
         StoreError::Corrupt { .. } => TokenError::NeedsSignIn(format!(
             "{e}: run `xoauth2-proxy authorize {username}` to sign in again"
         )),
+        // The shared store is down: the tokens in hand serve, the refresh
+        // waits (a rotated token is never redeemed without a place to go).
+        e @ (StoreError::Unreachable(_) | StoreError::LockLost) => {
+            TokenError::Transient(e.to_string())
+        }
         e => TokenError::Configuration(format!("cannot read the token store: {e}")),
     }
 }
