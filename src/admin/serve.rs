@@ -4,7 +4,6 @@
 //! few hundred half-sent requests kept the page's sockets open for good and
 //! took the whole process's file descriptors, the mail listeners' included.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -21,6 +19,7 @@ use tokio::time::Instant;
 use tower_service::Service as _;
 
 use super::MAX_BODY_BYTES;
+use crate::net::http_server::{Limits, serve_connection};
 
 /// Connections the page serves at once; more are refused at accept. A
 /// browser opens at most six per host, a person has one or two tabs, and a
@@ -110,39 +109,15 @@ async fn connection(
     stream: TcpStream,
     app: Router,
     timeouts: Timeouts,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(answer(app, request, timeouts).await) }
-    });
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(timeouts.request)
-        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
-    let conn = http.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
-    tokio::pin!(lifetime);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            served = conn.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!(error = %e, "sign-in page connection ended");
-                }
-                return;
-            }
-            _ = stop.wait_for(|s| *s), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = &mut lifetime, if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-        }
-    }
+    let limits = Limits {
+        request_timeout: timeouts.request,
+        max_head_bytes: MAX_REQUEST_HEAD_BYTES,
+        lifetime: MAX_CONNECTION_LIFETIME,
+    };
+    let answer = move |request: Request<Incoming>| answer(app.clone(), request, timeouts);
+    serve_connection(stream, answer, limits, stop, "sign-in page").await;
 }
 
 /// Reads the (small) body within the timeout, then lets the routes answer.

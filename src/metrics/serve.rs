@@ -1,17 +1,15 @@
 //! The metrics' HTTP server: `GET /metrics` only, with the protections of
-//! the local page's server (`admin::serve`, which a module of the same
-//! layer may not use): a cap on connections, a deadline for each request
+//! the local page's server (`net::http_server` serves each
+//! connection for both): a cap on connections, a deadline for each request
 //! head and idle pause, a lifetime per connection, and the peer checked
 //! against `metrics_allow_from` (loopback only without it) at accept.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +18,7 @@ use tokio::task::JoinSet;
 
 use super::Current;
 use crate::config::may_scrape;
+use crate::net::http_server::{Limits, serve_connection};
 
 /// Connections served at once; more are closed at accept. A Prometheus
 /// server keeps one; a few scrapers and a person with curl fit.
@@ -83,38 +82,17 @@ pub(super) async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-async fn connection(stream: TcpStream, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let answer = answer(&registry, &request);
-        async move { Ok::<_, Infallible>(answer) }
-    });
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_TIMEOUT)
-        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
-    let conn = http.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
-    tokio::pin!(lifetime);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            served = conn.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!(error = %e, "metrics connection ended");
-                }
-                return;
-            }
-            _ = stop.wait_for(|s| *s), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = &mut lifetime, if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-        }
-    }
+async fn connection(stream: TcpStream, registry: Arc<Registry>, stop: watch::Receiver<bool>) {
+    let limits = Limits {
+        request_timeout: REQUEST_TIMEOUT,
+        max_head_bytes: MAX_REQUEST_HEAD_BYTES,
+        lifetime: MAX_CONNECTION_LIFETIME,
+    };
+    let answer = move |request: Request<Incoming>| {
+        let response = answer(&registry, &request);
+        async move { response }
+    };
+    serve_connection(stream, answer, limits, stop, "metrics").await;
 }
 
 /// `GET /metrics` (a `HEAD` too); anything else is 404 or 405. The body of

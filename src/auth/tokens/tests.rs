@@ -4,33 +4,18 @@ use secrecy::ExposeSecret;
 use super::refresh::jitter;
 use crate::auth::password::{SealKey, TEST_PARAMS};
 use crate::auth::vault::{Entry, StoredTokens};
-use crate::config::{Flow, ProviderKind};
+use crate::config::ProviderKind;
 
 const USER: &str = "alice@contoso.com";
 
 fn account(password_hash: Option<&str>) -> AccountConfig {
     AccountConfig {
-        username: USER.into(),
         provider: ProviderKind::Custom,
-        tenant: None,
-        client_id: "id".into(),
-        client_secret: None,
-        flow: Flow::DeviceCode,
-        authorize_url: None,
         // Nothing listens here: a test that reaches the network fails loudly.
         token_url: Some("http://127.0.0.1:9/token".into()),
-        device_code_url: None,
-        redirect_uri: None,
         scopes: Some(vec!["x".into()]),
         password_hash: password_hash.map(|s| SecretString::from(s.to_owned())),
-        mailbox: None,
-        cloud: None,
-        client_certificate: None,
-        client_key: None,
-        verify_identity: None,
-        graph_url: None,
-        upstream_proxy: None,
-        catch_all: None,
+        ..AccountConfig::for_tests(USER)
     }
 }
 
