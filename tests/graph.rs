@@ -383,3 +383,24 @@ async fn doctor_says_whether_graph_answers_for_each_account() {
     }
     assert!(graph.state.requests().is_empty(), "doctor sends nothing");
 }
+
+/// A refused Graph redemption leaves the account needing a sign-in while its
+/// mail token still lives: the next message is refused at once, instead of
+/// waiting for a refresh that nothing starts (it used to hang).
+#[tokio::test]
+async fn after_a_refused_redemption_the_next_message_is_refused_at_once() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    p.setup.tokens.state.set_mode(Mode::InvalidGrant);
+    for attempt in 1..=2 {
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            send(&mut c, &["bob@example.test"], MESSAGE),
+        )
+        .await;
+        let (code, text) = sent.unwrap_or_else(|_| panic!("message {attempt}: no reply in 20 s"));
+        assert_eq!(code, 535, "message {attempt}: {text}");
+        assert!(text.contains("sign in again"), "{text}");
+    }
+    assert!(p.graph.state.requests().is_empty(), "nothing reached Graph");
+}

@@ -157,7 +157,17 @@ impl TokenManager {
                         account.step(&mut state, Event::Start { login: true });
                         break (refresh_token, access);
                     }
-                    _ => account.flights.subscribe(),
+                    Kind::Refreshing => account.flights.subscribe(),
+                    // The mail path answered from a backoff or a refusal
+                    // (its token in hand still lives): no flight ends by
+                    // itself, and waiting for one would hold the client
+                    // until a later login or the background refresh.
+                    Kind::BackingOff | Kind::SignInNeeded | Kind::SignedOut | Kind::Locked => {
+                        return Err(state
+                            .error()
+                            .cloned()
+                            .unwrap_or_else(|| not_signed_in(&username)));
+                    }
                 }
             };
             let _ = ended.changed().await;
