@@ -321,9 +321,31 @@ fn describe(e: &redis::RedisError) -> String {
     if e.is_connection_refusal() {
         return "connection refused".into();
     }
+    if let Some(cert) = certificate_error(e) {
+        return format!(
+            "its TLS certificate is not trusted ({cert}): check proxy.ca_file (without it, the \
+             system's roots are used)"
+        );
+    }
     // Server replies (`WRONGPASS …`, `NOAUTH …`) and I/O errors; neither
     // repeats the URL.
     e.to_string()
+}
+
+/// The rustls verdict on a `rediss://` server's certificate, when that is
+/// why connecting failed. redis keeps the I/O error (which holds rustls's)
+/// behind an `Arc` as its source.
+fn certificate_error(e: &redis::RedisError) -> Option<&rustls::Error> {
+    use std::error::Error as _;
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let source = e.source()?;
+    let source: &(dyn std::error::Error + 'static) = match source.downcast_ref::<Shared>() {
+        Some(shared) => shared.as_ref(),
+        None => source,
+    };
+    let io = source.downcast_ref::<std::io::Error>()?;
+    let rustls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    matches!(rustls, rustls::Error::InvalidCertificate(_)).then_some(rustls)
 }
 
 /// `text` with the glob characters of `SCAN MATCH` escaped.

@@ -1,7 +1,8 @@
 //! Several proxies on one Redis token store (`token_store = "redis://…"`),
-//! against a real `redis-server` each test starts (skipped without one,
-//! unless `XOAUTH2_PROXY_REQUIRE_REDIS=1`) and a fake token endpoint that
-//! kills a refresh token the moment it rotates it.
+//! against a real `redis-server` each test starts (one speaks TLS only,
+//! `rediss://`; skipped without one, unless `XOAUTH2_PROXY_REQUIRE_REDIS=1`)
+//! and a fake token endpoint that kills a refresh token the moment it
+//! rotates it.
 
 mod harness;
 mod support;
@@ -632,4 +633,95 @@ async fn a_proxy_killed_mid_refresh_loses_its_lease_after_the_ttl() {
         "nothing lost"
     );
     running.shutdown().await;
+}
+
+/// The password the TLS server requires (in the `rediss://` URL).
+const REDIS_PASSWORD: &str = "redis-secret-4711";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_store_is_used_with_the_ca_file_and_refused_without_it() {
+    let fakes = fakes().await;
+    let Some(redis) = RedisServer::start_tls(
+        "a_tls_store_is_used_with_the_ca_file_and_refused_without_it",
+        &fakes.pki,
+        REDIS_PASSWORD,
+    ) else {
+        return;
+    };
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    // Trusting the test CA (`ca_file`): a sign-in goes into the store over
+    // TLS, a crowd over two proxies refreshes once, the rotation is stored.
+    let pair = pair(&fakes, &url).await;
+    let store = store_of(&pair.text);
+    store.ping().expect("the TLS store answers");
+    fakes.tokens.state.seed_refresh_token(SEED_REFRESH);
+    sign_in(&store, PASSWORD, SEED_REFRESH);
+    let results = crowd(&pair, PASSWORD).await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "logins over the TLS store failed: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert_eq!(fakes.tokens.state.requests(GRANT_REFRESH), 1);
+    let access = results[0].as_ref().unwrap().clone();
+    let latest = fakes.tokens.state.latest_refresh_token().unwrap();
+    assert_eq!(
+        stored_refresh(&store, PASSWORD).as_deref(),
+        Some(latest.as_str())
+    );
+
+    // A proxy whose ca_file does not hold the CA that signed the server's
+    // certificate: no tokens, and the store is reported unreachable for an
+    // untrusted certificate, without a password or token in the words.
+    let other = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        &other,
+        dir.path(),
+        &fakes.tokens.url(),
+        &[imap(fakes.imap.addr)],
+        &format!("token_store = \"{url}\"\n"),
+    );
+    let untrusting = start(&text).await;
+    let failure = untrusting
+        .context
+        .token_for(&creds(PASSWORD))
+        .await
+        .expect_err("no tokens through an untrusted store");
+    let secrets = [
+        REDIS_PASSWORD,
+        PASSWORD,
+        SEED_REFRESH,
+        latest.as_str(),
+        access.as_str(),
+    ];
+    let shown = format!("{failure:?}");
+    for secret in secrets {
+        assert!(!shown.contains(secret), "a secret in {shown}");
+    }
+    let tokens = untrusting.context.clone();
+    eventually("the untrusted store reported", || {
+        let tokens = tokens.clone();
+        async move { tokens.gate.tokens().store_problem().is_some() }
+    })
+    .await;
+    let problem = tokens.gate.tokens().store_problem().unwrap();
+    assert!(
+        problem.contains("the token store rediss://:***@127.0.0.1")
+            && problem.contains("is unreachable")
+            && problem.contains("TLS certificate is not trusted")
+            && problem.contains("ca_file"),
+        "{problem}"
+    );
+    for secret in secrets {
+        assert!(!problem.contains(secret), "a secret in {problem}");
+    }
+    assert_eq!(
+        fakes.tokens.state.requests(GRANT_REFRESH),
+        1,
+        "no refresh without the store"
+    );
+    untrusting.shutdown().await;
+    pair.shutdown().await;
 }
