@@ -29,16 +29,7 @@ async fn proxy_with_extra(opts: ImapOpts, extra: &str) -> (Proxy, FakeImapServer
         imap(server.addr)
     };
     let text = config_text(&pki, state_dir.path(), &tokens.url(), &[upstream], extra);
-    let running = start(&text).await;
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    (Proxy::start(pki, tokens, state_dir, &text).await, server)
 }
 
 async fn connect(proxy: &Proxy) -> TestClient {

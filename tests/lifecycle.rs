@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use harness::{GateLogin, PASSWORD, Proxy, config_text, imap, seed_tokens, start};
+use harness::{GateLogin, PASSWORD, Proxy, config_text, imap, seed_tokens};
 use secrecy::{ExposeSecret, SecretString};
 use support::token_server::{GRANT_REFRESH, Mode};
 use support::*;
@@ -39,16 +39,7 @@ async fn proxy_with(
         proxy_extra,
     );
     text.push_str(account_extra);
-    let running = start(&text).await;
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    (Proxy::start(pki, tokens, state_dir, &text).await, server)
 }
 
 fn creds() -> Credentials {

@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use harness::{PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens, start};
+use harness::{PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens};
 use support::token_server::GRANT_REFRESH;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,16 +46,7 @@ async fn proxy_to(extra: &str, upstream: Option<SocketAddr>) -> (Proxy, FakeImap
         &[imap(upstream.unwrap_or(server.addr))],
         &extra,
     );
-    let running = start(&text).await;
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    (Proxy::start(pki, tokens, state_dir, &text).await, server)
 }
 
 /// `GET /metrics` over a fresh connection: the status line and the body.

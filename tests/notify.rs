@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{GateLogin, PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens, start};
+use harness::{GateLogin, PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens};
 use secrecy::SecretString;
 use support::token_server::Mode;
 use support::*;
@@ -131,17 +131,9 @@ async fn proxy(
         &[imap(upstream.unwrap_or(server.addr))],
         &extra,
     );
-    let running = start(&text).await;
-    running.set_notify_timing(fast());
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    let proxy = Proxy::start(pki, tokens, state_dir, &text).await;
+    proxy.running.set_notify_timing(fast());
+    (proxy, server)
 }
 
 /// The local page's HTML.

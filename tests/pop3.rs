@@ -23,16 +23,7 @@ async fn proxy_with(opts: Pop3Opts) -> (Proxy, FakePop3Server) {
         &[pop3(server.addr)],
         "",
     );
-    let running = start(&text).await;
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    (Proxy::start(pki, tokens, state_dir, &text).await, server)
 }
 
 async fn connect(proxy: &Proxy) -> TestClient {

@@ -23,16 +23,7 @@ async fn proxy_with(opts: SmtpOpts) -> (Proxy, FakeSmtpServer) {
         &[smtp(server.addr)],
         "",
     );
-    let running = start(&text).await;
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    (Proxy::start(pki, tokens, state_dir, &text).await, server)
 }
 
 const EHLO_REPLY: &[&str] = &[

@@ -48,16 +48,7 @@ async fn proxy_with_extra(account_extra: &str) -> (Proxy, FakeImapServer) {
         "",
     );
     text.push_str(account_extra);
-    let running = start(&text).await;
-    (
-        Proxy {
-            pki,
-            tokens,
-            state_dir,
-            running,
-        },
-        server,
-    )
+    (Proxy::start(pki, tokens, state_dir, &text).await, server)
 }
 
 async fn proxy() -> (Proxy, FakeImapServer) {

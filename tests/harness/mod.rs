@@ -172,6 +172,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts the proxy of `text` and keeps what it runs with.
+    pub async fn start(
+        pki: TestPki,
+        tokens: FakeTokenServer,
+        state_dir: tempfile::TempDir,
+        text: &str,
+    ) -> Proxy {
+        let running = start(text).await;
+        Proxy {
+            pki,
+            tokens,
+            state_dir,
+            running,
+        }
+    }
+
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.running.addrs[i]
     }
