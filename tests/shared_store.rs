@@ -120,6 +120,16 @@ struct Pair {
     text: String,
 }
 
+/// Two proxies on the store at `url`, with the account signed in there
+/// (sealed under [`PASSWORD`], the refresh token the fake knows).
+async fn signed_in_pair(fakes: &Fakes, url: &str) -> (Pair, TokenStore) {
+    let pair = pair(fakes, url).await;
+    let store = store_of(&pair.text);
+    fakes.tokens.state.seed_refresh_token(SEED_REFRESH);
+    sign_in(&store, PASSWORD, SEED_REFRESH);
+    (pair, store)
+}
+
 async fn pair(fakes: &Fakes, url: &str) -> Pair {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let text = fakes.config(da.path(), url);
@@ -170,10 +180,7 @@ async fn two_proxies_refresh_a_rotating_token_exactly_once() {
         return;
     };
     let fakes = fakes().await;
-    let pair = pair(&fakes, &redis.url()).await;
-    let store = store_of(&pair.text);
-    fakes.tokens.state.seed_refresh_token(SEED_REFRESH);
-    sign_in(&store, PASSWORD, SEED_REFRESH);
+    let (pair, store) = signed_in_pair(&fakes, &redis.url()).await;
 
     // After expiry, a crowd over both proxies: one redemption in all.
     let results = crowd(&pair, PASSWORD).await;
@@ -410,10 +417,7 @@ async fn redis_down_and_back_under_load_loses_nothing() {
         return;
     };
     let fakes = fakes().await;
-    let pair = pair(&fakes, &redis.url()).await;
-    let store = store_of(&pair.text);
-    fakes.tokens.state.seed_refresh_token(SEED_REFRESH);
-    sign_in(&store, PASSWORD, SEED_REFRESH);
+    let (pair, store) = signed_in_pair(&fakes, &redis.url()).await;
     let results = crowd(&pair, PASSWORD).await;
     assert!(results.iter().all(Result::is_ok));
     let refreshes = fakes.tokens.state.requests(GRANT_REFRESH);
@@ -497,10 +501,7 @@ async fn a_lease_left_by_a_dead_proxy_runs_out_and_the_other_refreshes() {
         return;
     };
     let fakes = fakes().await;
-    let pair = pair(&fakes, &redis.url()).await;
-    let store = store_of(&pair.text);
-    fakes.tokens.state.seed_refresh_token(SEED_REFRESH);
-    sign_in(&store, PASSWORD, SEED_REFRESH);
+    let (pair, _store) = signed_in_pair(&fakes, &redis.url()).await;
     // A proxy took the lease and died (its lease is what it leaves behind).
     let dead = xoauth2_proxy::store::Redis::open(
         &xoauth2_proxy::config::RedisUrl::parse(&redis.url()).unwrap(),
