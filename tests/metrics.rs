@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use harness::{PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens};
+use harness::{PASSWORD, Proxy, config_text, dead_addr, imap, seed_tokens, setup};
 use support::token_server::GRANT_REFRESH;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -328,6 +328,71 @@ async fn refusals_and_upstream_failures_are_counted() {
     );
     held.send(b"l LOGOUT\r\n").await;
     proxy.running.shutdown().await;
+}
+
+/// A fixed-account relay (a scanner's) counts its bytes as they pass, while
+/// the session is still open, and a refusal of its unattended sign-in is
+/// counted as a login like a client's.
+#[tokio::test]
+async fn a_fixed_account_relay_counts_bytes_as_they_pass_and_its_refusals() {
+    let s = setup().await;
+    let server = FakeSmtpServer::start(&s.pki, s.tokens.state.clone(), SmtpOpts::default()).await;
+    let metrics_line = "metrics_listen = \"127.0.0.1:0\"\n";
+    let running = (s.fixed_relay_in(server.addr, "127.0.0.1:0", &[USER], "", metrics_line)).await;
+    let metrics = running.metrics_addr().expect("metrics are served");
+    let listener = running.addrs[0].to_string();
+    let on = |key, value| [("listener", listener.as_str()), (key, value)];
+    let to_server = on("direction", "to_server");
+
+    let line = "0123456789".repeat(7) + "\r\n";
+    let body = format!("Subject: scan\r\n\r\n{}", line.repeat(2000));
+    let mut c = TestClient::connect(running.addrs[0]).await;
+    c.expect_smtp(220).await;
+    c.send(b"EHLO scanner\r\n").await;
+    c.expect_smtp(250).await;
+    c.send(format!("MAIL FROM:<{USER}>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n").as_bytes())
+        .await;
+    c.expect_smtp(250).await;
+    c.expect_smtp(250).await;
+    c.expect_smtp(354).await;
+    c.send(&dot_stuff(body.as_bytes())).await;
+    c.expect_smtp(250).await;
+    // The session is still open: the bytes are in the figures already.
+    let body_len = body.len() as f64;
+    let figures = scrape_until(metrics, |b| {
+        sample(b, "xoauth2_proxy_relayed_bytes_total", &to_server).unwrap_or(0.0) > body_len
+    })
+    .await;
+    let up = sample(&figures, "xoauth2_proxy_relayed_bytes_total", &to_server);
+    assert!(up.unwrap_or(0.0) > body_len, "{figures}");
+    assert_eq!(
+        sample(&figures, "xoauth2_proxy_logins_total", &on("outcome", "ok")),
+        Some(1.0),
+        "{figures}"
+    );
+    c.send(b"QUIT\r\n").await;
+    c.expect_smtp(221).await;
+
+    // The account's sign-in is revoked: the next session's MAIL FROM is
+    // refused, and counted.
+    s.tokens.state.revoke_all();
+    running.context.gate.tokens().discard_access_token(USER);
+    let mut c = TestClient::connect(running.addrs[0]).await;
+    c.expect_smtp(220).await;
+    c.send(b"EHLO scanner\r\n").await;
+    c.expect_smtp(250).await;
+    c.send(format!("MAIL FROM:<{USER}>\r\n").as_bytes()).await;
+    c.expect_smtp(454).await;
+    let (_, figures) = scrape(metrics).await;
+    let needed = on("outcome", "sign_in_needed");
+    assert_eq!(
+        sample(&figures, "xoauth2_proxy_logins_total", &needed),
+        Some(1.0),
+        "{figures}"
+    );
+    c.send(b"QUIT\r\n").await;
+    c.expect_smtp(221).await;
+    running.shutdown().await;
 }
 
 #[tokio::test]

@@ -3,6 +3,9 @@
 //! it as they are (it only sees where each reply ends). A client login
 //! never comes here: its relay is the byte pipe of `relay.rs`.
 //!
+//! Bytes are counted in the listener's stats as each write completes, like
+//! the byte pipe's.
+//!
 //! One task, both directions: each side is read only while the other
 //! side's pending bytes stay under [`HIGH_WATER`], so a slow reader
 //! stops the writer instead of growing a buffer, and a write never waits
@@ -15,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Totals;
 use crate::escape::log_text;
+use crate::health::Bytes;
 use crate::protocol::smtp::filter::{Event, Filter, Output};
 
 /// One read from either side. Scanners send a few MiB per message; 16 KiB
@@ -41,6 +45,7 @@ pub(crate) async fn relay_filtered<C, U>(
     upstream_pending: &[u8],
     mut filter: Filter,
     peer: SocketAddr,
+    counted: &Bytes,
 ) -> io::Result<Totals>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -84,10 +89,14 @@ where
         let server_rest = out.to_server.get(to_server.written..).unwrap_or_default();
         tokio::select! {
             n = write_or_flush(&mut client_w, client_rest), if to_client.busy(client_rest) => {
-                totals.to_client += to_client.wrote(n?) as u64;
+                let n = to_client.wrote(n?) as u64;
+                totals.to_client += n;
+                counted.to_client.inc_by(n);
             }
             n = write_or_flush(&mut up_w, server_rest), if to_server.busy(server_rest) => {
-                totals.to_upstream += to_server.wrote(n?) as u64;
+                let n = to_server.wrote(n?) as u64;
+                totals.to_upstream += n;
+                counted.to_server.inc_by(n);
             }
             n = client_r.read(&mut client_buf), if read_client => {
                 match n? {
@@ -103,6 +112,7 @@ where
                         let rest = out.to_client.get(to_client.written..).unwrap_or_default();
                         client_w.write_all(rest).await?;
                         totals.to_client += rest.len() as u64;
+                        counted.to_client.inc_by(rest.len() as u64);
                         let _ = client_w.shutdown().await;
                         break;
                     }

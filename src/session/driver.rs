@@ -283,7 +283,7 @@ impl<U: UpstreamLogin> Session<U> {
         let _open = self.stats.session();
         let bytes = &self.stats.bytes;
         let relayed = match policy {
-            // Counted by the relay as each batch is written.
+            // Both relays count each batch as it is written.
             None => {
                 crate::relay::relay(
                     &mut self.client,
@@ -295,20 +295,18 @@ impl<U: UpstreamLogin> Session<U> {
                 )
                 .await
             }
-            // Counted at the end (a fixed-account relay: short SMTP sessions).
-            Some(policy) => crate::relay::relay_filtered(
-                &mut self.client,
-                &self.buf,
-                &mut upstream,
-                &upstream_pending,
-                Filter::new(policy),
-                peer,
-            )
-            .await
-            .inspect(|t| {
-                bytes.to_client.inc_by(t.to_client);
-                bytes.to_server.inc_by(t.to_upstream);
-            }),
+            Some(policy) => {
+                crate::relay::relay_filtered(
+                    &mut self.client,
+                    &self.buf,
+                    &mut upstream,
+                    &upstream_pending,
+                    Filter::new(policy),
+                    peer,
+                    bytes,
+                )
+                .await
+            }
         };
         let secs = started.elapsed().as_secs();
         match relayed {

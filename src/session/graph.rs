@@ -116,12 +116,7 @@ impl Protocol for GraphSmtp {
             );
             let refused = match checked {
                 Err(reply) => Some(reply),
-                // The gate logged why; the client hears only that it failed.
-                Ok(_) => session.ctx.gate.unattended(account).await.err().map(|_| {
-                    failure_reply(&Failure::Unavailable(format!(
-                        "the proxy cannot send as {account} now; its log says why"
-                    )))
-                }),
+                Ok(_) => session.unattended(account).await.err(),
             };
             return match refused {
                 // The MAIL FROM stays in the buffer for the transaction.

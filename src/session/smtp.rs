@@ -150,12 +150,7 @@ impl Smtp {
             sender,
         )?;
         let ehlo_name = self.client_name.as_deref().unwrap_or(DEFAULT_EHLO_NAME);
-        // The gate logged why; the client hears only that it failed.
-        let grant = session.ctx.gate.unattended(account).await.map_err(|_| {
-            failure_reply(&Failure::Unavailable(format!(
-                "the relay cannot sign in as {account} now; the proxy's log says why"
-            )))
-        })?;
+        let grant = session.unattended(account).await?;
         match session.authenticate(ehlo_name, "", &grant).await {
             Ok(_reply) => Ok(()),
             // A 535 would read as "your password is wrong" to a client that

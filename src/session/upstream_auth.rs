@@ -108,6 +108,21 @@ impl<U: UpstreamLogin> Session<U> {
         Ok((grant.address().to_owned(), reply))
     }
 
+    /// A fixed account's grant for a client that sent no password, its
+    /// refusal counted like a client login's. The gate logged why; the
+    /// client hears only that it failed.
+    pub(super) async fn unattended(&self, account: &str) -> Result<Grant, Vec<u8>> {
+        self.ctx.gate.unattended(account).await.map_err(|e| {
+            self.stats.login(super::counted_as(&e));
+            U::failure(
+                "",
+                &Failure::Unavailable(format!(
+                    "the proxy cannot sign in as {account} now; its log says why"
+                )),
+            )
+        })
+    }
+
     /// XOAUTH2 upstream with `grant`'s user and token, reconnecting once when
     /// the connection held since the greeting turns out dead (the server may
     /// drop an idle pre-login connection while the user types). `Ok`: the

@@ -243,6 +243,19 @@ impl Setup {
         senders: &[&str],
         extra: &str,
     ) -> Running {
+        self.fixed_relay_in(upstream, listen, senders, extra, "")
+            .await
+    }
+
+    /// [`Setup::fixed_relay`] with `proxy_extra` in `[proxy]`.
+    pub async fn fixed_relay_in(
+        &self,
+        upstream: SocketAddr,
+        listen: &str,
+        senders: &[&str],
+        extra: &str,
+        proxy_extra: &str,
+    ) -> Running {
         let m = smtp(upstream);
         let senders: Vec<String> = senders.iter().map(|s| format!("\"{s}\"")).collect();
         let lines = format!(
@@ -256,7 +269,7 @@ impl Setup {
                 listen,
                 extra: &lines,
             }],
-            "",
+            proxy_extra,
         );
         let hash = xoauth2_proxy::auth::password::hash_password(b"unused by the relay")
             .expect("hash a password");
