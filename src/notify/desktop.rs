@@ -1,29 +1,32 @@
 //! A desktop notification when no `notify_command` is set: notify-rust
 //! (the freedesktop notification service over the session D-Bus, through
-//! zbus, on Linux; the notification centre on macOS). Without a desktop
-//! session (a system service, a server, a container) it is skipped with a
-//! debug line: the log and the page have the event anyway.
+//! zbus, on Linux and the BSDs; the notification centre on macOS; a toast
+//! on Windows, for a run in the user's session: the service writes to the
+//! Event Log instead). Without a desktop session (a system service, a
+//! server, a container) it is skipped with a debug line: the log and the
+//! page have the event anyway.
 
 use super::derive::Notice;
 
-#[cfg(all(feature = "desktop", any(target_os = "linux", target_os = "macos")))]
-/// Whether this process can reach a desktop: on Linux a session bus
-/// (`DBUS_SESSION_BUS_ADDRESS`, or the per-user bus socket systemd makes in
-/// `XDG_RUNTIME_DIR`); on macOS the notification centre answers or fails.
+#[cfg(feature = "desktop")]
+/// Whether this process can reach a desktop: on Linux and the BSDs a
+/// session bus (`DBUS_SESSION_BUS_ADDRESS`, or the per-user bus socket
+/// systemd makes in `XDG_RUNTIME_DIR`); on macOS and Windows the
+/// notification centre answers or fails.
 pub(crate) fn session_available() -> bool {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(unix, not(target_os = "macos")))]
     {
         std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|a| !a.is_empty())
             || std::env::var_os("XDG_RUNTIME_DIR")
                 .is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(unix, not(target_os = "macos"))))]
     {
-        cfg!(target_os = "macos")
+        true
     }
 }
 
-#[cfg(all(feature = "desktop", any(target_os = "linux", target_os = "macos")))]
+#[cfg(feature = "desktop")]
 /// Title and body of the desktop notification.
 pub(crate) fn text(notice: &Notice, page_url: &str) -> (String, String) {
     let title = format!("xoauth2-proxy: {}", notice.event.name().replace('_', " "));
@@ -36,7 +39,7 @@ pub(crate) fn text(notice: &Notice, page_url: &str) -> (String, String) {
 
 /// Shows `notice` on the desktop (on a blocking thread: notify-rust's call
 /// waits for the bus). Failures are debug lines.
-#[cfg(all(feature = "desktop", any(target_os = "linux", target_os = "macos")))]
+#[cfg(feature = "desktop")]
 pub(crate) async fn show(notice: &Notice, page_url: &str) {
     if !session_available() {
         tracing::debug!(
@@ -63,7 +66,7 @@ pub(crate) async fn show(notice: &Notice, page_url: &str) {
     }
 }
 
-#[cfg(not(all(feature = "desktop", any(target_os = "linux", target_os = "macos"))))]
+#[cfg(not(feature = "desktop"))]
 pub(crate) async fn show(notice: &Notice, _page_url: &str) {
     tracing::debug!(
         event = notice.event.name(),
@@ -71,11 +74,7 @@ pub(crate) async fn show(notice: &Notice, _page_url: &str) {
     );
 }
 
-#[cfg(all(
-    test,
-    feature = "desktop",
-    any(target_os = "linux", target_os = "macos")
-))]
+#[cfg(all(test, feature = "desktop"))]
 mod tests {
     use super::*;
     use crate::notify::derive::{EventKind, Subject};

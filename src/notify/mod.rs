@@ -59,7 +59,7 @@ pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CREDENTIAL_CHECK_EVERY: Duration = Duration::from_secs(3600);
 /// A desktop notification service that does not answer within this long is
 /// given up on.
-#[cfg(all(feature = "desktop", any(target_os = "linux", target_os = "macos")))]
+#[cfg(feature = "desktop")]
 pub(crate) const DESKTOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The notifier's clock settings (tests shorten them; see
