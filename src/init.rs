@@ -1,7 +1,7 @@
 //! `xoauth2-proxy init`: the first configuration. Finds the tenant from the
 //! address's domain (OpenID discovery), writes an owner-only `proxy.toml`
-//! and says what to type into the mail client. The prompts live in
-//! `main.rs`; everything here is callable from tests.
+//! and says what to type into the mail client. The prompts live in the
+//! binary's `cli/init.rs`; everything here is callable from tests.
 
 use std::io::Write as _;
 use std::path::Path;

@@ -27,8 +27,15 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[(
 )];
 
 /// `lib.rs`, `main.rs` and the services (which run the whole proxy, as
-/// `main` does) sit above every layer.
-const TOP: &[&str] = &["lib", "main", "service"];
+/// `main` does) sit above every layer; so do the binary's own modules
+/// ([`BINARY_ONLY`]), which are `main.rs` split by subcommand.
+const TOP: &[&str] = &["lib", "main", "service", "cli"];
+
+/// Folders of `src/` that only `main.rs` declares: the binary's modules,
+/// which see the library as `xoauth2_proxy::…` (never `crate::`). The
+/// library must not declare them, or its own code there would escape the
+/// layer rule as part of the top.
+const BINARY_ONLY: &[&str] = &["cli"];
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|layer| layer.contains(&module))
@@ -137,6 +144,29 @@ fn every_module_uses_only_lower_layers() {
         "layer rule broken:\n{}",
         broken.join("\n")
     );
+}
+
+#[test]
+fn binary_only_modules_are_not_the_librarys() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let main = std::fs::read_to_string(src.join("main.rs")).unwrap();
+    let declares = |text: &str, name: &str| {
+        text.lines().any(|line| {
+            let code = line.trim_start();
+            let code = code.strip_prefix("pub(crate) ").unwrap_or(code);
+            let code = code.strip_prefix("pub ").unwrap_or(code);
+            code == format!("mod {name};")
+        })
+    };
+    for name in BINARY_ONLY {
+        assert!(TOP.contains(name), "`{name}` is binary-only but not in TOP");
+        assert!(
+            !declares(&lib, name),
+            "lib.rs declares `{name}`, a module of the binary"
+        );
+        assert!(declares(&main, name), "main.rs does not declare `{name}`");
+    }
 }
 
 #[test]
