@@ -15,6 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a figure may take to settle (a session's end after LOGOUT).
 const SETTLE: Duration = Duration::from_secs(10);
+/// The metrics server's connection cap (`metrics::serve::MAX_CONNECTIONS`).
+const MAX_METRICS_CONNECTIONS: usize = 8;
 /// The message fetched through the proxy.
 const MESSAGE_BYTES: usize = 300 * 1024;
 
@@ -393,6 +395,57 @@ async fn a_fixed_account_relay_counts_bytes_as_they_pass_and_its_refusals() {
     c.send(b"QUIT\r\n").await;
     c.expect_smtp(221).await;
     running.shutdown().await;
+}
+
+/// `GET /metrics` from `source`: the status line.
+async fn status_from(addr: SocketAddr, source: &str) -> String {
+    let mut c = TestClient::connect_from(addr, source.parse().unwrap()).await;
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    c.read_line_str().await
+}
+
+/// Peers outside `metrics_allow_from` get 403 at accept; over the cap of
+/// connections a scraper gets 503, and a freed slot serves again.
+#[tokio::test]
+async fn peers_outside_allow_from_and_over_the_cap_are_refused() {
+    let (proxy, _server) = proxy("metrics_allow_from = [\"127.0.0.2/32\"]\n").await;
+    let metrics = proxy.running.metrics_addr().unwrap();
+    let refused = status_from(metrics, "127.0.0.3").await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let served = status_from(metrics, "127.0.0.2").await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+
+    // Idle kept-alive connections hold every slot (each one served once,
+    // so it is surely past accept).
+    let mut held = Vec::new();
+    for _ in 0..MAX_METRICS_CONNECTIONS {
+        let mut c = TestClient::connect_from(metrics, "127.0.0.2".parse().unwrap()).await;
+        c.send(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        let status = c.read_line_str().await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        held.push(c);
+    }
+    let busy = status_from(metrics, "127.0.0.2").await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    drop(held);
+    let again = scrape_until_status(metrics, "HTTP/1.1 200").await;
+    assert!(again, "a freed slot did not serve again");
+    proxy.running.shutdown().await;
+}
+
+/// Asks until the status line starts with `want` (a closed connection's
+/// slot comes back when its task ends).
+async fn scrape_until_status(addr: SocketAddr, want: &str) -> bool {
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if status_from(addr, "127.0.0.2").await.starts_with(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 #[tokio::test]

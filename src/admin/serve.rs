@@ -4,7 +4,6 @@
 //! few hundred half-sent requests kept the page's sockets open for good and
 //! took the whole process's file descriptors, the mail listeners' included.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -13,13 +12,12 @@ use axum::http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_service::Service as _;
 
 use super::MAX_BODY_BYTES;
-use crate::net::http_server::{Limits, serve_connection};
+use crate::net::http_server::{Admit, Limits, accept_loop, serve_connection};
 
 /// Connections the page serves at once; more are refused at accept. A
 /// browser opens at most six per host, a person has one or two tabs, and a
@@ -34,8 +32,6 @@ pub(crate) const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// Bytes hyper buffers for one request head (its smallest allowed buffer
 /// is 8 KiB). A browser's request head for the page is well under 4 KiB.
 const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
-/// After a failed accept (EMFILE and the like), a pause instead of a spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often the log says that the cap refused connections.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// What a refused connection is told (best effort: it is not waited for).
@@ -55,46 +51,33 @@ pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     timeouts: Timeouts,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_PAGE_CONNECTIONS));
-    let mut connections = JoinSet::new();
     let mut refused = 0u64;
     let mut refusals_logged: Option<Instant> = None;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "the sign-in page cannot accept a connection");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused += 1;
-            if refusals_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
-                tracing::warn!(%peer, refused, max = MAX_PAGE_CONNECTIONS,
-                    "the sign-in page has all its connections open; refusing more \
-                     (a browser needs a few: something on this machine holds many)");
-                refusals_logged = Some(Instant::now());
-            }
-            refuse(stream);
-            continue;
-        };
-        let app = app.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            connection(stream, app, timeouts, stop).await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+    let busy = |stream: TcpStream, peer: std::net::SocketAddr| {
+        refused += 1;
+        if refusals_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            tracing::warn!(%peer, refused, max = MAX_PAGE_CONNECTIONS,
+                "the sign-in page has all its connections open; refusing more \
+                 (a browser needs a few: something on this machine holds many)");
+            refusals_logged = Some(Instant::now());
+        }
+        refuse(stream);
+    };
+    let connection = |stream| connection(stream, app.clone(), timeouts, stop.clone());
+    let admit = |stream, _peer| Admit::Serve(stream);
+    let what = "the sign-in page";
+    accept_loop(
+        listener,
+        MAX_PAGE_CONNECTIONS,
+        stop.clone(),
+        what,
+        admit,
+        busy,
+        connection,
+    )
+    .await;
 }
 
 /// Tells a connection over the cap that the page is busy, without waiting

@@ -4,6 +4,7 @@
 //! head and idle pause, a lifetime per connection, and the peer checked
 //! against `metrics_allow_from` (loopback only without it) at accept.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +14,11 @@ use hyper::body::Incoming;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 use super::Current;
 use crate::config::may_scrape;
-use crate::net::http_server::{Limits, serve_connection};
+use crate::net::http_server::{Admit, Limits, accept_loop, serve_connection};
 
 /// Connections served at once; more are closed at accept. A Prometheus
 /// server keeps one; a few scrapers and a person with curl fit.
@@ -30,8 +30,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Bytes hyper buffers for one request head (its smallest allowed buffer).
 const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
-/// After a failed accept (EMFILE and the like), a pause instead of a spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// OpenMetrics text, what `prometheus-client` encodes (Prometheus reads it).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const FORBIDDEN: &[u8] =
@@ -43,43 +41,31 @@ pub(super) async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     current: Arc<RwLock<Current>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot accept a connection");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        if !may_scrape(&current.read().allow_from, peer.ip()) {
-            tracing::warn!(%peer, "metrics: connection from outside metrics_allow_from; refusing");
-            let _ = stream.try_write(FORBIDDEN);
-            continue;
+    let admit = |stream: TcpStream, peer: SocketAddr| {
+        if may_scrape(&current.read().allow_from, peer.ip()) {
+            return Admit::Serve(stream);
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, max = MAX_CONNECTIONS, "metrics: all connections in use; refusing");
-            let _ = stream.try_write(BUSY);
-            continue;
-        };
-        let registry = registry.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            connection(stream, registry, stop).await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+        tracing::warn!(%peer, "metrics: connection from outside metrics_allow_from; refusing");
+        let _ = stream.try_write(FORBIDDEN);
+        Admit::Refused
+    };
+    let busy = |stream: TcpStream, peer: SocketAddr| {
+        tracing::debug!(%peer, max = MAX_CONNECTIONS, "metrics: all connections in use; refusing");
+        let _ = stream.try_write(BUSY);
+    };
+    let connection = |stream| connection(stream, registry.clone(), stop.clone());
+    accept_loop(
+        listener,
+        MAX_CONNECTIONS,
+        stop.clone(),
+        "metrics",
+        admit,
+        busy,
+        connection,
+    )
+    .await;
 }
 
 async fn connection(stream: TcpStream, registry: Arc<Registry>, stop: watch::Receiver<bool>) {

@@ -1,17 +1,85 @@
-//! One HTTP/1.1 connection of a small local server (the sign-in page, the
-//! metrics), served by hyper under the limits every such server needs
-//! against a neighbour holding sockets open: a deadline for each request
-//! head and idle pause, a cap on the head's size, and a lifetime.
+//! The small local HTTP servers (the sign-in page, the metrics): their
+//! accept loop (`accept_loop`: a cap on connections, a pause after a failed
+//! accept, a check of each peer) and each HTTP/1.1 connection
+//! (`serve_connection`), served by hyper under the limits every such server
+//! needs against a neighbour holding sockets open: a deadline for each
+//! request head and idle pause, a cap on the head's size, and a lifetime.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// After a failed accept (EMFILE and the like), a pause instead of a spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What one accepted connection gets: served, or refused by the server's
+/// own rule (it has been told why, or just closed).
+pub(crate) enum Admit {
+    Serve(TcpStream),
+    Refused,
+}
+
+/// Accepts on `listener` until `stop` turns true, then waits for the
+/// connections in hand. Each connection goes through `admit` (the server's
+/// peer check), then takes one of `max_connections` slots (over the cap it
+/// goes to `busy`, which may answer it without waiting and logs as it
+/// likes), then is served by `connection` in its own task. `what` names the
+/// server in the log.
+pub(crate) async fn accept_loop<A, B, C, Fut>(
+    listener: TcpListener,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    mut admit: A,
+    mut busy: B,
+    connection: C,
+) where
+    A: FnMut(TcpStream, SocketAddr) -> Admit,
+    B: FnMut(TcpStream, SocketAddr),
+    C: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: cannot accept a connection");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Admit::Serve(stream) = admit(stream, peer) else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            busy(stream, peer);
+            continue;
+        };
+        let served = connection(stream);
+        connections.spawn(async move {
+            served.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
 
 /// The limits of one connection.
 #[derive(Debug, Clone, Copy)]
