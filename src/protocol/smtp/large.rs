@@ -80,7 +80,7 @@ pub fn split_to_fit(message: &[u8], budget: usize) -> Result<Split, SplitError> 
         collect(message, sub, &mut candidates);
     }
     // Largest first, until the rest fits.
-    candidates.sort_by(|a, b| (b.cut.1 - b.cut.0).cmp(&(a.cut.1 - a.cut.0)));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.cut.1 - c.cut.0));
     let mut remaining = message.len();
     let mut chosen = Vec::new();
     for candidate in candidates {
@@ -203,8 +203,7 @@ fn after_line_end(message: &[u8], end: usize) -> usize {
 }
 
 fn delimiter_lines(message: &[u8]) -> usize {
-    usize::from(message.starts_with(b"--"))
-        + message.windows(3).filter(|w| w == b"\n--").count()
+    usize::from(message.starts_with(b"--")) + message.windows(3).filter(|w| w == b"\n--").count()
 }
 
 /// A name without control characters, at most [`MAX_NAME_CHARS`].

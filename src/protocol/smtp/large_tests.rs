@@ -47,7 +47,11 @@ fn a_message_within_the_budget_comes_back_whole() {
 fn the_largest_attachment_goes_first_and_the_rest_is_byte_exact() {
     let big: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let small: Vec<u8> = vec![0xAB; 3_000];
-    let m = mixed(&[text_part(), pdf_part("small.pdf", &small), pdf_part("big.pdf", &big)]);
+    let m = mixed(&[
+        text_part(),
+        pdf_part("small.pdf", &small),
+        pdf_part("big.pdf", &big),
+    ]);
     let split = split_to_fit(&m, 10_000).unwrap();
     assert_eq!(split.detached.len(), 1);
     let d = &split.detached[0];
@@ -98,13 +102,21 @@ fn nested_multiparts_an_inline_image_and_a_part_without_a_file_name() {
     assert_eq!(split.detached[1].name, "attachment");
     assert_eq!(split.detached[1].bytes, blob);
     let rest = String::from_utf8(split.remaining).unwrap();
-    assert!(rest.contains("--R\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:logo@x\">\r\n--R--\r\n"), "{rest}");
+    assert!(
+        rest.contains(
+            "--R\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:logo@x\">\r\n--R--\r\n"
+        ),
+        "{rest}"
+    );
     assert!(rest.ends_with("See the scan.\r\n--B\r\nContent-Type: multipart/related; boundary=\"R\"\r\n\r\n--R\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:logo@x\">\r\n--R--\r\n--B--\r\n"), "{rest}");
 }
 
 #[test]
 fn hostile_or_unsplittable_messages_are_refused_without_a_panic() {
-    let long_text = format!("{HEAD}Content-Type: text/plain\r\n\r\n{}\r\n", "x".repeat(5_000));
+    let long_text = format!(
+        "{HEAD}Content-Type: text/plain\r\n\r\n{}\r\n",
+        "x".repeat(5_000)
+    );
     let no_boundary = format!(
         "{HEAD}Content-Type: multipart/mixed\r\n\r\n--B\r\nContent-Type: application/pdf\r\n\r\n{}\r\n--B--\r\n",
         "y".repeat(5_000)
