@@ -90,7 +90,8 @@ pub struct GraphState {
     pub calls: Mutex<Vec<GraphCall>>,
     /// Answer this status to the next draft creation instead of 201.
     pub draft_status: Mutex<Option<u16>>,
-    /// Answer 500 to this upload range (0 = the first `PUT`).
+    /// Answer 500 to this upload range (0 = the first `PUT` the fake
+    /// received, counting every upload session).
     pub fail_upload_put: Mutex<Option<usize>>,
     pub script: Mutex<VecDeque<GraphAnswer>>,
     /// Where each accepted message is also written (`N.eml`), for the
