@@ -66,6 +66,14 @@ const UPLOAD_CHUNK: usize = 8 * 320 * 1024;
 /// covers 35 MiB at about 0.6 Mbit/s.
 const GRAPH_LARGE_DEADLINE: Duration = Duration::from_secs(9 * 60);
 
+// The limits against Graph's documented ones, checked when compiling.
+const _: () = {
+    assert!(GRAPH_MAX_LARGE_MESSAGE <= 35 * 1024 * 1024);
+    assert!(UPLOAD_CHUNK.is_multiple_of(320 * 1024) && UPLOAD_CHUNK < 4_000_000);
+    // A fileAttachment's JSON (base64 and a little more) under 4 MiB.
+    assert!(ATTACHMENT_POST_MAX.div_ceil(3) * 4 + 4096 < 4 * 1024 * 1024);
+};
+
 /// Longest draft id taken from Graph (ids are about 150 characters).
 const MAX_DRAFT_ID: usize = 1024;
 
@@ -476,15 +484,6 @@ fn id_segment(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limits_fit_graphs_documented_ones() {
-        assert!(GRAPH_MAX_LARGE_MESSAGE <= 35 * 1024 * 1024);
-        assert_eq!(UPLOAD_CHUNK % (320 * 1024), 0);
-        assert!(UPLOAD_CHUNK < 4_000_000);
-        // A fileAttachment's JSON (base64 and a little more) under 4 MiB.
-        assert!(ATTACHMENT_POST_MAX.div_ceil(3) * 4 + 4096 < 4 * 1024 * 1024);
-    }
 
     #[test]
     fn next_expected_ranges_are_read_in_both_forms() {
