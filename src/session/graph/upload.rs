@@ -261,7 +261,14 @@ async fn attach(
             "451 4.4.0 Microsoft Graph gave no usable upload URL (message not sent)\r\n",
         ));
     };
-    if !matches!(upload_url.scheme(), "https" | "http") {
+    // HTTPS, as Graph itself (plain HTTP only beside a plain-HTTP
+    // `graph_url`, a local fake).
+    let scheme_ok = match upload_url.scheme() {
+        "https" => true,
+        "http" => draft.user_url.starts_with("http://"),
+        _ => false,
+    };
+    if !scheme_ok {
         return Err(Failed::reply(
             "451 4.4.0 Microsoft Graph gave no usable upload URL (message not sent)\r\n",
         ));
@@ -427,7 +434,8 @@ fn graph_refused(draft: &Draft<'_>, status: u16, body: &[u8], what: &str) -> Fai
     let reply = if status == 403 {
         format!(
             "550 5.7.1 Microsoft Graph refused to {what}: a message over {GRAPH_MAX_MESSAGE} octets goes \
-             through a draft, which needs the Mail.ReadWrite permission besides Mail.Send (HTTP 403, {code})\r\n"
+             through a draft, which needs the Mail.ReadWrite permission besides Mail.Send \
+             (Mail.ReadWrite.Shared for a shared mailbox) (HTTP 403, {code})\r\n"
         )
         .into_bytes()
     } else {
