@@ -696,3 +696,35 @@ async fn a_body_too_big_without_its_attachments_is_a_552_and_creates_nothing() {
     assert!(p.graph.state.calls().is_empty());
     assert!(p.graph.state.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_draft_step_without_an_answer_is_a_451_that_says_nothing_was_sent() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (_p, mut c) = graph_at(url).await;
+    let hangup = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut conn, _) = silent.accept().await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = conn.read(&mut head).await.unwrap();
+        head.truncate(n);
+        head
+    });
+    let pdf = pdf_like(3_300_000, 7);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("not sent") && !text.contains("may have been sent"),
+        "{text}"
+    );
+    let head = hangup.await.unwrap();
+    assert!(
+        head.starts_with(format!("POST /v1.0/users/{USER}/messages ").as_bytes()),
+        "{}",
+        head.escape_ascii()
+    );
+}

@@ -421,8 +421,19 @@ async fn call(
         .send_api(request, GRAPH_SEND_TIMEOUT.min(left))
         .await
         .map_err(|e| {
-            tracing::warn!(%peer, %account, error = %e, "no answer from Microsoft Graph to {what}: message not sent");
-            Failed::reply("451 4.4.1 Cannot reach Microsoft Graph now; try again later (message not sent)\r\n")
+            if e.unsent {
+                tracing::warn!(%peer, %account, error = %e, "cannot reach Microsoft Graph to {what}: message not sent");
+                return Failed::reply(
+                    "451 4.4.1 Cannot reach Microsoft Graph now; try again later (message not sent)\r\n",
+                );
+            }
+            // Only the `/send` sends: an unanswered step before it sent
+            // nothing, though a draft it created may stay in Drafts.
+            tracing::warn!(%peer, %account, error = %e,
+                "no answer from Microsoft Graph to {what}: message not sent (a draft may remain in Drafts)");
+            Failed::reply(
+                "451 4.4.2 No answer from Microsoft Graph in time; try again later (message not sent)\r\n",
+            )
         })
 }
 
