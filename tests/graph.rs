@@ -57,7 +57,7 @@ async fn greeted(p: &GraphProxy) -> TestClient {
         .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
         .collect();
     for keyword in [
-        "SIZE 3145728",
+        "SIZE 36700160",
         "8BITMIME",
         "PIPELINING",
         "ENHANCEDSTATUSCODES",
@@ -160,18 +160,27 @@ async fn a_wrong_password_sends_nothing() {
 async fn the_size_limit_is_offered_and_enforced_for_size_and_data() {
     let p = graph_proxy().await;
     let mut c = logged_in_plain(&p).await;
-    c.send(format!("MAIL FROM:<{USER}> SIZE=3145729\r\n").as_bytes())
+    c.send(format!("MAIL FROM:<{USER}> SIZE=36700161\r\n").as_bytes())
         .await;
     let reply = c.expect_smtp(552).await;
     assert!(String::from_utf8_lossy(&reply[0]).contains("5.3.4"));
+    c.send(format!("MAIL FROM:<{USER}> SIZE=36700160\r\n").as_bytes())
+        .await;
+    c.expect_smtp(250).await;
+    c.send(b"RSET\r\n").await;
+    c.expect_smtp(250).await;
     let mut big = b"To: bob@example.test\r\n\r\n".to_vec();
-    while big.len() <= 3 * 1024 * 1024 {
+    while big.len() <= 35 * 1024 * 1024 {
         big.extend_from_slice(&[b'x'; 998]);
         big.extend_from_slice(b"\r\n");
     }
     let (code, text) = send(&mut c, &["bob@example.test"], &big).await;
     assert_eq!(code, 552, "{text}");
-    assert!(text.contains("5.3.4") && text.contains("3145728"), "{text}");
+    assert!(
+        text.contains("5.3.4") && text.contains("36700160"),
+        "{text}"
+    );
+    assert!(p.graph.state.calls().is_empty(), "nothing created");
     // The session goes on.
     let (code, _) = send(&mut c, &["bob@example.test"], MESSAGE).await;
     assert_eq!(code, 250);
@@ -403,4 +412,319 @@ async fn after_a_refused_redemption_the_next_message_is_refused_at_once() {
         assert!(text.contains("sign in again"), "{text}");
     }
     assert!(p.graph.state.requests().is_empty(), "nothing reached Graph");
+}
+
+// Large messages: through a draft, its attachments added by Graph.
+
+/// Bytes that look like a PDF and use every octet value.
+fn pdf_like(len: usize, seed: u32) -> Vec<u8> {
+    let mut bytes = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    while bytes.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        bytes.push(x as u8);
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+fn base64_lines(bytes: &[u8]) -> String {
+    let text = B64.encode(bytes);
+    let mut out = String::with_capacity(text.len() + text.len() / 38);
+    for line in text.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push_str("\r\n");
+    }
+    out
+}
+
+const LARGE_HEAD: &str = "From: user@example.test\r\nTo: Bob <bob@example.test>\r\nSubject: scan\r\n\
+    MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"=_b\"\r\n\r\n";
+const TEXT_PART: &str = "--=_b\r\nContent-Type: text/plain; charset=utf-8\r\n\
+    Content-Transfer-Encoding: 8bit\r\n\r\nThe scan, caf\u{e9}.\r\n.leading dot\r\n";
+
+fn attachment_part(name: &str, content_type: &str, bytes: &[u8]) -> String {
+    format!(
+        "--=_b\r\nContent-Type: {content_type}; name=\"{name}\"\r\n\
+         Content-Disposition: attachment; filename=\"{name}\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}",
+        base64_lines(bytes)
+    )
+}
+
+fn multipart(parts: &[&str]) -> Vec<u8> {
+    let mut m = LARGE_HEAD.to_owned();
+    for p in parts {
+        m.push_str(p);
+    }
+    m.push_str("--=_b--\r\n");
+    m.into_bytes()
+}
+
+fn kinds(calls: &[support::graph_server::GraphCall]) -> Vec<String> {
+    calls.iter().map(|c| c.kind()).collect()
+}
+
+#[tokio::test]
+async fn a_5_mb_scan_goes_through_a_draft_and_an_upload_session_then_one_send() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    let pdf = pdf_like(3_800_000, 1);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+    ]);
+    assert!(message.len() > 5_000_000);
+    let (code, text) = send(
+        &mut c,
+        &["bob@example.test", "hidden@example.test"],
+        &message,
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    assert!(p.graph.state.requests().is_empty(), "no sendMail");
+    let calls = p.graph.state.calls();
+    assert_eq!(
+        kinds(&calls),
+        [
+            "POST messages",
+            "POST createUploadSession",
+            "PUT upload",
+            "PUT upload",
+            "POST send"
+        ]
+    );
+    // The draft: the client's MIME byte for byte, without the PDF's part,
+    // with the Bcc for the hidden recipient.
+    let draft = &calls[0];
+    assert_eq!(draft.path, format!("/v1.0/users/{USER}/messages"));
+    assert_eq!(draft.content_type, "text/plain");
+    assert!(draft.token_valid);
+    let mut want = b"Bcc: <hidden@example.test>\r\n".to_vec();
+    want.extend_from_slice(&multipart(&[TEXT_PART]));
+    assert_eq!(
+        draft.mime().escape_ascii().to_string(),
+        want.escape_ascii().to_string()
+    );
+    let session = &calls[1];
+    assert!(session.token_valid);
+    assert!(
+        session
+            .path
+            .ends_with("/messages/AAMkDraft-1=/attachments/createUploadSession"),
+        "{}",
+        session.path
+    );
+    let item = &session.json()["AttachmentItem"];
+    assert_eq!(item["attachmentType"], "file");
+    assert_eq!(item["name"], "scan.pdf");
+    assert_eq!(item["contentType"], "application/pdf");
+    assert_eq!(item["size"], pdf.len());
+    assert_eq!(item["isInline"], false);
+    // The ranges: in order, 320 KiB multiples, no bearer on the upload URL.
+    let mut reassembled = Vec::new();
+    for put in &calls[2..4] {
+        assert!(
+            put.authorization.is_none(),
+            "no Authorization on the upload URL"
+        );
+        assert!(
+            put.query == format!("authtoken={}", support::graph_server::UPLOAD_SECRET),
+            "the upload URL was used as given"
+        );
+        let start = reassembled.len();
+        let end = start + put.body.len() - 1;
+        assert_eq!(
+            put.content_range,
+            format!("bytes {start}-{end}/{}", pdf.len())
+        );
+        assert_eq!(put.content_length, put.body.len().to_string());
+        reassembled.extend_from_slice(&put.body);
+    }
+    assert_eq!(calls[2].body.len() % (320 * 1024), 0);
+    assert!(calls[2].body.len() < 4_000_000);
+    assert!(reassembled == pdf, "the uploaded bytes are the PDF's");
+    let sent = &calls[4];
+    assert!(sent.path.ends_with("/messages/AAMkDraft-1=/send"));
+    assert!(sent.token_valid);
+}
+
+#[tokio::test]
+async fn mid_size_attachments_and_inline_images_are_posted_as_file_attachments() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    let pdf = pdf_like(2_500_000, 2);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("form.pdf", "application/pdf", &pdf),
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 250, "{text}");
+    let calls = p.graph.state.calls();
+    assert_eq!(
+        kinds(&calls),
+        ["POST messages", "POST attachments", "POST send"]
+    );
+    assert_eq!(calls[0].mime(), multipart(&[TEXT_PART]));
+    let json = calls[1].json();
+    assert_eq!(calls[1].content_type, "application/json");
+    assert!(calls[1].token_valid);
+    assert_eq!(json["@odata.type"], "#microsoft.graph.fileAttachment");
+    assert_eq!(json["name"], "form.pdf");
+    assert_eq!(json["contentType"], "application/pdf");
+    assert_eq!(json["isInline"], false);
+    assert!(json.get("contentId").is_none());
+    let bytes = B64.decode(json["contentBytes"].as_str().unwrap()).unwrap();
+    assert!(bytes == pdf);
+
+    // An inline image of a HTML body keeps its Content-ID.
+    let png = pdf_like(2_600_000, 3);
+    let related = format!(
+        "--=_b\r\nContent-Type: multipart/related; boundary=\"=_r\"\r\n\r\n\
+         --=_r\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:logo@example.test\">\r\n\
+         --=_r\r\nContent-Type: image/png\r\nContent-ID: <logo@example.test>\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}--=_r--\r\n",
+        base64_lines(&png)
+    );
+    let message = multipart(&[&related]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 250, "{text}");
+    let calls = p.graph.state.calls();
+    assert_eq!(calls.len(), 6);
+    let draft = String::from_utf8(calls[3].mime()).unwrap();
+    assert!(
+        draft.ends_with(
+            "--=_r\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:logo@example.test\">\r\n--=_r--\r\n--=_b--\r\n"
+        ),
+        "{draft}"
+    );
+    let json = calls[4].json();
+    assert_eq!(json["contentType"], "image/png");
+    assert_eq!(json["name"], "attachment");
+    assert_eq!(json["isInline"], true);
+    assert_eq!(json["contentId"], "logo@example.test");
+    assert!(B64.decode(json["contentBytes"].as_str().unwrap()).unwrap() == png);
+    assert_eq!(calls[5].kind(), "POST send");
+    assert!(p.graph.state.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_upload_deletes_the_draft_and_sends_nothing() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    *p.graph.state.fail_upload_put.lock().unwrap() = Some(1);
+    let pdf = pdf_like(3_800_000, 4);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("not sent"), "{text}");
+    assert!(!text.contains(support::graph_server::UPLOAD_SECRET));
+    let calls = p.graph.state.calls();
+    assert_eq!(
+        kinds(&calls),
+        [
+            "POST messages",
+            "POST createUploadSession",
+            "PUT upload",
+            "PUT upload",
+            "DELETE AAMkDraft-1="
+        ]
+    );
+    assert!(calls[4].token_valid);
+    // The session goes on, and the next message goes out.
+    let (code, _) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 250);
+    assert_eq!(
+        p.graph
+            .state
+            .calls()
+            .iter()
+            .filter(|c| c.kind() == "POST send")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_large_message_without_mail_read_write_is_refused_by_name() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    *p.graph.state.draft_status.lock().unwrap() = Some(403);
+    let pdf = pdf_like(3_300_000, 5);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains("5.7.1") && text.contains("Mail.ReadWrite"),
+        "{text}"
+    );
+    assert_eq!(kinds(&p.graph.state.calls()), ["POST messages"]);
+    // Small messages still go out with Mail.Send alone.
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    assert_eq!(p.graph.state.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_body_too_big_without_its_attachments_is_a_552_and_creates_nothing() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    let mut body = String::new();
+    while body.len() < 5_000_000 {
+        body.push_str(&"text ".repeat(15));
+        body.push_str("\r\n");
+    }
+    let text_part = format!("--=_b\r\nContent-Type: text/plain\r\n\r\n{body}");
+    let pdf = pdf_like(100_000, 6);
+    let message = multipart(&[
+        &text_part,
+        &attachment_part("a.pdf", "application/pdf", &pdf),
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 552, "{text}");
+    assert!(
+        text.contains("5.3.4") && text.contains("without its attachments"),
+        "{text}"
+    );
+    assert!(p.graph.state.calls().is_empty());
+    assert!(p.graph.state.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_draft_step_without_an_answer_is_a_451_that_says_nothing_was_sent() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (_p, mut c) = graph_at(url).await;
+    let hangup = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut conn, _) = silent.accept().await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = conn.read(&mut head).await.unwrap();
+        head.truncate(n);
+        head
+    });
+    let pdf = pdf_like(3_300_000, 7);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("not sent") && !text.contains("may have been sent"),
+        "{text}"
+    );
+    let head = hangup.await.unwrap();
+    assert!(
+        head.starts_with(format!("POST /v1.0/users/{USER}/messages ").as_bytes()),
+        "{}",
+        head.escape_ascii()
+    );
 }

@@ -36,6 +36,7 @@ const CLIENT_SECRET: &str = "cs-Q8~never.in.a.log";
 const IMAP_BODY: &str = "imap-body-marker-4f1d9c";
 const POP3_BODY: &str = "pop3-body-marker-8a2e77";
 const SMTP_BODY: &str = "smtp-body-marker-1b6c30";
+const GRAPH_BODY: &str = "graph-body-marker-5e0a42";
 
 fn message(marker: &str) -> Vec<u8> {
     format!("Subject: private\r\n\r\n{marker}\r\n").into_bytes()
@@ -96,6 +97,13 @@ async fn secrets_never_reach_the_log() {
         "",
     );
     text.push_str(&format!("client_secret = \"{CLIENT_SECRET}\"\n"));
+    // A Graph listener, for a large message (draft, upload URL with a token).
+    let graph = support::graph_server::FakeGraphServer::start(tokens.state.clone()).await;
+    text.push_str(&format!(
+        "graph_url = \"{}\"\n\n[[listener]]\nprotocol = \"smtp\"\n\
+         listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n",
+        graph.url()
+    ));
 
     // Sign-in with the device code grant, as `authorize` does.
     let mut secrets = vec![
@@ -105,6 +113,8 @@ async fn secrets_never_reach_the_log() {
         IMAP_BODY.to_owned(),
         POP3_BODY.to_owned(),
         SMTP_BODY.to_owned(),
+        GRAPH_BODY.to_owned(),
+        support::graph_server::UPLOAD_SECRET.to_owned(),
     ];
     secrets.extend(sign_in(&text, state_dir.path(), &tokens).await);
 
@@ -201,12 +211,50 @@ async fn secrets_never_reach_the_log() {
     c.expect_smtp(250).await;
     c.send(format!("AUTH PLAIN {plain}\r\n").as_bytes()).await;
     c.expect_smtp(535).await;
+
+    // Graph: a large message through a draft and an upload session, once
+    // sent and once failing in the upload (the draft deleted).
+    let mut c = TestClient::connect(running.addrs[4]).await;
+    c.expect_smtp(220).await;
+    c.send(b"EHLO x\r\n").await;
+    c.expect_smtp(250).await;
+    c.send(format!("AUTH PLAIN {plain}\r\n").as_bytes()).await;
+    c.expect_smtp(235).await;
+    let attachment = B64.encode(vec![0x5Au8; 3_500_000]);
+    let mut large = format!(
+        "Subject: private\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n{GRAPH_BODY}\r\n\
+         --b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    );
+    for line in attachment.as_bytes().chunks(76) {
+        large.push_str(std::str::from_utf8(line).unwrap());
+        large.push_str("\r\n");
+    }
+    large.push_str("--b--\r\n");
+    for (fail, code) in [(None, 250), (Some(3), 451)] {
+        *graph.state.fail_upload_put.lock().unwrap() = fail;
+        c.send(
+            format!("MAIL FROM:<{USER}>\r\nRCPT TO:<friend@example.test>\r\nDATA\r\n").as_bytes(),
+        )
+        .await;
+        c.expect_smtp(250).await;
+        c.expect_smtp(250).await;
+        c.expect_smtp(354).await;
+        c.send(&dot_stuff(large.as_bytes())).await;
+        c.expect_smtp(code).await;
+    }
+    assert!(
+        graph.state.calls().iter().any(|c| c.kind() == "PUT upload"),
+        "the upload URL was used"
+    );
     drop(c);
     running.shutdown().await;
 
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(
-        log.contains("logged in upstream") && log.contains("access token refreshed"),
+        log.contains("logged in upstream")
+            && log.contains("access token refreshed")
+            && log.contains("large message sent through a Microsoft Graph draft")
+            && log.contains("an upload session refused a range"),
         "the log was captured:\n{log}"
     );
     secrets.extend(tokens.state.issued_access_tokens());

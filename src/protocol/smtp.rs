@@ -507,6 +507,7 @@ fn reverse_path(arg: &[u8]) -> Option<String> {
 
 pub mod bcc;
 pub mod filter;
+pub mod large;
 pub mod submit;
 
 #[cfg(test)]

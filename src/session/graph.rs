@@ -5,6 +5,10 @@
 //! and each message goes to Microsoft Graph's `sendMail` as MIME, with the
 //! envelope recipients that its header does not name added to `Bcc`.
 //!
+//! A message over [`GRAPH_MAX_MESSAGE`] goes through a draft instead
+//! (`upload.rs`): its largest attachments are cut out, and Graph adds
+//! them to the draft before sending it.
+//!
 //! Nothing is sent twice: a request that may have reached Graph is never
 //! repeated; if its answer did not come, the client hears `451` and the log
 //! says the message may have gone.
@@ -15,6 +19,8 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
+
+mod upload;
 
 use super::driver::{Protocol, Session, Step, read_client, step_from, write_client};
 use super::smtp::{first_sender, fixed_policy, ignore_auth};
@@ -30,10 +36,12 @@ use crate::protocol::smtp::{
     Action, EhloOffer, Frontend, ehlo_reply, failure_reply, leading_mail_from, starttls_ok,
 };
 use crate::upstream::{Target, UpstreamError};
+pub use upload::GRAPH_MAX_LARGE_MESSAGE;
 
-/// The largest message taken. Graph refuses a `sendMail` request over
-/// 4 MB; the MIME travels base64-encoded (4 octets per 3), so 3 MiB of
-/// message makes a 4 MiB body.
+/// The largest message sent in one request (`sendMail`); larger ones, up
+/// to [`GRAPH_MAX_LARGE_MESSAGE`], go through a draft. Graph refuses a
+/// request over 4 MB; the MIME travels base64-encoded (4 octets per 3),
+/// so 3 MiB of message makes a 4 MiB body.
 pub const GRAPH_MAX_MESSAGE: usize = 3 * 1024 * 1024;
 
 /// How long one `sendMail` request may take: up to 4 MB upload on a slow
@@ -164,11 +172,12 @@ impl Protocol for GraphSmtp {
     }
 }
 
-/// The EHLO (or HELO) reply: the real size limit, no CHUNKING (DATA only).
+/// The EHLO (or HELO) reply: the real size limit (through a draft), no
+/// CHUNKING (DATA only).
 fn ehlo(extended: bool, starttls: bool, auth: bool) -> Vec<u8> {
     let lines = [
         "xoauth2-proxy".to_owned(),
-        format!("SIZE {GRAPH_MAX_MESSAGE}"),
+        format!("SIZE {GRAPH_MAX_LARGE_MESSAGE}"),
         "8BITMIME".to_owned(),
         "PIPELINING".to_owned(),
         "ENHANCEDSTATUSCODES".to_owned(),
@@ -184,7 +193,7 @@ fn ehlo(extended: bool, starttls: bool, auth: bool) -> Vec<u8> {
 /// The transactions after login, until the client quits or goes silent.
 async fn submit(session: &mut Session<GraphBackend>, account: &str, policy: Option<Policy>) {
     let rules = Rules {
-        max_message: GRAPH_MAX_MESSAGE,
+        max_message: GRAPH_MAX_LARGE_MESSAGE,
         max_recipients: session.listener.recipient_cap(),
         senders: policy,
     };
@@ -262,6 +271,22 @@ async fn deliver(session: &Session<GraphBackend>, account: &str, envelope: Envel
         }
     };
     let mime = add_missing_bcc(&envelope.message, &envelope.recipients);
+    if envelope.message.len() > GRAPH_MAX_MESSAGE {
+        drop(envelope);
+        let draft = upload::Draft {
+            http: tokens.http().for_account(&config),
+            user_url: format!(
+                "{}/v1.0/users/{}",
+                config.graph_url(),
+                path_segment(&mailbox)
+            ),
+            token: &token,
+            peer,
+            account,
+            mailbox: &mailbox,
+        };
+        return upload::send_large(&draft, mime, || tokens.graph_token_refused(account)).await;
+    }
     let body = base64::engine::general_purpose::STANDARD.encode(&mime);
     let url = format!(
         "{}/v1.0/users/{}/sendMail",

@@ -2,16 +2,23 @@
 //! checks the bearer token against the fake token server, answers with
 //! the statuses a test scripts (202 when none is left), and records every
 //! request it received (mailbox, token, content type, decoded MIME).
+//!
+//! For large messages also the draft's endpoints: create from MIME,
+//! attachments, `createUploadSession`, the upload URL (served here too,
+//! pre-authenticated by a token in its query that it checks), `send` and
+//! `DELETE`; each of those requests is recorded whole as a [`GraphCall`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
+use axum::extract::RawQuery;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use base64::Engine as _;
 
 use super::{AbortOnDrop, TokenState};
@@ -36,9 +43,56 @@ pub struct GraphAnswer {
     pub retry_after: Option<u64>,
 }
 
+/// The query secret of the fake's upload URLs (a fake's, shown nowhere).
+pub const UPLOAD_SECRET: &str = "fake-upload-secret";
+
+/// One request to a draft endpoint or the upload URL, as received.
+#[derive(Debug, Clone)]
+pub struct GraphCall {
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub token_valid: bool,
+    pub content_type: String,
+    pub content_range: String,
+    pub content_length: String,
+    pub body: Vec<u8>,
+}
+
+impl GraphCall {
+    /// The draft's MIME (the base64 body of `POST …/messages`), decoded.
+    pub fn mime(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.body)
+            .unwrap_or_else(|_| b"<not base64>".to_vec())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
+    /// `POST`, `PUT`… and the path's last segment (`messages`, `send`…).
+    pub fn kind(&self) -> String {
+        let last = self.path.rsplit('/').next().unwrap_or_default();
+        if self.path.starts_with("/upload/") {
+            return format!("{} upload", self.method);
+        }
+        format!("{} {last}", self.method)
+    }
+}
+
 #[derive(Default)]
 pub struct GraphState {
     pub requests: Mutex<Vec<GraphRequest>>,
+    /// Every request to the draft endpoints and upload URLs, in order.
+    pub calls: Mutex<Vec<GraphCall>>,
+    /// Answer this status to the next draft creation instead of 201.
+    pub draft_status: Mutex<Option<u16>>,
+    /// Answer 500 to this upload range (0 = the first `PUT` the fake
+    /// received, counting every upload session).
+    pub fail_upload_put: Mutex<Option<usize>>,
     pub script: Mutex<VecDeque<GraphAnswer>>,
     /// Where each accepted message is also written (`N.eml`), for the
     /// interop suite's stand-alone fake (`examples/fake_token_server.rs`).
@@ -56,6 +110,10 @@ impl GraphState {
 
     pub fn requests(&self) -> Vec<GraphRequest> {
         self.requests.lock().unwrap().clone()
+    }
+
+    pub fn calls(&self) -> Vec<GraphCall> {
+        self.calls.lock().unwrap().clone()
     }
 }
 
@@ -92,6 +150,12 @@ impl FakeGraphServer {
 pub fn router(state: Arc<GraphState>, tokens: Arc<TokenState>) -> Router {
     Router::new()
         .route("/v1.0/users/{mailbox}/sendMail", post(send_mail))
+        .route("/v1.0/users/{mailbox}/messages", post(draft_call))
+        .route(
+            "/v1.0/users/{mailbox}/messages/{*rest}",
+            post(draft_call).delete(draft_call),
+        )
+        .route("/upload/{*rest}", put(draft_call))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state((state, tokens))
 }
@@ -163,4 +227,121 @@ async fn send_mail(
             .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
     }
     response
+}
+
+/// The draft endpoints and the upload URL: recorded, then answered as
+/// Graph does (ids and upload URLs made up here).
+async fn draft_call(
+    State((state, tokens)): State<(Arc<GraphState>, Arc<TokenState>)>,
+    method: Method,
+    uri: axum::http::Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let token_valid = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|t| tokens.is_valid_access_token(t));
+    let path = uri.path().to_owned();
+    let call = GraphCall {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone().unwrap_or_default(),
+        authorization,
+        token_valid,
+        content_type: get(header::CONTENT_TYPE),
+        content_range: get(header::CONTENT_RANGE),
+        content_length: get(header::CONTENT_LENGTH),
+        body: body.to_vec(),
+    };
+    let kind = call.kind();
+    let content_range = call.content_range.clone();
+    let puts_before = {
+        let mut calls = state.calls.lock().unwrap();
+        let puts = calls.iter().filter(|c| c.method == "PUT").count();
+        calls.push(call);
+        puts
+    };
+    let json = |status: StatusCode, value: serde_json::Value| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response()
+    };
+    if kind == "PUT upload" {
+        // Pre-authenticated: the query's token, never a bearer.
+        if query.as_deref() != Some(&format!("authtoken={UPLOAD_SECRET}")) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        if *state.fail_upload_put.lock().unwrap() == Some(puts_before) {
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": {"code": "ErrorInternalServerError"}}),
+            );
+        }
+        // "bytes a-b/N": 201 once b is the last octet, else where to go on.
+        let range = content_range.strip_prefix("bytes ").unwrap_or_default();
+        let (span, total) = range.split_once('/').unwrap_or_default();
+        let end: u64 = span
+            .split_once('-')
+            .and_then(|(_, b)| b.parse().ok())
+            .unwrap_or(0);
+        let total: u64 = total.parse().unwrap_or(0);
+        if end + 1 == total {
+            return StatusCode::CREATED.into_response();
+        }
+        return json(
+            StatusCode::OK,
+            serde_json::json!({"nextExpectedRanges": [format!("{}", end + 1)]}),
+        );
+    }
+    if !token_valid {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": {"code": "InvalidAuthenticationToken"}}),
+        );
+    }
+    match kind.as_str() {
+        "POST messages" => {
+            if let Some(status) = state.draft_status.lock().unwrap().take() {
+                return json(
+                    StatusCode::from_u16(status).unwrap(),
+                    serde_json::json!({"error": {"code": "ErrorAccessDenied"}}),
+                );
+            }
+            let n = state.calls.lock().unwrap().len();
+            json(
+                StatusCode::CREATED,
+                serde_json::json!({"id": format!("AAMkDraft-{n}=")}),
+            )
+        }
+        "POST attachments" => json(StatusCode::CREATED, serde_json::json!({"id": "att"})),
+        "POST createUploadSession" => {
+            let host = get(header::HOST);
+            let n = state.calls.lock().unwrap().len();
+            json(
+                StatusCode::CREATED,
+                serde_json::json!({
+                    "uploadUrl": format!("http://{host}/upload/session-{n}?authtoken={UPLOAD_SECRET}"),
+                    "nextExpectedRanges": ["0"],
+                }),
+            )
+        }
+        "POST send" => StatusCode::ACCEPTED.into_response(),
+        _ if method == Method::DELETE => StatusCode::NO_CONTENT.into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }
