@@ -271,7 +271,8 @@ async fn deliver(session: &Session<GraphBackend>, account: &str, envelope: Envel
         }
     };
     let mime = add_missing_bcc(&envelope.message, &envelope.recipients);
-    if envelope.message.len() > GRAPH_MAX_MESSAGE {
+    // The Bcc line counts: the request carries `mime`, not the message.
+    if mime.len() > GRAPH_MAX_MESSAGE {
         drop(envelope);
         let draft = upload::Draft {
             http: tokens.http().for_account(&config),
