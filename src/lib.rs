@@ -357,8 +357,25 @@ fn build_context(
             .map(|p| p.upstream_health.clone())
             .unwrap_or_default(),
         notices: previous.map(|p| p.notices.clone()).unwrap_or_default(),
+        graph_memory: graph_memory(config, previous),
     });
     Ok((context, local_tls))
+}
+
+/// `graph_memory_mib` in octets, in the bound the previous configuration
+/// shared with its sessions (their reservations stay counted) or a new one.
+fn graph_memory(
+    config: &Config,
+    previous: Option<&session::Context>,
+) -> Arc<session::graph::MessageMemory> {
+    let limit = config.proxy.graph_memory_mib.saturating_mul(1024 * 1024);
+    match previous {
+        Some(p) => {
+            p.graph_memory.set_limit(limit);
+            p.graph_memory.clone()
+        }
+        None => Arc::new(session::graph::MessageMemory::new(limit)),
+    }
 }
 
 /// Starts the accept loops and the background tasks.

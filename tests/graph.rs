@@ -27,9 +27,19 @@ impl GraphProxy {
 /// A Graph listener for [`USER`] (sealed tokens, [`PASSWORD`]) with the
 /// listener lines `extra` and account lines `account_extra`.
 async fn graph_proxy_with(s: Setup, extra: &str, account_extra: &str) -> GraphProxy {
+    graph_proxy_in(s, "", extra, account_extra).await
+}
+
+/// [`graph_proxy_with`] with `proxy_extra` in `[proxy]`.
+async fn graph_proxy_in(
+    s: Setup,
+    proxy_extra: &str,
+    extra: &str,
+    account_extra: &str,
+) -> GraphProxy {
     let graph = FakeGraphServer::start(s.tokens.state.clone()).await;
     // No upstream: the listener's messages go to Graph.
-    let mut text = s.config(&[], "");
+    let mut text = s.config(&[], proxy_extra);
     text.push_str(&format!(
         "graph_url = \"{}\"\n{account_extra}\n[[listener]]\nprotocol = \"smtp\"\n\
          listen = \"127.0.0.1:0\"\nbackend = \"graph\"\n{extra}\n",
@@ -727,4 +737,90 @@ async fn a_draft_step_without_an_answer_is_a_451_that_says_nothing_was_sent() {
         "{}",
         head.escape_ascii()
     );
+}
+
+/// A plain-text message of about `octets`, in 78-octet lines.
+fn text_message(subject: &str, octets: usize) -> Vec<u8> {
+    let mut m =
+        format!("From: {USER}\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\n").into_bytes();
+    let line = [b"x".repeat(76), b"\r\n".to_vec()].concat();
+    while m.len() < octets {
+        m.extend_from_slice(&line);
+    }
+    m
+}
+
+/// `graph_memory_mib` bounds the message text held across sessions: while
+/// one client's message is in hand, another's that would pass the bound is
+/// read to its end and refused with `452 4.3.1` (nothing sent); once the
+/// first is through, the second goes. The bound is also the `SIZE` offered
+/// when it is below Graph's own limit.
+#[tokio::test]
+async fn messages_past_graph_memory_mib_get_452_and_go_once_memory_is_free() {
+    const MIB: usize = 1024 * 1024;
+    let p = graph_proxy_in(setup().await, "graph_memory_mib = 4\n", "", "").await;
+    let memory = p.running.context.graph_memory.clone();
+    let login = async |p: &GraphProxy| {
+        let mut c = TestClient::connect(p.addr()).await;
+        c.expect_smtp(220).await;
+        c.send(b"EHLO client.example\r\n").await;
+        let lines = c.expect_smtp(250).await;
+        let size = format!("SIZE {}", 4 * MIB);
+        assert!(
+            lines
+                .iter()
+                .any(|l| String::from_utf8_lossy(l).contains(&size)),
+            "{size} offered"
+        );
+        let ir = B64.encode(format!("\0{USER}\0{PASSWORD}"));
+        c.send(format!("AUTH PLAIN {ir}\r\n").as_bytes()).await;
+        c.expect_smtp(235).await;
+        c
+    };
+
+    // A: 2.5 MiB in hand (3 MiB reserved), its end not sent yet.
+    let first = text_message("first", 5 * MIB / 2);
+    let mut a = login(&p).await;
+    a.send(format!("MAIL FROM:<{USER}>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n").as_bytes())
+        .await;
+    a.expect_smtp(250).await;
+    a.expect_smtp(250).await;
+    a.expect_smtp(354).await;
+    a.send(&first).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while memory.used() < 3 * MIB {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's message is not held"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // B: 2 MiB more would pass 4 MiB.
+    let second = text_message("second", 2 * MIB);
+    let mut b = login(&p).await;
+    let (code, text) = send(&mut b, &["bob@example.test"], &second).await;
+    assert_eq!(code, 452, "{text}");
+    assert!(text.contains("4.3.1"), "{text}");
+    assert!(p.graph.state.requests().is_empty(), "nothing sent yet");
+
+    // A ends its message: it goes, and its memory is free again.
+    a.send(b".\r\n").await;
+    let reply = a.read_smtp_reply().await;
+    let text = String::from_utf8_lossy(reply.last().unwrap()).into_owned();
+    assert!(text.starts_with("250 2.0.0"), "{text}");
+    assert_eq!(memory.used(), 0);
+    // B again, now with room.
+    let (code, text) = send(&mut b, &["bob@example.test"], &second).await;
+    assert_eq!(code, 250, "{text}");
+    let got = p.graph.state.requests();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].mime, first);
+    assert_eq!(got[1].mime, second);
+    for c in [&mut a, &mut b] {
+        c.send(b"QUIT\r\n").await;
+        c.expect_smtp(221).await;
+    }
+    assert_eq!(memory.used(), 0);
 }

@@ -51,6 +51,13 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 /// service about 20 s at system shutdown, launchd 20 s, systemd 90 s), so the
 /// proxy closes its sessions itself instead of being killed mid-write.
 pub(crate) const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Message text the Graph listeners hold at once, across all their
+/// sessions, in MiB (`graph_memory_mib`). A Graph listener takes messages
+/// up to 35 MiB and holds each in memory until Graph has it: without a
+/// bound, a few dozen clients sending large messages at once would take
+/// gigabytes. 256 MiB is seven messages at the limit, or a hundred scans
+/// of a few MiB, on any machine that runs the proxy for an office.
+pub(crate) const DEFAULT_GRAPH_MEMORY_MIB: usize = 256;
 /// Daily log files kept in `log_dir` (two weeks).
 pub(crate) const DEFAULT_LOG_KEEP: usize = 14;
 /// Recipients of one message on a fixed-account relay (`max_recipients`).
@@ -156,6 +163,10 @@ pub struct ProxySection {
     /// `upstream_proxy` (with `"system"`, `NO_PROXY` counts as well).
     #[serde(default)]
     pub no_proxy: Vec<NoProxyRule>,
+    /// Message text (MiB) that Graph listeners hold at once across their
+    /// sessions; a message that would pass it gets `452 4.3.1` (try later).
+    #[serde(default = "default_graph_memory_mib")]
+    pub graph_memory_mib: usize,
     // --- metrics and log format (issue 18) ---
     /// Prometheus metrics at `/metrics` on this address; off when unset.
     pub metrics_listen: Option<SocketAddr>,
@@ -278,6 +289,7 @@ impl Default for ProxySection {
             admin_timeout_secs: DEFAULT_ADMIN_TIMEOUT_SECS,
             upstream_proxy: ProxySetting::System,
             no_proxy: Vec::new(),
+            graph_memory_mib: DEFAULT_GRAPH_MEMORY_MIB,
             metrics_listen: None,
             metrics_allow_from: Vec::new(),
             metrics_account_labels: false,
@@ -291,6 +303,9 @@ impl Default for ProxySection {
 
 fn default_preauth_timeout() -> u64 {
     DEFAULT_PREAUTH_TIMEOUT_SECS
+}
+fn default_graph_memory_mib() -> usize {
+    DEFAULT_GRAPH_MEMORY_MIB
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS

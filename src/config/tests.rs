@@ -510,6 +510,20 @@ fn endpoints_are_https_off_loopback_and_the_page_timeout_is_bounded() {
 }
 
 #[test]
+fn graph_memory_mib_has_a_default_and_is_at_least_one() {
+    let with = |mib: u64| {
+        GOOD.replace(
+            "state_dir = \"/tmp/x\"",
+            &format!("state_dir = \"/tmp/x\"\ngraph_memory_mib = {mib}"),
+        )
+    };
+    assert_eq!(parse(GOOD).unwrap().proxy.graph_memory_mib, 256);
+    assert_eq!(parse(&with(1)).unwrap().proxy.graph_memory_mib, 1);
+    let e = parse(&with(0)).unwrap_err().to_string();
+    assert!(e.contains("proxy.graph_memory_mib"), "{e}");
+}
+
+#[test]
 fn redirect_uris_are_loopback_http_or_https() {
     let with = |extra: &str| GOOD.to_owned() + extra + "\n";
     for ok in [

@@ -85,9 +85,17 @@ impl Config {
             return Err(self.invalid(
                 "proxy.metrics_allow_from".into(),
                 format!(
-                    "metrics_listen {addr} is not a loopback address: list the networks that                      may scrape it, e.g. metrics_allow_from = [\"192.168.1.0/24\"] (or listen \
+                    "metrics_listen {addr} is not a loopback address: list the networks that \
+                     may scrape it, e.g. metrics_allow_from = [\"192.168.1.0/24\"] (or listen \
                      on 127.0.0.1)"
                 ),
+            ));
+        }
+        if p.graph_memory_mib == 0 {
+            return Err(self.invalid(
+                "proxy.graph_memory_mib".into(),
+                "must be at least 1: the Graph listeners hold each message in memory until \
+                 Graph has it",
             ));
         }
         self.validate_notify_command()?;

@@ -20,6 +20,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
 
+mod memory;
 mod upload;
 
 use super::driver::{Protocol, Session, Step, read_client, step_from, write_client};
@@ -36,6 +37,7 @@ use crate::protocol::smtp::{
     Action, EhloOffer, Frontend, ehlo_reply, failure_reply, leading_mail_from, starttls_ok,
 };
 use crate::upstream::{Target, UpstreamError};
+pub use memory::MessageMemory;
 pub use upload::GRAPH_MAX_LARGE_MESSAGE;
 
 /// The largest message sent in one request (`sendMail`); larger ones, up
@@ -145,7 +147,8 @@ impl Protocol for GraphSmtp {
                 self.greeted = true;
                 let auth = self.fixed_account.is_some()
                     || session.listener.accepts_password(session.client.is_tls());
-                Step::Reply(ehlo(extended, self.frontend.offers_starttls(), auth))
+                let max = max_message(&session.ctx.graph_memory);
+                Step::Reply(ehlo(max, extended, self.frontend.offers_starttls(), auth))
             }
             Action::Login { credentials } if self.fixed_account.is_some() => {
                 Step::Reply(ignore_auth(session.peer, credentials))
@@ -172,12 +175,17 @@ impl Protocol for GraphSmtp {
     }
 }
 
-/// The EHLO (or HELO) reply: the real size limit (through a draft), no
-/// CHUNKING (DATA only).
-fn ehlo(extended: bool, starttls: bool, auth: bool) -> Vec<u8> {
+/// The largest message a Graph listener takes: Graph's (through a
+/// draft), or all of `graph_memory_mib` when that is less.
+fn max_message(memory: &MessageMemory) -> usize {
+    GRAPH_MAX_LARGE_MESSAGE.min(memory.limit())
+}
+
+/// The EHLO (or HELO) reply: the real size limit, no CHUNKING (DATA only).
+fn ehlo(max_message: usize, extended: bool, starttls: bool, auth: bool) -> Vec<u8> {
     let lines = [
         "xoauth2-proxy".to_owned(),
-        format!("SIZE {GRAPH_MAX_LARGE_MESSAGE}"),
+        format!("SIZE {max_message}"),
         "8BITMIME".to_owned(),
         "PIPELINING".to_owned(),
         "ENHANCEDSTATUSCODES".to_owned(),
@@ -192,17 +200,33 @@ fn ehlo(extended: bool, starttls: bool, auth: bool) -> Vec<u8> {
 
 /// The transactions after login, until the client quits or goes silent.
 async fn submit(session: &mut Session<GraphBackend>, account: &str, policy: Option<Policy>) {
+    let ctx = session.ctx.clone();
+    let max = max_message(&ctx.graph_memory);
     let rules = Rules {
-        max_message: GRAPH_MAX_LARGE_MESSAGE,
+        max_message: max,
         max_recipients: session.listener.recipient_cap(),
         senders: policy,
     };
-    let mut machine = Submission::new(rules, ehlo(true, false, false), ehlo(false, false, false));
+    let mut machine = Submission::new(
+        rules,
+        ehlo(max, true, false, false),
+        ehlo(max, false, false, false),
+    );
     let peer = session.peer;
     let mut sent = 0u64;
+    // The message in hand's share of `graph_memory_mib`.
+    let mut reserved = memory::Reserved::new(&ctx.graph_memory);
     loop {
         let deadline = Instant::now() + IDLE_TIMEOUT;
-        let reply = match machine.step(&mut session.buf) {
+        let step = machine.step(&mut session.buf);
+        if !matches!(step, crate::protocol::smtp::submit::Step::Deliver(_))
+            && !reserved.cover(machine.buffered())
+        {
+            tracing::warn!(%peer, %account, limit_mib = ctx.graph_memory.limit() >> 20,
+                "graph_memory_mib reached: this message is dropped and its client told to try later");
+            machine.shed();
+        }
+        let reply = match step {
             crate::protocol::smtp::submit::Step::NeedMore => {
                 match read_client(&mut session.client, &mut session.buf, deadline).await {
                     Ok(super::driver::Read::Data) => continue,
@@ -226,6 +250,8 @@ async fn submit(session: &mut Session<GraphBackend>, account: &str, policy: Opti
             }
             crate::protocol::smtp::submit::Step::Deliver(envelope) => {
                 let reply = deliver(session, account, envelope).await;
+                // Graph has it (or refused it): its memory is free.
+                reserved.release();
                 if reply.starts_with(b"250") {
                     sent += 1;
                 }

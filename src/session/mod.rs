@@ -4,7 +4,7 @@
 
 pub mod client;
 mod driver;
-mod graph;
+pub mod graph;
 mod imap;
 mod pop3;
 mod smtp;
@@ -113,6 +113,9 @@ pub struct Context {
     pub upstream_health: Arc<crate::health::UpstreamHealth>,
     /// What the notifier said lately (for the page); shared across reloads.
     pub notices: Arc<crate::health::Notices>,
+    /// `graph_memory_mib`: message text the Graph listeners hold at once;
+    /// shared across reloads (a reload sets its bound).
+    pub graph_memory: Arc<graph::MessageMemory>,
 }
 
 impl Context {

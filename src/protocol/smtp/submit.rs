@@ -66,9 +66,11 @@ pub struct Rules {
 enum State {
     Command,
     /// Message text; `overflow` once it passed the limit (then it is read
-    /// and dropped); `mid_line` when the last octets taken ended no line.
+    /// and dropped), or `shed` when the session had no memory left for it;
+    /// `mid_line` when the last octets taken ended no line.
     Data {
         overflow: bool,
+        shed: bool,
         mid_line: bool,
     },
 }
@@ -112,6 +114,26 @@ impl Submission {
                     .into_bytes(),
             ),
             Taken::Line(step) => step,
+        }
+    }
+
+    /// Octets of message text held now (the session reserves memory for
+    /// them).
+    pub fn buffered(&self) -> usize {
+        self.message.len()
+    }
+
+    /// The message being received is dropped, and the rest of it read and
+    /// dropped too: the session has no memory left for it. Its end gets
+    /// `452 4.3.1` (try later) instead of a delivery.
+    pub fn shed(&mut self) {
+        if let State::Data { mid_line, .. } = self.state {
+            self.message = Vec::new();
+            self.state = State::Data {
+                overflow: true,
+                shed: true,
+                mid_line,
+            };
         }
     }
 
@@ -247,6 +269,7 @@ impl Submission {
         }
         self.state = State::Data {
             overflow: false,
+            shed: false,
             mid_line: false,
         };
         reply("354 End data with <CR><LF>.<CR><LF>")
@@ -257,6 +280,7 @@ impl Submission {
     fn data(&mut self, buf: &mut Vec<u8>) -> Step {
         let State::Data {
             mut overflow,
+            shed,
             mut mid_line,
         } = self.state
         else {
@@ -271,7 +295,7 @@ impl Submission {
             let piece = buf.get(..taken).unwrap_or_default();
             if !mid_line && piece == b".\r\n" {
                 discard(buf, taken);
-                break self.finish(overflow);
+                break self.finish(overflow, shed);
             }
             // Dot-unstuffing: a leading dot of a line is dropped, except
             // for a lone dot ended by a bare LF (content, not an end).
@@ -289,18 +313,27 @@ impl Submission {
             discard(buf, taken);
         };
         if let State::Data { .. } = self.state {
-            self.state = State::Data { overflow, mid_line };
+            self.state = State::Data {
+                overflow,
+                shed,
+                mid_line,
+            };
         }
         step
     }
 
-    fn finish(&mut self, overflow: bool) -> Step {
+    fn finish(&mut self, overflow: bool, shed: bool) -> Step {
         self.state = State::Command;
         let envelope = Envelope {
             sender: self.sender.take().unwrap_or_default(),
             recipients: std::mem::take(&mut self.recipients),
             message: std::mem::take(&mut self.message),
         };
+        if shed {
+            return reply(
+                "452 4.3.1 Too many large messages at once here; message not sent, try again later",
+            );
+        }
         if overflow {
             return Step::Reply(too_big(self.rules.max_message));
         }

@@ -166,6 +166,29 @@ fn a_message_over_the_limit_is_read_to_its_end_and_refused() {
 }
 
 #[test]
+fn a_shed_message_is_read_to_its_end_and_gets_452_and_the_next_one_goes() {
+    let mut m = machine(None);
+    let head = b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@y.test>\r\nDATA\r\nSubject: a\r\n\r\n".to_vec();
+    let (replies, _) = run(&mut m, &head);
+    assert_eq!(codes(&replies), ["250", "250", "354"]);
+    assert_eq!(m.buffered(), b"Subject: a\r\n\r\n".len());
+    // The session found no memory for it: dropped from here on, read to
+    // its end, which gets 452.
+    m.shed();
+    assert_eq!(m.buffered(), 0);
+    let (replies, delivered) = run(&mut m, b"more text.\r\n.\r\n");
+    assert_eq!(codes(&replies), ["452"]);
+    assert!(replies[0].contains("4.3.1"), "{}", replies[0]);
+    assert!(delivered.is_empty());
+    // Commands again, and a shed outside DATA does nothing.
+    m.shed();
+    let input = b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@y.test>\r\nDATA\r\nbody\r\n.\r\n";
+    let (replies, delivered) = run(&mut m, input);
+    assert_eq!(codes(&replies), ["250", "250", "354", "DEL"]);
+    assert_eq!(delivered[0].message, b"body\r\n");
+}
+
+#[test]
 fn a_line_without_end_is_taken_in_pieces_and_a_dot_inside_it_ends_nothing() {
     let mut m = Submission::new(
         Rules {
