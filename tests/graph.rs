@@ -16,6 +16,8 @@ struct GraphProxy {
     setup: Setup,
     graph: FakeGraphServer,
     running: xoauth2_proxy::Running,
+    /// The configuration it runs (for a reload).
+    text: String,
 }
 
 impl GraphProxy {
@@ -50,6 +52,7 @@ async fn graph_proxy_in(
         setup: s,
         graph,
         running,
+        text,
     }
 }
 
@@ -318,6 +321,7 @@ async fn graph_at(url: String) -> (GraphProxy, TestClient) {
         setup: s,
         graph,
         running,
+        text,
     };
     let c = logged_in_plain(&p).await;
     (p, c)
@@ -823,4 +827,64 @@ async fn messages_past_graph_memory_mib_get_452_and_go_once_memory_is_free() {
         c.expect_smtp(221).await;
     }
     assert_eq!(memory.used(), 0);
+}
+
+/// A reload that leaves the account as it was keeps its Graph token: the
+/// next message needs no token request. One that changes the account
+/// starts afresh.
+#[tokio::test]
+async fn a_reload_keeps_the_graph_token_of_an_unchanged_account() {
+    let p = graph_proxy().await;
+    let mut c = logged_in_plain(&p).await;
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    let redeemed = p.setup.tokens.state.requests("refresh_token");
+    let parse = |text: &str| {
+        xoauth2_proxy::config::Config::parse(text, std::path::Path::new("proxy.toml"))
+            .expect("the configuration parses")
+    };
+    let GraphProxy {
+        setup,
+        graph,
+        running,
+        text,
+    } = p;
+    let (running, outcome) = running.reload(parse(&text)).await;
+    outcome.expect("reload");
+    let p = GraphProxy {
+        setup,
+        graph,
+        running,
+        text,
+    };
+    let mut c = logged_in_plain(&p).await;
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    assert_eq!(
+        p.setup.tokens.state.requests("refresh_token"),
+        redeemed,
+        "the Graph token was asked for again after a reload"
+    );
+
+    // The account changes (its scopes): a new Graph token for the next
+    // message.
+    let changed = p
+        .text
+        .replace("\"offline_access\"]", "\"offline_access\", \"email\"]");
+    assert_ne!(changed, p.text, "the account section is where expected");
+    let GraphProxy {
+        setup,
+        graph,
+        running,
+        text,
+    } = p;
+    let (running, outcome) = running.reload(parse(&changed)).await;
+    outcome.expect("reload");
+    let p = GraphProxy {
+        setup,
+        graph,
+        running,
+        text,
+    };
+    let mut c = logged_in_plain(&p).await;
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    assert!(p.setup.tokens.state.requests("refresh_token") > redeemed);
 }

@@ -70,6 +70,16 @@ pub struct GraphTokens {
 }
 
 impl GraphTokens {
+    /// After a reload: keeps `old`'s token (and flight) of every account
+    /// `kept` names (one whose settings did not change).
+    pub(super) fn carry_over(&self, old: &GraphTokens, kept: impl Fn(&str) -> bool) {
+        let old_slots = old.slots.lock();
+        let mut slots = self.slots.lock();
+        for (name, slot) in old_slots.iter().filter(|(name, _)| kept(name)) {
+            slots.insert(name.clone(), slot.clone());
+        }
+    }
+
     fn slot(&self, username: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock();
         slots.entry(username.to_lowercase()).or_default().clone()

@@ -159,11 +159,20 @@ impl TokenManager {
         }
     }
 
-    /// After a reload: keeps `old`'s state (unlock and token state) for every account whose settings did not change, so clients
-    /// of unchanged accounts log in without a KDF run or a token request.
+    /// After a reload: keeps `old`'s state (unlock and token state) for
+    /// every account whose settings did not change, so clients of
+    /// unchanged accounts log in without a KDF run or a token request,
+    /// and their Graph tokens with them.
     pub fn carry_over(mut self, old: &TokenManager) -> TokenManager {
         self.digest = old.digest.clone();
         self.accounts.carry_over(&old.accounts, |a| &a.config);
+        let accounts = &self.accounts;
+        // Carried over: the very same entry in both.
+        let kept = |name: &str| match (accounts.get(name), old.accounts.get(name)) {
+            (Some(now), Some(before)) => Arc::ptr_eq(&now, &before),
+            _ => false,
+        };
+        self.graph.carry_over(&old.graph, kept);
         self
     }
 
