@@ -24,6 +24,21 @@ impl GraphProxy {
     fn addr(&self) -> std::net::SocketAddr {
         self.running.addrs[0]
     }
+
+    /// After a reload of `text` (or of the same configuration again).
+    async fn reloaded(self, text: Option<String>) -> GraphProxy {
+        let text = text.unwrap_or(self.text);
+        let config =
+            xoauth2_proxy::config::Config::parse(&text, std::path::Path::new("proxy.toml"))
+                .expect("the configuration parses");
+        let (running, outcome) = self.running.reload(config).await;
+        outcome.expect("reload");
+        GraphProxy {
+            running,
+            text,
+            ..self
+        }
+    }
 }
 
 /// A Graph listener for [`USER`] (sealed tokens, [`PASSWORD`]) with the
@@ -838,24 +853,7 @@ async fn a_reload_keeps_the_graph_token_of_an_unchanged_account() {
     let mut c = logged_in_plain(&p).await;
     assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
     let redeemed = p.setup.tokens.state.requests("refresh_token");
-    let parse = |text: &str| {
-        xoauth2_proxy::config::Config::parse(text, std::path::Path::new("proxy.toml"))
-            .expect("the configuration parses")
-    };
-    let GraphProxy {
-        setup,
-        graph,
-        running,
-        text,
-    } = p;
-    let (running, outcome) = running.reload(parse(&text)).await;
-    outcome.expect("reload");
-    let p = GraphProxy {
-        setup,
-        graph,
-        running,
-        text,
-    };
+    let p = p.reloaded(None).await;
     let mut c = logged_in_plain(&p).await;
     assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
     assert_eq!(
@@ -870,20 +868,7 @@ async fn a_reload_keeps_the_graph_token_of_an_unchanged_account() {
         .text
         .replace("\"offline_access\"]", "\"offline_access\", \"email\"]");
     assert_ne!(changed, p.text, "the account section is where expected");
-    let GraphProxy {
-        setup,
-        graph,
-        running,
-        text,
-    } = p;
-    let (running, outcome) = running.reload(parse(&changed)).await;
-    outcome.expect("reload");
-    let p = GraphProxy {
-        setup,
-        graph,
-        running,
-        text,
-    };
+    let p = p.reloaded(Some(changed)).await;
     let mut c = logged_in_plain(&p).await;
     assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
     assert!(p.setup.tokens.state.requests("refresh_token") > redeemed);

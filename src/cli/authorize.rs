@@ -40,12 +40,7 @@ impl SignIn {
 fn choose_password(from_stdin: bool) -> anyhow::Result<LocalPassword> {
     use std::io::IsTerminal;
     if from_stdin {
-        let mut line = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_line(&mut line)
-            .context("cannot read the password from standard input")?;
-        let trimmed = line.trim_end_matches(['\r', '\n']).len();
-        line.truncate(trimmed);
+        let line = super::password::stdin_line()?;
         return Ok(LocalPassword::new(
             &SecretString::from(line.as_str()),
             None,

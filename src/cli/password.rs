@@ -1,9 +1,22 @@
-//! Passwords typed or piped in: one to check (`token`), and one to hash
-//! for `password_hash` (`hash-password`).
+//! Passwords typed or piped in: one to check (`token`), one to hash for
+//! `password_hash` (`hash-password`), and the line reader `authorize`
+//! chooses its local password with.
 
 use anyhow::Context as _;
 #[cfg(any(unix, windows))]
 use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+/// One line of standard input without its line end (a password piped in).
+pub(super) fn stdin_line() -> anyhow::Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let trimmed = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(trimmed);
+    Ok(line)
+}
 
 /// A password to check (not to choose): one line of standard input, or
 /// typed once without echo at a prompt on the terminal (`/dev/tty`, so it
@@ -12,13 +25,7 @@ use secrecy::SecretString;
 #[cfg(any(unix, windows))]
 pub(super) fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<SecretString> {
     if from_stdin {
-        let mut line = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_line(&mut line)
-            .context("cannot read the password from standard input")?;
-        let trimmed = line.trim_end_matches(['\r', '\n']).len();
-        line.truncate(trimmed);
-        return Ok(SecretString::from(line.as_str()));
+        return Ok(SecretString::from(stdin_line()?.as_str()));
     }
     rpassword::prompt_password(prompt)
         .map(SecretString::from)
@@ -35,10 +42,10 @@ pub(super) fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<Se
 pub(crate) fn hash_password() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let password = if std::io::stdin().is_terminal() {
-        let first = zeroize::Zeroizing::new(
+        let first = Zeroizing::new(
             rpassword::prompt_password("Password: ").context("cannot read the password")?,
         );
-        let second = zeroize::Zeroizing::new(
+        let second = Zeroizing::new(
             rpassword::prompt_password("Again: ").context("cannot read the password")?,
         );
         if *first != *second {
@@ -46,13 +53,7 @@ pub(crate) fn hash_password() -> anyhow::Result<()> {
         }
         first
     } else {
-        let mut line = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_line(&mut line)
-            .context("cannot read the password from standard input")?;
-        let trimmed = line.trim_end_matches(['\r', '\n']).len();
-        line.truncate(trimmed);
-        line
+        stdin_line()?
     };
     if password.is_empty() {
         anyhow::bail!("the password is empty");

@@ -164,16 +164,7 @@ async fn create_draft(draft: &Draft<'_>, mime: &[u8], deadline: Instant) -> Resu
         .header(http::header::CONTENT_TYPE, "text/plain")
         .header(http::header::AUTHORIZATION, bearer(draft.token))
         .body(body.into_bytes());
-    let response = call(draft, request, deadline, "create the draft").await?;
-    let status = response.status().as_u16();
-    if status != 201 {
-        return Err(graph_refused(
-            draft,
-            status,
-            response.body(),
-            "create the draft",
-        ));
-    }
+    let response = created(draft, request, deadline, "create the draft").await?;
     let id = json_string(response.body(), "id")
         .filter(|id| !id.is_empty() && id.len() <= MAX_DRAFT_ID)
         .ok_or_else(|| {
@@ -206,22 +197,8 @@ async fn attach(
         if let Some(cid) = &part.content_id {
             json["contentId"] = cid.as_str().into();
         }
-        let response = call(
-            draft,
-            json_post(draft, attachments, &json),
-            deadline,
-            "add an attachment",
-        )
-        .await?;
-        let status = response.status().as_u16();
-        if status != 201 {
-            return Err(graph_refused(
-                draft,
-                status,
-                response.body(),
-                "add an attachment",
-            ));
-        }
+        let request = json_post(draft, attachments, &json);
+        created(draft, request, deadline, "add an attachment").await?;
         return Ok(());
     }
     let mut item = serde_json::json!({
@@ -236,22 +213,8 @@ async fn attach(
     }
     let json = serde_json::json!({ "AttachmentItem": item });
     let url = format!("{attachments}/createUploadSession");
-    let response = call(
-        draft,
-        json_post(draft, url, &json),
-        deadline,
-        "open an upload session",
-    )
-    .await?;
-    let status = response.status().as_u16();
-    if status != 201 {
-        return Err(graph_refused(
-            draft,
-            status,
-            response.body(),
-            "open an upload session",
-        ));
-    }
+    let request = json_post(draft, url, &json);
+    let response = created(draft, request, deadline, "open an upload session").await?;
     let Some(upload_url) =
         json_string(response.body(), "uploadUrl").and_then(|u| url::Url::parse(&u).ok())
     else {
@@ -435,6 +398,22 @@ async fn call(
                 "451 4.4.2 No answer from Microsoft Graph in time; try again later (message not sent)\r\n",
             )
         })
+}
+
+/// [`call`], for a request that creates something: anything but `201
+/// Created` is Graph's refusal.
+async fn created(
+    draft: &Draft<'_>,
+    request: Result<http::Request<Vec<u8>>, http::Error>,
+    deadline: Instant,
+    what: &str,
+) -> Result<http::Response<Vec<u8>>, Failed> {
+    let response = call(draft, request, deadline, what).await?;
+    let status = response.status().as_u16();
+    if status != 201 {
+        return Err(graph_refused(draft, status, response.body(), what));
+    }
+    Ok(response)
 }
 
 /// A refusal before the `/send`, logged, as the client's reply.
