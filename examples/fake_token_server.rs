@@ -2,7 +2,8 @@
 //! as a stand-alone HTTPS server, for the interop suite (`tests/interop/run.sh`):
 //! the proxy signs in and refreshes against it, and Dovecot validates the
 //! access tokens through its `/introspect` route. With `--graph-dir` it is
-//! also Microsoft Graph's `sendMail` for a `backend = "graph"` listener.
+//! also Microsoft Graph for a `backend = "graph"` listener: `sendMail`, and
+//! the draft, attachment and upload-session endpoints of large messages.
 //!
 //! ```sh
 //! cargo run --example fake_token_server -- --listen 127.0.0.1:0 \
@@ -54,9 +55,11 @@ struct Args {
     /// Refresh tokens to accept as if a sign-in had issued them (repeatable).
     #[arg(long = "refresh-token")]
     refresh_tokens: Vec<String>,
-    /// Also serve Microsoft Graph's `sendMail` (bearer tokens checked
-    /// against this server's), writing each accepted message to this
-    /// folder as `N.eml`.
+    /// Also serve Microsoft Graph's `sendMail` and drafts (bearer tokens
+    /// checked against this server's), writing each message sent to this
+    /// folder as `N.eml`, a draft's attachments beside it as `N.att-K`
+    /// (the bytes) and `N.att-K.json` (name, contentType, isInline,
+    /// contentId).
     #[arg(long)]
     graph_dir: Option<PathBuf>,
 }
@@ -85,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.graph_dir {
         let graph = Arc::new(GraphState::default());
         *graph.save_dir.lock().expect("not poisoned") = Some(dir.clone());
+        // Upload URLs point back here, over HTTPS like the rest.
+        *graph.upload_scheme.lock().expect("not poisoned") = Some("https");
         app = app.merge(graph_router(graph, state));
     }
     axum::serve(listener, app).await?;

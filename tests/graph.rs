@@ -872,4 +872,80 @@ async fn a_reload_keeps_the_graph_token_of_an_unchanged_account() {
     let mut c = logged_in_plain(&p).await;
     assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
     assert!(p.setup.tokens.state.requests("refresh_token") > redeemed);
+
+/// The interop suite's stand-alone fake writes what Graph would deliver
+/// (`save_dir`): a `sendMail`'s MIME, and a sent draft's MIME with its
+/// attachments, reassembled from the upload ranges or decoded from the
+/// `fileAttachment`, numbered on from the same counter.
+#[tokio::test]
+async fn the_fake_saves_a_sent_draft_with_its_attachments_in_order() {
+    let p = graph_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    *p.graph.state.save_dir.lock().unwrap() = Some(dir.path().to_owned());
+    let mut c = logged_in_plain(&p).await;
+    let (code, text) = send(&mut c, &["bob@example.test"], MESSAGE).await;
+    assert_eq!(code, 250, "{text}");
+
+    // Both cut out: the PDF's base64 first, then the PNG's is still over
+    // 3 MiB. The PDF is over 3,000,000 bytes (an upload session), the PNG
+    // under (a fileAttachment).
+    let pdf = pdf_like(3_100_000, 11);
+    let png = pdf_like(2_400_000, 12);
+    let inline = format!(
+        "--=_b\r\nContent-Type: image/png\r\nContent-ID: <chart@example.test>\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}",
+        base64_lines(&png)
+    );
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+        &inline,
+    ]);
+    let (code, text) = send(&mut c, &["bob@example.test"], &message).await;
+    assert_eq!(code, 250, "{text}");
+    let calls = p.graph.state.calls();
+    assert_eq!(
+        kinds(&calls),
+        [
+            "POST messages",
+            "POST createUploadSession",
+            "PUT upload",
+            "PUT upload",
+            "POST attachments",
+            "POST send"
+        ]
+    );
+
+    let file = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let json = |name: &str| serde_json::from_slice::<serde_json::Value>(&file(name)).unwrap();
+    assert_eq!(file("1.eml"), MESSAGE);
+    assert_eq!(file("2.eml"), multipart(&[TEXT_PART]));
+    assert!(file("2.att-1") == pdf, "the PDF's ranges, in place");
+    assert_eq!(
+        json("2.att-1.json"),
+        serde_json::json!({"name": "scan.pdf", "contentType": "application/pdf",
+            "isInline": false, "contentId": null})
+    );
+    assert!(file("2.att-2") == png, "the PNG's contentBytes, decoded");
+    assert_eq!(
+        json("2.att-2.json"),
+        serde_json::json!({"name": "attachment", "contentType": "image/png",
+            "isInline": true, "contentId": "chart@example.test"})
+    );
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "1.eml",
+            "2.att-1",
+            "2.att-1.json",
+            "2.att-2",
+            "2.att-2.json",
+            "2.eml"
+        ]
+    );
 }

@@ -23,6 +23,8 @@ Checks:
   smtp-send MECH FILE TAG SINK_DIR    AUTH MECH (plain | login), send FILE; the sink got it
   graph-send MECH FILE TAG GRAPH_DIR  the same to the Graph listener, with a Bcc-only
                                       recipient: Graph's copy is FILE with a Bcc field on top
+  graph-send-large MECH FILE          send FILE (a large message) to the Graph listener, to its
+                                      own To: address; expect 250 2.0.0 (run.sh then checks the draft)
 """
 
 import base64
@@ -345,6 +347,42 @@ def check_graph_send(mech, path, tag, graph_dir):
     expect(not diff, f"Graph's copy, less its Bcc field, differs from what was sent: {diff}")
 
 
+def check_graph_send_large(mech, path):
+    """A message over 3 MiB: the proxy sends it through a Graph draft and
+    answers 250 2.0.0 after the draft's /send. Only the reply is checked
+    here; what reached Graph is compared by tool.py graph-draft."""
+    data = read(path)
+    host, port = hostport("INTEROP_GRAPH")
+    if LOCAL_TLS == "implicit":
+        conn = smtplib.SMTP_SSL(host, port, context=ca_context(), timeout=TIMEOUT)
+    else:
+        conn = smtplib.SMTP(host, port, timeout=TIMEOUT)
+    try:
+        conn.ehlo("interop-client.example.test")
+        if LOCAL_TLS == "starttls":
+            conn.starttls(context=ca_context())
+            conn.ehlo("interop-client.example.test")
+        if mech == "login":
+            conn.user, conn.password = USER, PASSWORD
+            code, resp = conn.auth("LOGIN", conn.auth_login, initial_response_ok=False)
+        else:
+            code, resp = conn.login(USER, PASSWORD)
+        expect(code == 235, f"AUTH {mech.upper()}: {code} {resp}")
+        size = conn.esmtp_features.get("size", "")
+        expect(size.isdigit() and int(size) >= len(data),
+               f"the Graph listener's SIZE {size!r} is below the message's {len(data)} octets")
+        code, resp = conn.mail(USER, [f"SIZE={len(data)}"])
+        expect(code == 250, f"MAIL FROM: {code} {resp}")
+        code, resp = conn.rcpt(USER)
+        expect(code == 250, f"RCPT TO: {code} {resp}")
+        code, resp = conn.data(data)
+        expect(code == 250 and resp.startswith(b"2.0.0"), f"after DATA: {code} {resp}")
+        print(f"{len(data)} octets: {code} {resp.decode(errors='replace')}")
+        conn.quit()
+    finally:
+        conn.close()
+
+
 # --- Dovecot directly -------------------------------------------------------
 
 
@@ -414,6 +452,7 @@ CHECKS = {
     "pop3-retr": check_pop3_retr,
     "smtp-send": check_smtp_send,
     "graph-send": check_graph_send,
+    "graph-send-large": check_graph_send_large,
 }
 
 

@@ -150,20 +150,29 @@ def strip_first_header(data):
 
 def sink_message(sink_dir, tag, timeout=10.0):
     """The bytes the SMTP sink stored for the message whose Message-ID has `tag`."""
+    return read_file(os.path.join(sink_dir, message_file(sink_dir, tag, timeout)))
+
+
+def message_file(folder, tag, timeout=10.0):
+    """The name of the `.eml` in `folder` (the sink's, or the fake Graph's)
+    whose head has the Message-ID of `tag`."""
     needle = b"<" + tag.encode() + b"@interop.example.test>"
     deadline = time.monotonic() + timeout
     while True:
-        for name in sorted(os.listdir(sink_dir)):
+        for name in sorted(os.listdir(folder)):
             if not name.endswith(".eml"):
                 continue
-            with open(os.path.join(sink_dir, name), "rb") as f:
-                data = f.read()
-            head = data.split(b"\r\n\r\n", 1)[0]
+            head = read_file(os.path.join(folder, name)).split(b"\r\n\r\n", 1)[0]
             if needle in head:
-                return data
+                return name
         if time.monotonic() > deadline:
-            raise LookupError(f"the sink holds no message with Message-ID {needle.decode()}")
+            raise LookupError(f"{folder} holds no message with Message-ID {needle.decode()}")
         time.sleep(0.1)
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def free_ports(n):

@@ -359,6 +359,27 @@ curl_graph_send() {
   PY "$HERE/tool.py" graph-same "$RUN/graph" "$tag" "$file"
 }
 
+# curl_graph_send_large FILE TAG: AUTH PLAIN to the Graph listener, send FILE
+# (over 3 MiB: the proxy goes through a draft); curl must hear 250 2.0.0 and
+# the fake Graph's draft and attachments must be FILE's parts.
+curl_graph_send_large() {
+  local file=$1 tag=$2 trace="$RUN/curl-graph-large.trace"
+  curl_proxy -v --login-options "AUTH=PLAIN" \
+    --mail-from "$ACCOUNT" --mail-rcpt "$ACCOUNT" --upload-file "$file" \
+    "$(scheme smtp)://127.0.0.1:$PROXY_GRAPH" 2>"$trace" ||
+    { tail -n 20 "$trace"; return 1; }
+  curl_login_used "$trace"
+  grep -aq '^> AUTH PLAIN' "$trace" || { echo "curl did not use AUTH PLAIN"; return 1; }
+  grep -aq '^< 250 2.0.0' "$trace" || { echo "no 250 2.0.0 after DATA"; tail -n 20 "$trace"; return 1; }
+  PY "$HERE/tool.py" graph-draft "$RUN/graph" "$tag" "$file"
+}
+
+# smtplib_graph_send_large FILE TAG: the same with Python's smtplib (AUTH LOGIN).
+smtplib_graph_send_large() {
+  PY "$HERE/clients.py" graph-send-large login "$1"
+  PY "$HERE/tool.py" graph-draft "$RUN/graph" "$2" "$1"
+}
+
 # Whether this curl has `--login-options AUTH=+LOGIN` (the IMAP LOGIN command
 # even when SASL PLAIN is offered; newer than Debian 12's curl 7.88). An older
 # one rejects the option once connected (exit 3); a newer one logs in.
@@ -484,6 +505,15 @@ client_suite() {
   message 7000 "graph-smtplib-$n" "$m/graph-smtplib-$n.eml"
   check "smtplib: AUTH LOGIN + send through Graph with a Bcc-only recipient: only a Bcc field added ($t)" \
     PY "$HERE/clients.py" graph-send login "$m/graph-smtplib-$n.eml" "graph-smtplib-$n" "$RUN/graph"
+  # Over 3 MiB: through a draft, its attachments added one by one (a
+  # fileAttachment, or an upload session to the upload URL over HTTPS).
+  PY "$HERE/tool.py" large-message smtplib "graph-large-smtplib-$n" "$ACCOUNT" \
+    "$m/graph-large-smtplib-$n.eml"
+  check "smtplib: AUTH LOGIN + 11 MB message (email package: text, 6 MB PDF, 2.5 MB inline PNG) through a Graph draft: 250 2.0.0, draft and attachments exact ($t)" \
+    smtplib_graph_send_large "$m/graph-large-smtplib-$n.eml" "graph-large-smtplib-$n"
+  PY "$HERE/tool.py" large-message curl "graph-large-curl-$n" "$ACCOUNT" "$m/graph-large-curl-$n.eml"
+  check "curl: AUTH PLAIN + 7 MB .eml (5 MB ZIP cut out, 100 kB inline logo kept) through a Graph draft: 250 2.0.0, draft and attachment exact ($t)" \
+    curl_graph_send_large "$m/graph-large-curl-$n.eml" "graph-large-curl-$n"
 
   local idle_rc=0
   wait "$idle_pid" || idle_rc=$?
@@ -696,7 +726,7 @@ main() {
   wait_port "$SINK_PORT" "the SMTP sink" "$!"
 
   # The fake token endpoint, over HTTPS with the test CA's certificate; also
-  # Graph's sendMail, which writes what it accepts to $RUN/graph.
+  # Graph (sendMail and drafts), which writes what it sends to $RUN/graph.
   mkdir -p "$RUN/graph"
   start "fake token server" token-server.log "$token_server" \
     --listen "127.0.0.1:$TOKEN_PORT" --cert "$RUN/pki/server.pem" --key "$RUN/pki/server.key" \

@@ -9,11 +9,17 @@
   tool.py sink-same SINK_DIR TAG EXPECTED  the sink's copy of message TAG, less the
                                            Received: field Dovecot prepends, equals EXPECTED
   tool.py graph-same DIR TAG EXPECTED      the fake Graph's copy of message TAG equals EXPECTED
+  tool.py large-message KIND TAG RCPT OUT  write a large multipart message (KIND: smtplib | curl,
+                                           see graph_large) to OUT, the names of its parts the
+                                           Graph path must cut out to OUT.cut
+  tool.py graph-draft DIR TAG EXPECTED     the fake Graph's draft of message TAG is EXPECTED less
+                                           the parts in EXPECTED.cut, its attachments those parts
 """
 
 import sys
 
 import common
+import graph_large
 
 
 def read(path):
@@ -49,6 +55,19 @@ def main(argv):
         diff = common.first_difference(got, read(args[2]))
         if diff:
             print(f"Graph's copy of {args[1]} differs from what was sent: {diff}", file=sys.stderr)
+            return 1
+    elif cmd == "large-message":
+        kind, tag, rcpt, out = args
+        cut = graph_large.write(kind, tag, "sender@example.test", rcpt, out)
+        with open(out + ".cut", "w", encoding="utf-8") as f:
+            f.write("\n".join(cut) + "\n")
+    elif cmd == "graph-draft":
+        with open(args[2] + ".cut", encoding="utf-8") as f:
+            cut = f.read().split()
+        try:
+            graph_large.check_draft(args[0], args[1], args[2], cut)
+        except (graph_large.Mismatch, LookupError, OSError, ValueError) as e:
+            print(f"Graph's draft of {args[1]}: {e}", file=sys.stderr)
             return 1
     else:
         print(__doc__, file=sys.stderr)

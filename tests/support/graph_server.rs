@@ -7,6 +7,10 @@
 //! attachments, `createUploadSession`, the upload URL (served here too,
 //! pre-authenticated by a token in its query that it checks), `send` and
 //! `DELETE`; each of those requests is recorded whole as a [`GraphCall`].
+//!
+//! With a `save_dir` (the interop suite's stand-alone fake) it also writes
+//! what Graph would deliver: each `sendMail`'s MIME, and for a draft sent
+//! its MIME and the attachments added to it, reassembled from the calls.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -95,8 +99,15 @@ pub struct GraphState {
     pub fail_upload_put: Mutex<Option<usize>>,
     pub script: Mutex<VecDeque<GraphAnswer>>,
     /// Where each accepted message is also written (`N.eml`), for the
-    /// interop suite's stand-alone fake (`examples/fake_token_server.rs`).
+    /// interop suite's stand-alone fake (`examples/fake_token_server.rs`):
+    /// a `sendMail`'s MIME, or for a draft that was sent its MIME and
+    /// each attachment added to it (`N.att-K`, `N.att-K.json`).
     pub save_dir: Mutex<Option<std::path::PathBuf>>,
+    /// How many messages were written to `save_dir` (the last `N`).
+    pub saved: Mutex<usize>,
+    /// The scheme of the upload URLs `createUploadSession` answers
+    /// (`None`: `http`, as this server; the stand-alone fake serves HTTPS).
+    pub upload_scheme: Mutex<Option<&'static str>>,
 }
 
 impl GraphState {
@@ -206,11 +217,19 @@ async fn send_mail(
     if answer.status == 202 {
         let dir = state.save_dir.lock().unwrap().clone();
         if let Some(dir) = dir {
-            let requests = state.requests.lock().unwrap();
-            let last = requests.last().expect("this request");
-            let file = dir.join(format!("{}.eml", requests.len()));
-            if let Err(e) = std::fs::write(&file, &last.mime) {
-                eprintln!("fake Graph: cannot write {}: {e}", file.display());
+            let mime = state
+                .requests
+                .lock()
+                .unwrap()
+                .last()
+                .expect("this request")
+                .mime
+                .clone();
+            if let Err(e) = save(&state, &dir, &mime, &[]) {
+                eprintln!(
+                    "fake Graph: cannot save a message in {}: {e}",
+                    dir.display()
+                );
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
         }
@@ -332,16 +351,126 @@ async fn draft_call(
         "POST createUploadSession" => {
             let host = get(header::HOST);
             let n = state.calls.lock().unwrap().len();
+            let scheme = state.upload_scheme.lock().unwrap().unwrap_or("http");
             json(
                 StatusCode::CREATED,
                 serde_json::json!({
-                    "uploadUrl": format!("http://{host}/upload/session-{n}?authtoken={UPLOAD_SECRET}"),
+                    "uploadUrl": format!("{scheme}://{host}/upload/session-{n}?authtoken={UPLOAD_SECRET}"),
                     "nextExpectedRanges": ["0"],
                 }),
             )
         }
-        "POST send" => StatusCode::ACCEPTED.into_response(),
+        "POST send" => {
+            let dir = state.save_dir.lock().unwrap().clone();
+            if let Some(dir) = dir {
+                let id = path
+                    .strip_suffix("/send")
+                    .and_then(|p| p.rsplit('/').next())
+                    .unwrap_or_default();
+                let saved = sent_draft(&state.calls(), id)
+                    .ok_or_else(|| std::io::Error::other(format!("no draft {id}")))
+                    .and_then(|(mime, attachments)| save(&state, &dir, &mime, &attachments));
+                if let Err(e) = saved {
+                    eprintln!("fake Graph: cannot save a draft in {}: {e}", dir.display());
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+            }
+            StatusCode::ACCEPTED.into_response()
+        }
         _ if method == Method::DELETE => StatusCode::NO_CONTENT.into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// An attachment as Graph would deliver it: its bytes and its properties
+/// (`name`, `contentType`, `isInline`, `contentId`).
+struct SavedAttachment {
+    bytes: Vec<u8>,
+    properties: serde_json::Value,
+}
+
+/// The MIME of the draft `id` and its attachments in the order they were
+/// added, from the calls received: the `POST …/messages` that answered
+/// this id, then each `fileAttachment` posted to it (its `contentBytes`
+/// decoded) or upload session opened for it (its `PUT` ranges put back
+/// in place).
+fn sent_draft(calls: &[GraphCall], id: &str) -> Option<(Vec<u8>, Vec<SavedAttachment>)> {
+    // The id is `AAMkDraft-{n}=`, n counting the calls up to its creation.
+    let created = calls
+        .iter()
+        .enumerate()
+        .position(|(i, c)| c.kind() == "POST messages" && format!("AAMkDraft-{}=", i + 1) == id)?;
+    let attachments_path = format!("{}/{id}/attachments", calls[created].path);
+    let session_path = format!("{attachments_path}/createUploadSession");
+    let properties = |item: &serde_json::Value| {
+        serde_json::json!({
+            "name": item["name"],
+            "contentType": item["contentType"],
+            "isInline": item["isInline"],
+            "contentId": item["contentId"],
+        })
+    };
+    let mut attachments = Vec::new();
+    for (i, call) in calls.iter().enumerate().skip(created + 1) {
+        if call.method != "POST" {
+            continue;
+        }
+        if call.path == attachments_path {
+            let json = call.json();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(json["contentBytes"].as_str().unwrap_or_default())
+                .ok()?;
+            attachments.push(SavedAttachment {
+                bytes,
+                properties: properties(&json),
+            });
+        } else if call.path == session_path {
+            // Its upload URL is `/upload/session-{n}`, n as for drafts.
+            let upload_path = format!("/upload/session-{}", i + 1);
+            let item = &call.json()["AttachmentItem"];
+            let mut bytes = vec![0; item["size"].as_u64()? as usize];
+            for put in calls.iter().filter(|c| c.path == upload_path) {
+                let start: usize = put
+                    .content_range
+                    .strip_prefix("bytes ")?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                bytes
+                    .get_mut(start..start + put.body.len())?
+                    .copy_from_slice(&put.body);
+            }
+            attachments.push(SavedAttachment {
+                bytes,
+                properties: properties(item),
+            });
+        }
+    }
+    Some((calls[created].mime(), attachments))
+}
+
+/// Writes a delivered message to `dir` under the next number `N`: `N.eml`,
+/// and for each attachment `N.att-K` and `N.att-K.json` (K from 1).
+fn save(
+    state: &GraphState,
+    dir: &std::path::Path,
+    mime: &[u8],
+    attachments: &[SavedAttachment],
+) -> std::io::Result<()> {
+    let n = {
+        let mut saved = state.saved.lock().unwrap();
+        *saved += 1;
+        *saved
+    };
+    for (k, attachment) in attachments.iter().enumerate() {
+        let file = dir.join(format!("{n}.att-{}", k + 1));
+        std::fs::write(&file, &attachment.bytes)?;
+        std::fs::write(
+            dir.join(format!("{n}.att-{}.json", k + 1)),
+            attachment.properties.to_string(),
+        )?;
+    }
+    // All written before the answer, so before the client hears 250.
+    std::fs::write(dir.join(format!("{n}.eml")), mime)
 }
