@@ -872,6 +872,7 @@ async fn a_reload_keeps_the_graph_token_of_an_unchanged_account() {
     let mut c = logged_in_plain(&p).await;
     assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
     assert!(p.setup.tokens.state.requests("refresh_token") > redeemed);
+}
 
 /// The interop suite's stand-alone fake writes what Graph would deliver
 /// (`save_dir`): a `sendMail`'s MIME, and a sent draft's MIME with its
