@@ -950,3 +950,31 @@ async fn the_fake_saves_a_sent_draft_with_its_attachments_in_order() {
         ]
     );
 }
+
+/// A large message's Graph token must outlive its whole exchange: one
+/// fresh enough for a small message, but that would expire while the
+/// attachments upload, is replaced before the draft is made.
+#[tokio::test]
+async fn a_large_message_takes_a_token_that_outlives_its_uploads() {
+    let s = setup().await;
+    // Past the 5-minute margin, short of a draft's 10 minutes.
+    s.tokens.state.set_access_token_lifetime(400);
+    let p = graph_proxy_with(s, "", "").await;
+    let mut c = logged_in_plain(&p).await;
+    let before = p.setup.tokens.state.requests("refresh_token");
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    assert_eq!(send(&mut c, &["bob@example.test"], MESSAGE).await.0, 250);
+    let small = p.setup.tokens.state.requests("refresh_token");
+    assert_eq!(small, before + 1, "one Graph token for two small messages");
+    let pdf = pdf_like(3_300_000, 7);
+    let message = multipart(&[
+        TEXT_PART,
+        &attachment_part("scan.pdf", "application/pdf", &pdf),
+    ]);
+    assert_eq!(send(&mut c, &["bob@example.test"], &message).await.0, 250);
+    assert_eq!(
+        p.setup.tokens.state.requests("refresh_token"),
+        small + 1,
+        "a longer-lived Graph token for the draft"
+    );
+}

@@ -239,7 +239,13 @@ async fn two_proxies_refresh_a_rotating_token_exactly_once() {
     let mut graph = tokio::task::JoinSet::new();
     for i in 0..20 {
         let ctx = pair.of(i);
-        graph.spawn(async move { ctx.gate.tokens().graph_token(USER).await.map(drop) });
+        graph.spawn(async move {
+            ctx.gate
+                .tokens()
+                .graph_token(USER, Duration::ZERO)
+                .await
+                .map(drop)
+        });
     }
     let outcomes = tokio::time::timeout(Duration::from_secs(30), graph.join_all())
         .await

@@ -283,7 +283,15 @@ async fn deliver(session: &Session<GraphBackend>, account: &str, envelope: Envel
         .into_bytes();
     }
     let mailbox = config.upstream_user().to_owned();
-    let token = match tokens.graph_token(account).await {
+    let mime = add_missing_bcc(&envelope.message, &envelope.recipients);
+    // The Bcc line counts: the request carries `mime`, not the message.
+    let large = mime.len() > GRAPH_MAX_MESSAGE;
+    // A draft's token is used until its `/send`, minutes later.
+    let lasting = match large {
+        true => upload::TOKEN_LASTING,
+        false => Duration::ZERO,
+    };
+    let token = match tokens.graph_token(account, lasting).await {
         Ok(token) => token,
         Err(e) => {
             tracing::warn!(%peer, %account, error = %e, "no Graph token: message not sent");
@@ -296,9 +304,7 @@ async fn deliver(session: &Session<GraphBackend>, account: &str, envelope: Envel
             };
         }
     };
-    let mime = add_missing_bcc(&envelope.message, &envelope.recipients);
-    // The Bcc line counts: the request carries `mime`, not the message.
-    if mime.len() > GRAPH_MAX_MESSAGE {
+    if large {
         drop(envelope);
         let draft = upload::Draft {
             http: tokens.http().for_account(&config),

@@ -87,12 +87,18 @@ impl GraphTokens {
 }
 
 impl TokenManager {
-    /// A Graph access token for `username`. A delegated account must have
-    /// been unlocked by a login in this process (its tokens are sealed).
-    pub async fn graph_token(&self, username: &str) -> Result<SecretString, TokenError> {
+    /// A Graph access token for `username` that lives at least `lasting`
+    /// (and the refresh margin, at most 5 minutes): a message sent through
+    /// a draft uses it for minutes. A delegated account must have been
+    /// unlocked by a login in this process (its tokens are sealed).
+    pub async fn graph_token(
+        &self,
+        username: &str,
+        lasting: Duration,
+    ) -> Result<SecretString, TokenError> {
         let account = self.account(username)?;
         let slot = self.graph.slot(&account.config.username);
-        let margin = self.margin.min(Duration::from_secs(5 * 60));
+        let margin = self.margin.min(Duration::from_secs(5 * 60)).max(lasting);
         if let Some(token) = slot.fresh(margin) {
             return Ok(token);
         }

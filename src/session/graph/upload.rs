@@ -66,6 +66,10 @@ const UPLOAD_CHUNK: usize = 8 * 320 * 1024;
 /// covers 35 MiB at about 0.6 Mbit/s.
 const GRAPH_LARGE_DEADLINE: Duration = Duration::from_secs(9 * 60);
 
+/// What a token for a large message must have left: the whole exchange,
+/// and a minute for the `/send` itself.
+pub(super) const TOKEN_LASTING: Duration = Duration::from_secs(GRAPH_LARGE_DEADLINE.as_secs() + 60);
+
 // The limits against Graph's documented ones, checked when compiling.
 const _: () = {
     assert!(GRAPH_MAX_LARGE_MESSAGE <= 35 * 1024 * 1024);
