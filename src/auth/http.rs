@@ -129,9 +129,13 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, SendError> {
         let (parts, body) = request.into_parts();
-        let failed = |e: reqwest::Error| SendError {
-            unsent: e.is_connect(),
-            text: describe(&e).replace("the token endpoint", "the API"),
+        // Without its URL: a Graph upload URL carries a token in its query.
+        let failed = |e: reqwest::Error| {
+            let e = e.without_url();
+            SendError {
+                unsent: e.is_connect(),
+                text: describe(&e).replace("the token endpoint", "the API"),
+            }
         };
         let response = self
             .inner
@@ -170,8 +174,9 @@ fn describe(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    // reqwest errors may carry the URL; ours never carry secrets in URLs
-    // (tokens travel in POST bodies), so the text is safe to log.
+    // Only the causes are quoted, never the top error, which may carry the
+    // URL (token requests keep secrets in POST bodies; `send_api` drops
+    // the URL anyway, for Graph's pre-authenticated upload URLs).
     text
 }
 

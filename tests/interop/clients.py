@@ -279,9 +279,10 @@ def check_pop3_retr(*expected_paths):
 # --- SMTP -------------------------------------------------------------------
 
 
-def check_smtp_send(mech, path, tag, sink_dir):
-    data = read(path)
-    host, port = hostport("INTEROP_SMTP")
+def smtp_logged_in(port_env, mech):
+    """An SMTP connection to the proxy's listener in `port_env`, in this
+    run's local TLS mode, logged in with AUTH PLAIN or LOGIN (235 checked)."""
+    host, port = hostport(port_env)
     if LOCAL_TLS == "implicit":
         conn = smtplib.SMTP_SSL(host, port, context=ca_context(), timeout=TIMEOUT)
     else:
@@ -292,13 +293,24 @@ def check_smtp_send(mech, path, tag, sink_dir):
             conn.starttls(context=ca_context())
             conn.ehlo("interop-client.example.test")
         if mech == "plain":
-            conn.login(USER, PASSWORD)  # smtplib picks PLAIN among PLAIN and LOGIN
+            # smtplib picks PLAIN among PLAIN and LOGIN
+            code, resp = conn.login(USER, PASSWORD)
         elif mech == "login":
             conn.user, conn.password = USER, PASSWORD
             code, resp = conn.auth("LOGIN", conn.auth_login, initial_response_ok=False)
-            expect(code == 235, f"AUTH LOGIN: {code} {resp}")
         else:
             raise CheckFailed(f"unknown mechanism {mech}")
+        expect(code == 235, f"AUTH {mech.upper()}: {code} {resp}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def check_smtp_send(mech, path, tag, sink_dir):
+    data = read(path)
+    conn = smtp_logged_in("INTEROP_SMTP", mech)
+    try:
         refused = conn.sendmail(USER, ["rcpt@example.test"], data)
         expect(not refused, f"recipients refused: {refused}")
         conn.quit()
@@ -317,23 +329,9 @@ def check_graph_send(mech, path, tag, graph_dir):
     that no header names; Graph takes recipients from the headers, so the
     proxy adds that one as a Bcc field, and nothing else changes."""
     data = read(path)
-    host, port = hostport("INTEROP_GRAPH")
-    if LOCAL_TLS == "implicit":
-        conn = smtplib.SMTP_SSL(host, port, context=ca_context(), timeout=TIMEOUT)
-    else:
-        conn = smtplib.SMTP(host, port, timeout=TIMEOUT)
+    conn = smtp_logged_in("INTEROP_GRAPH", mech)
     try:
-        conn.ehlo("interop-client.example.test")
-        if LOCAL_TLS == "starttls":
-            conn.starttls(context=ca_context())
-            conn.ehlo("interop-client.example.test")
         expect(conn.has_extn("size"), "no SIZE in the Graph listener's EHLO")
-        if mech == "login":
-            conn.user, conn.password = USER, PASSWORD
-            code, resp = conn.auth("LOGIN", conn.auth_login, initial_response_ok=False)
-            expect(code == 235, f"AUTH LOGIN: {code} {resp}")
-        else:
-            conn.login(USER, PASSWORD)
         refused = conn.sendmail(USER, [USER, BCC_ONLY], data)
         expect(not refused, f"recipients refused: {refused}")
         conn.quit()
@@ -352,22 +350,8 @@ def check_graph_send_large(mech, path):
     answers 250 2.0.0 after the draft's /send. Only the reply is checked
     here; what reached Graph is compared by tool.py graph-draft."""
     data = read(path)
-    host, port = hostport("INTEROP_GRAPH")
-    if LOCAL_TLS == "implicit":
-        conn = smtplib.SMTP_SSL(host, port, context=ca_context(), timeout=TIMEOUT)
-    else:
-        conn = smtplib.SMTP(host, port, timeout=TIMEOUT)
+    conn = smtp_logged_in("INTEROP_GRAPH", mech)
     try:
-        conn.ehlo("interop-client.example.test")
-        if LOCAL_TLS == "starttls":
-            conn.starttls(context=ca_context())
-            conn.ehlo("interop-client.example.test")
-        if mech == "login":
-            conn.user, conn.password = USER, PASSWORD
-            code, resp = conn.auth("LOGIN", conn.auth_login, initial_response_ok=False)
-        else:
-            code, resp = conn.login(USER, PASSWORD)
-        expect(code == 235, f"AUTH {mech.upper()}: {code} {resp}")
         size = conn.esmtp_features.get("size", "")
         expect(size.isdigit() and int(size) >= len(data),
                f"the Graph listener's SIZE {size!r} is below the message's {len(data)} octets")

@@ -171,19 +171,22 @@ pub fn router(state: Arc<GraphState>, tokens: Arc<TokenState>) -> Router {
         .with_state((state, tokens))
 }
 
+/// A request header's text, or "" when absent or not text.
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn send_mail(
     State((state, tokens)): State<(Arc<GraphState>, Arc<TokenState>)>,
     Path(mailbox): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let get = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let get = |name| header_text(&headers, name);
     let bearer = get(header::AUTHORIZATION)
         .strip_prefix("Bearer ")
         .unwrap_or_default()
@@ -258,13 +261,7 @@ async fn draft_call(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let get = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let get = |name| header_text(&headers, name);
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default().to_owned());
